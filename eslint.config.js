@@ -1,0 +1,26 @@
+// Flat config (ESLint 10). The boundary rules keep drachtio-srf and better-sqlite3 each owned by
+// one module, so their loosely typed APIs never leak into the rest of the code. Later blocks
+// override earlier ones for the files they match.
+import js from '@eslint/js';
+import tseslint from 'typescript-eslint';
+
+const DRACHTIO = { name: 'drachtio-srf', message: 'only lib/sip/drachtio.ts imports drachtio-srf (typed boundary)' };
+const SQLITE = { name: 'better-sqlite3', message: 'only lib/location-store.ts imports better-sqlite3' };
+const restrict = (...paths) => ({ 'no-restricted-imports': ['error', { paths }] });
+
+export default tseslint.config(
+  { ignores: ['dist/**', 'node_modules/**'] },
+  js.configs.recommended,
+  ...tseslint.configs.recommended,
+  {
+    files: ['**/*.ts'],
+    rules: {
+      '@typescript-eslint/no-explicit-any': 'error',
+      '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_' }],
+      ...restrict(DRACHTIO, SQLITE),
+    },
+  },
+  // the drachtio boundary, and test/bench tools that talk the drachtio wire protocol themselves
+  { files: ['lib/sip/drachtio.ts', 'test/support/**/*.ts', 'bench/**/*.ts'], rules: restrict(SQLITE) },
+  { files: ['lib/location-store.ts'], rules: restrict(DRACHTIO) },
+);
