@@ -1,0 +1,116 @@
+// Configuration: environment variables, optionally over a JSON file (MIDREG_CONFIG), validated
+// once at start. A bad value stops start-up with one line per problem naming the setting.
+import { readFileSync } from 'node:fs';
+import { z } from 'zod';
+
+export interface Config {
+  drachtio: { host: string; port: number; secret: string };
+  /** The main registrar / platform, as a SIP URI; a DNS name is resolved by drachtio-server (RFC 3263). */
+  upstream: string;
+  /** SIP domains midreg serves (REGISTER for anything else is refused with 403). */
+  domains: string[];
+  dbFile: string;
+  logLevel: 'error' | 'warn' | 'info' | 'debug';
+  logFormat: 'json' | 'pretty';
+  upstreamTimeoutMs: number;
+  addPath: boolean;
+  /** Path URI to insert; by default derived from drachtio-server's first SIP address. */
+  pathUri: string | undefined;
+  purgeIntervalSec: number;
+}
+
+/** Each setting: its environment variable, its key in the JSON file, and its rule. */
+const SETTINGS = {
+  drachtioHost: { env: 'DRACHTIO_HOST', schema: z.string().min(1).default('127.0.0.1') },
+  drachtioPort: { env: 'DRACHTIO_PORT', schema: z.coerce.number().int().min(1).max(65535).default(9022) },
+  drachtioSecret: { env: 'DRACHTIO_SECRET', schema: z.string({ error: 'is required' }).min(1, 'is required') },
+  upstream: {
+    env: 'MIDREG_UPSTREAM',
+    schema: z.string({ error: 'is required (the main registrar, e.g. sip:pbx.example.com:5060)' })
+      .regex(/^sips?:[^\s@<>]+$/i, 'must be a SIP URI without user part, e.g. sip:10.0.0.5:5060 or sip:pbx.example.com;transport=tcp'),
+  },
+  domains: {
+    env: 'MIDREG_DOMAINS',
+    schema: z.union([z.string(), z.array(z.string())], { error: 'is required (comma-separated SIP domains)' })
+      .transform((v) => (Array.isArray(v) ? v : v.split(',')).map((d) => d.trim().toLowerCase()).filter((d) => d !== ''))
+      .pipe(z.array(z.string().regex(/^[a-z0-9.-]+$|^\[[0-9a-f:]+\]$/, 'must be host names or IP addresses')).min(1, 'must name at least one domain')),
+  },
+  dbFile: { env: 'MIDREG_DB', schema: z.string().min(1).default('./data/midreg.sqlite') },
+  logLevel: { env: 'MIDREG_LOG_LEVEL', schema: z.enum(['error', 'warn', 'info', 'debug']).default('info') },
+  logFormat: {
+    env: 'MIDREG_LOG_FORMAT',
+    schema: z.enum(['json', 'pretty']).default(process.env['NODE_ENV'] === 'production' ? 'json' : 'pretty'),
+  },
+  upstreamTimeoutMs: { env: 'MIDREG_UPSTREAM_TIMEOUT_MS', schema: z.coerce.number().int().min(200).max(32000).default(8000) },
+  addPath: {
+    env: 'MIDREG_ADD_PATH',
+    schema: z.union([z.boolean(), z.enum(['true', 'false', '1', '0', 'yes', 'no'])])
+      .transform((v) => v === true || v === 'true' || v === '1' || v === 'yes').default(true),
+  },
+  pathUri: { env: 'MIDREG_PATH_URI', schema: z.string().regex(/^sips?:[^\s<>]+$/i, 'must be a SIP URI').optional() },
+  purgeIntervalSec: { env: 'MIDREG_PURGE_INTERVAL_SEC', schema: z.coerce.number().int().min(1).max(3600).default(30) },
+} as const;
+
+type SettingKey = keyof typeof SETTINGS;
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`invalid configuration:\n${problems.map((p) => `  - ${p}`).join('\n')}`);
+  }
+}
+
+/** Build the config from the environment (and MIDREG_CONFIG's JSON file, which env overrides). */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const problems: string[] = [];
+  let fileValues: Record<string, unknown> = {};
+  const configFile = env['MIDREG_CONFIG'];
+  if (configFile) {
+    try {
+      const parsed: unknown = JSON.parse(readFileSync(configFile, 'utf8'));
+      if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) throw new Error('not a JSON object');
+      fileValues = parsed as Record<string, unknown>;
+      for (const key of Object.keys(fileValues)) {
+        if (!(key in SETTINGS)) problems.push(`MIDREG_CONFIG (${configFile}): unknown setting "${key}"`);
+      }
+    } catch (err) {
+      throw new ConfigError([`MIDREG_CONFIG: cannot read ${configFile}: ${err instanceof Error ? err.message : String(err)}`]);
+    }
+  }
+
+  const values: Partial<Record<SettingKey, unknown>> = {};
+  for (const [key, setting] of Object.entries(SETTINGS) as Array<[SettingKey, (typeof SETTINGS)[SettingKey]]>) {
+    const fromEnv = env[setting.env];
+    const raw = fromEnv !== undefined && fromEnv !== '' ? fromEnv : fileValues[key];
+    const result = setting.schema.safeParse(raw);
+    if (result.success) {
+      values[key] = result.data;
+    } else {
+      const where = fromEnv !== undefined && fromEnv !== '' ? setting.env : configFile && key in fileValues ? `${setting.env} ("${key}" in ${configFile})` : setting.env;
+      const shown = raw === undefined ? '' : ` (got ${JSON.stringify(key === 'drachtioSecret' ? '***' : raw)})`;
+      problems.push(`${where}: ${result.error.issues.map((i) => i.message).join('; ')}${shown}`);
+    }
+  }
+  if (problems.length > 0) throw new ConfigError(problems);
+
+  const v = values as { [K in SettingKey]: z.output<(typeof SETTINGS)[K]['schema']> };
+  return {
+    drachtio: { host: v.drachtioHost, port: v.drachtioPort, secret: v.drachtioSecret },
+    upstream: v.upstream,
+    domains: v.domains,
+    dbFile: v.dbFile,
+    logLevel: v.logLevel,
+    logFormat: v.logFormat,
+    upstreamTimeoutMs: v.upstreamTimeoutMs,
+    addPath: v.addPath,
+    pathUri: v.pathUri,
+    purgeIntervalSec: v.purgeIntervalSec,
+  };
+}
+
+/** The settings table for the README and `--help`: environment name, file key, default. */
+export function describeSettings(): Array<{ env: string; key: string; default: string }> {
+  return (Object.entries(SETTINGS) as Array<[SettingKey, (typeof SETTINGS)[SettingKey]]>).map(([key, s]) => {
+    const d = s.schema.safeParse(undefined);
+    return { env: s.env, key, default: d.success ? JSON.stringify(d.data) ?? '(none)' : '(required)' };
+  });
+}

@@ -1,0 +1,86 @@
+// Wires midreg together: store, SIP engine, handlers, housekeeping. No SIP or SQL logic here.
+import type { Config } from './config.js';
+import { LocationStore } from '../lib/location-store.js';
+import type { Logger } from '../lib/logger.js';
+import { createRegisterHandler } from '../lib/registration-relay.js';
+import { SipEngine } from '../lib/sip/drachtio.js';
+
+export interface Midreg {
+  readonly engine: SipEngine;
+  readonly store: LocationStore;
+  /** Resolves the first time drachtio-server accepts the connection. */
+  readonly connected: Promise<void>;
+  stop(): Promise<void>;
+}
+
+/** `udp/127.0.0.1:5060` (drachtio-server's announcement) → `sip:127.0.0.1:5060;lr`. */
+export function pathUriFrom(sipAddresses: string[]): string | undefined {
+  const preferred = sipAddresses.find((a) => a.startsWith('udp/')) ?? sipAddresses[0];
+  const match = preferred ? /^(\w+)\/(.+)$/.exec(preferred) : null;
+  if (!match) return undefined;
+  const [, transport, hostport] = match;
+  return `sip:${hostport};lr${transport === 'udp' ? '' : `;transport=${transport}`}`;
+}
+
+export function startMidreg(config: Config, logger: Logger): Midreg {
+  const store = new LocationStore(config.dbFile);
+  for (const name of store.migrationsApplied) logger.info('database migration applied', { migration: name, db: config.dbFile });
+  const startPurge = store.purgeExpired(Date.now(), Number.MAX_SAFE_INTEGER);
+  const counts = store.counts(Date.now());
+  logger.info('replica opened', { db: config.dbFile, schema: store.schemaVersion, bindings: counts.bindings, aors: counts.aors, expiredRemoved: startPurge });
+
+  const engine = new SipEngine((err, req) => {
+    logger.error('SIP handler failed; answered 500', { method: req.method, error: err instanceof Error ? err.stack ?? err.message : String(err) });
+  });
+
+  engine.handle('REGISTER', createRegisterHandler({
+    sender: engine,
+    store,
+    upstream: { uri: config.upstream, timeoutMs: config.upstreamTimeoutMs },
+    domains: config.domains,
+    pathUri: () => (config.addPath ? config.pathUri ?? pathUriFrom(engine.sipAddresses) : undefined),
+    logger,
+  }));
+
+  let markConnected: () => void = () => undefined;
+  const connected = new Promise<void>((resolve) => { markConnected = resolve; });
+  engine.on('connect', (hostport) => {
+    logger.info('connected to drachtio-server', { drachtio: `${config.drachtio.host}:${config.drachtio.port}`, sip: hostport });
+    markConnected();
+  });
+  engine.on('disconnect', (reason) => {
+    logger.warn('lost drachtio-server; reconnecting', { drachtio: `${config.drachtio.host}:${config.drachtio.port}`, reason });
+  });
+  logger.info('waiting for drachtio-server', { drachtio: `${config.drachtio.host}:${config.drachtio.port}`, upstream: config.upstream, domains: config.domains });
+  engine.connect(config.drachtio);
+
+  // Expired bindings are never used (lookups filter on expiry); this only reclaims the rows, in
+  // small batches so one sweep never holds the event loop for long.
+  let purging = false;
+  const purge = (): void => {
+    if (purging) return;
+    purging = true;
+    const step = (): void => {
+      try {
+        if (store.purgeExpired(Date.now()) > 0) { setImmediate(step); return; }
+      } catch (err) {
+        logger.error('expiry sweep failed', { error: err instanceof Error ? err.message : String(err) });
+      }
+      purging = false;
+    };
+    step();
+  };
+  const purgeTimer = setInterval(purge, config.purgeIntervalSec * 1000);
+  purgeTimer.unref();
+
+  return {
+    engine,
+    store,
+    connected,
+    async stop() {
+      clearInterval(purgeTimer);
+      engine.disconnect();
+      store.close();
+    },
+  };
+}

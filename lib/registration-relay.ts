@@ -1,0 +1,156 @@
+// REGISTER: relay to the main registrar, hand its answer back unchanged, and mirror a 2xx into
+// the replica. midreg never accepts, rejects or challenges a registration on its own behalf: it
+// only refuses what is not a valid REGISTER for a served domain.
+import { canonicalAor, isServedDomain } from './aor.js';
+import type { LocationStore } from './location-store.js';
+import type { Logger } from './logger.js';
+import { planReplicaUpdate, type RegisterAttempt, type ReplicaPlan } from './registration.js';
+import { parseUri, SipParseError, type RequestHandler, type SipRequest, type SipResponder } from './sip/drachtio.js';
+import { askUpstream, nextMaxForwards, replyHeaders, upstreamHeaders, type RequestSender, type UpstreamTarget } from './upstream.js';
+
+export type ReplicaStore = Pick<LocationStore, 'stateOf' | 'replaceAor'>;
+
+export interface RegisterEvents {
+  /** Called once per REGISTER with what the UA was answered (for metrics). */
+  onRegisterAnswered?(status: number, upstreamMs: number | undefined): void;
+  onReplicaWriteFailed?(err: unknown): void;
+  onReplicaWritten?(): void;
+}
+
+export interface RegistrationRelayDeps extends RegisterEvents {
+  sender: RequestSender;
+  store: ReplicaStore;
+  upstream: UpstreamTarget;
+  domains: readonly string[];
+  /** Our Path URI, or undefined when Path is off or drachtio-server has not told us its address yet. */
+  pathUri(): string | undefined;
+  logger: Logger;
+  clock?: () => number;
+}
+
+/** Why a REGISTER is refused before it reaches the registrar. */
+type Refusal = { status: number; reason: string; why: string };
+
+type Validated = { kind: 'relay'; attempt: RegisterAttempt; maxForwards: number } | ({ kind: 'refuse' } & Refusal);
+
+function validate(req: SipRequest): Validated {
+  const ruri = parseUri(req.uri);
+  if (!ruri) return { kind: 'refuse', status: 400, reason: 'Bad Request-URI', why: 'unparsable Request-URI' };
+  const maxForwards = nextMaxForwards(req.header('Max-Forwards'));
+  if (maxForwards.kind === 'too-many-hops') return { kind: 'refuse', status: 483, reason: 'Too Many Hops', why: 'Max-Forwards is 0' };
+  if (maxForwards.kind === 'malformed') return { kind: 'refuse', status: 400, reason: 'Bad Max-Forwards', why: 'malformed Max-Forwards' };
+  const callId = req.header('Call-ID')?.trim();
+  if (!callId) return { kind: 'refuse', status: 400, reason: 'Missing Call-ID', why: 'no Call-ID' };
+  try {
+    const cseq = req.cseq();
+    // RFC 3261 §8.2 / §20.16: the CSeq method must match the request method.
+    if (cseq.method.toUpperCase() !== 'REGISTER') return { kind: 'refuse', status: 400, reason: 'CSeq Method Mismatch', why: `CSeq method ${cseq.method}` };
+    const to = req.nameAddr('To');
+    const toUri = parseUri(to.uri);
+    if (!toUri || toUri.user === undefined) return { kind: 'refuse', status: 400, reason: 'Bad To', why: `To is not an address-of-record: ${to.uri}` };
+    req.nameAddr('From');
+    const contacts = req.contacts();
+    if (contacts === 'star') {
+      // RFC 3261 §10.3 step 6: "*" is allowed only with "an Expires header field ... containing
+      // a value of zero"; otherwise "the request is invalid, and the server MUST return a 400".
+      if (req.header('Expires')?.trim() !== '0') return { kind: 'refuse', status: 400, reason: 'Invalid Contact *', why: 'Contact: * without Expires: 0' };
+    }
+    return {
+      kind: 'relay',
+      maxForwards: maxForwards.value,
+      attempt: {
+        aor: canonicalAor(toUri),
+        callId,
+        cseq: cseq.seq,
+        contacts,
+        path: req.header('Path') ?? null,
+        userAgent: req.header('User-Agent') ?? null,
+        source: req.source,
+      },
+    };
+  } catch (err) {
+    if (err instanceof SipParseError) return { kind: 'refuse', status: 400, reason: `Bad ${err.header}`, why: err.message };
+    throw err;
+  }
+}
+
+function registerKind(req: SipRequest, contacts: RegisterAttempt['contacts']): string {
+  if (contacts === 'none') return 'query';
+  if (contacts === 'star') return 'unregister-all';
+  const parsed = req.registration();
+  return parsed.kind === 'parsed' ? parsed.type : 'register';
+}
+
+export function createRegisterHandler(deps: RegistrationRelayDeps): RequestHandler {
+  const clock = deps.clock ?? Date.now;
+  const log = deps.logger;
+
+  const refuse = (req: SipRequest, res: SipResponder, refusal: Refusal): void => {
+    log.info('REGISTER refused', { event: 'register', decision: 'refused', status: refusal.status, why: refusal.why, source: `${req.source.transport}:${req.source.address}:${req.source.port}` });
+    res.send(refusal.status, { reason: refusal.reason });
+    deps.onRegisterAnswered?.(refusal.status, undefined);
+  };
+
+  return async (req, res) => {
+    const ruri = parseUri(req.uri);
+    if (ruri && !isServedDomain(ruri.host, deps.domains)) {
+      refuse(req, res, { status: 403, reason: 'Domain Not Served', why: `domain ${ruri.host} is not served` });
+      return;
+    }
+    const checked = validate(req);
+    if (checked.kind === 'refuse') { refuse(req, res, checked); return; }
+    const { attempt } = checked;
+
+    const outcome = await askUpstream(deps.sender, {
+      method: 'REGISTER',
+      uri: req.uri,
+      headers: upstreamHeaders(req.headers(), { maxForwards: checked.maxForwards, pathUri: deps.pathUri() }),
+      body: req.body,
+      nextHop: deps.upstream.uri,
+    }, deps.upstream.timeoutMs, clock);
+
+    const base = { event: 'register', aor: attempt.aor, callId: attempt.callId, cseq: attempt.cseq, kind: registerKind(req, attempt.contacts), source: `${attempt.source.transport}:${attempt.source.address}:${attempt.source.port}` };
+
+    if (outcome.kind !== 'reply') {
+      // The UA must never hang: a silent upstream is a 408 (RFC 3261 §16.7 step 6 / §16.8: a
+      // proxy "MUST behave as if the client transaction had received a 408"), an unreachable
+      // one a 503 so the UA may try another server.
+      const status = outcome.kind === 'timeout' ? 408 : 503;
+      log.warn('REGISTER not answered upstream', { ...base, decision: outcome.kind, status, upstreamMs: outcome.elapsedMs, ...(outcome.kind === 'unreachable' ? { error: outcome.error } : {}) });
+      if (!res.finalSent) res.send(status, outcome.kind === 'timeout' ? { reason: 'Upstream Timeout' } : { reason: 'Upstream Unreachable', headers: { 'Retry-After': '30' } });
+      deps.onRegisterAnswered?.(status, outcome.elapsedMs);
+      return;
+    }
+
+    const { reply } = outcome;
+    let plan: ReplicaPlan | undefined;
+    let replicaError: string | undefined;
+    try {
+      const now = clock();
+      plan = planReplicaUpdate(attempt, {
+        status: reply.status,
+        contacts: reply.status >= 200 && reply.status < 300 ? reply.contacts() : [],
+        expiresHeader: reply.header('Expires'),
+      }, deps.store.stateOf(attempt.aor, attempt.callId), now);
+      if (plan.kind === 'save') {
+        deps.store.replaceAor(plan.aor, plan.bindings, { callId: attempt.callId, cseq: attempt.cseq, at: now });
+        deps.onReplicaWritten?.();
+      }
+    } catch (err) {
+      // The UA keeps its service even when the replica cannot be written; the next 2xx for
+      // this AoR rewrites the whole binding set, which resynchronises it.
+      replicaError = err instanceof Error ? err.message : String(err);
+      deps.onReplicaWriteFailed?.(err);
+    }
+
+    // Written before the UA hears the 200, so a MESSAGE it sends right after already finds it.
+    res.send(reply.status, { reason: reply.reason, headers: replyHeaders(reply), body: reply.body });
+    deps.onRegisterAnswered?.(reply.status, outcome.elapsedMs);
+
+    const detail = plan?.kind === 'save'
+      ? { decision: 'saved', bindings: plan.bindings.map((b) => ({ contact: b.contact, grantedExpiry: Math.round((b.expiresAt - clock()) / 1000) })), added: plan.added.length, removed: plan.removed.length }
+      : { decision: plan ? plan.reason : 'replica-error' };
+    if (replicaError) log.error('REGISTER relayed but replica not written', { ...base, status: reply.status, upstreamMs: outcome.elapsedMs, error: replicaError });
+    else log.info('REGISTER relayed', { ...base, status: reply.status, upstreamMs: outcome.elapsedMs, ...detail });
+  };
+}

@@ -1,0 +1,163 @@
+// Pure decisions about registrations: what expiry the registrar granted, and how a registrar's
+// reply changes the replica of one address-of-record. No I/O here, so it tests without a network.
+import type { NameAddr, SourceAddress } from './sip/drachtio.js';
+
+/** RFC 3261 §10.2.1.1: a registrar's default when neither Contact `expires` nor Expires is given. */
+export const RFC_DEFAULT_EXPIRES = 3600;
+/** RFC 3261 §20.19: "The value of this field is an integral number of seconds (in decimal) between 0 and (2**32)-1". */
+export const MAX_EXPIRES = 2 ** 32 - 1;
+
+export interface Binding {
+  aor: string;
+  contact: string;
+  /** Absolute expiry, Unix milliseconds: the expiry the registrar granted, counted from its reply. */
+  expiresAt: number;
+  q: number | null;
+  instance: string | null;
+  regId: number | null;
+  /** Path header of the REGISTER as midreg received it (proxies between the UA and midreg). */
+  path: string | null;
+  callId: string | null;
+  cseq: number | null;
+  userAgent: string | null;
+  /** Where the REGISTER came from: the way back to a UA behind NAT. Null for bindings midreg never saw registered. */
+  source: SourceAddress | null;
+  registeredAt: number;
+  updatedAt: number;
+}
+
+/** The REGISTER midreg relayed, as far as the replica cares. */
+export interface RegisterAttempt {
+  aor: string;
+  callId: string;
+  cseq: number;
+  contacts: NameAddr[] | 'star' | 'none';
+  path: string | null;
+  userAgent: string | null;
+  source: SourceAddress;
+}
+
+/** The registrar's final answer to that REGISTER. */
+export interface RegistrarAnswer {
+  status: number;
+  contacts: NameAddr[];
+  expiresHeader: string | undefined;
+}
+
+/** What the replica currently holds for the AoR. */
+export interface ReplicaState {
+  bindings: Binding[];
+  /** Highest CSeq already applied for this AoR and the attempt's Call-ID, if any. */
+  lastCseq: number | undefined;
+}
+
+export type ReplicaPlan =
+  | { kind: 'save'; aor: string; bindings: Binding[]; added: string[]; refreshed: string[]; removed: string[] }
+  | { kind: 'ignore'; reason: 'not-2xx' | 'stale-cseq' };
+
+/**
+ * Parse a delta-seconds value. RFC 3261 §10.3 step 7 lets a registrar treat a malformed value
+ * as 3600; a value past 2**32-1 is clamped to it (§20.19).
+ */
+export function parseDeltaSeconds(value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const text = value.trim();
+  if (text === '') return undefined;
+  if (!/^\d+$/.test(text)) return RFC_DEFAULT_EXPIRES;
+  const seconds = Number(text);
+  return Number.isSafeInteger(seconds) && seconds <= MAX_EXPIRES ? seconds : MAX_EXPIRES;
+}
+
+/**
+ * The expiry the registrar granted one binding, in seconds. RFC 3261 §10.2.4: the UA learns the
+ * expiration "from the 'expires' parameter of the Contact header field" in the 200 OK, or else
+ * "from the Expires header field"; neither present means the RFC default.
+ */
+export function grantedExpiry(contact: NameAddr, replyExpiresHeader: string | undefined): number {
+  return parseDeltaSeconds(contact.params['expires'])
+    ?? parseDeltaSeconds(replyExpiresHeader)
+    ?? RFC_DEFAULT_EXPIRES;
+}
+
+/** RFC 3261 §20.10: q is a decimal from 0 to 1; anything else is treated as absent. */
+export function parseQ(value: string | undefined): number | null {
+  if (value === undefined || !/^\s*(0(\.\d{0,3})?|1(\.0{0,3})?)\s*$/.test(value)) return null;
+  return Number(value);
+}
+
+function parseRegId(value: string | undefined): number | null {
+  return value !== undefined && /^\d{1,9}$/.test(value) ? Number(value) : null;
+}
+
+/**
+ * The contact as the registrar identifies it. Registrars (Kamailio usrloc, OpenSIPS) match the
+ * URI string the UA sent and echo it back unchanged in the 200, so the URI string is the key.
+ */
+export function contactKey(contact: NameAddr): string {
+  return contact.uri;
+}
+
+/**
+ * Turn a registrar's final reply into the new binding set of the AoR.
+ *
+ * - Only a 2xx changes anything: RFC 3261 §10.3 step 8, the 200 "MUST contain Contact header
+ *   field values enumerating all current bindings", so its list is the whole truth for the AoR;
+ *   every other status leaves the replica alone (the registrar did not change its bindings).
+ * - RFC 3261 §10.3 step 7: for an existing binding with the same Call-ID, "If the value is
+ *   higher than that of the existing binding, it MUST update ...; if not, the update MUST be
+ *   aborted". A reply to an older CSeq than one already applied is therefore stale.
+ */
+export function planReplicaUpdate(
+  attempt: RegisterAttempt,
+  answer: RegistrarAnswer,
+  current: ReplicaState,
+  now: number,
+): ReplicaPlan {
+  if (answer.status < 200 || answer.status > 299) return { kind: 'ignore', reason: 'not-2xx' };
+  if (current.lastCseq !== undefined && current.lastCseq > attempt.cseq) return { kind: 'ignore', reason: 'stale-cseq' };
+
+  const requested = new Map<string, NameAddr>();
+  if (Array.isArray(attempt.contacts)) for (const c of attempt.contacts) requested.set(contactKey(c), c);
+  const existing = new Map(current.bindings.map((b) => [b.contact, b] as const));
+
+  const next = new Map<string, Binding>();
+  for (const contact of answer.contacts) {
+    const key = contactKey(contact);
+    const seconds = grantedExpiry(contact, answer.expiresHeader);
+    if (seconds === 0) { next.delete(key); continue; }
+    const expiresAt = now + seconds * 1000;
+    const sent = requested.get(key);
+    const before = existing.get(key);
+    const params = { ...sent?.params, ...contact.params };
+    const common = {
+      aor: attempt.aor,
+      contact: key,
+      expiresAt,
+      q: parseQ(params['q']),
+      instance: params['+sip.instance'] ?? before?.instance ?? null,
+      regId: parseRegId(params['reg-id']) ?? before?.regId ?? null,
+      registeredAt: before?.registeredAt ?? now,
+      updatedAt: now,
+    };
+    if (sent) {
+      // Registered (or refreshed) by this very REGISTER: this is where the UA is now.
+      next.set(key, { ...common, path: attempt.path, callId: attempt.callId, cseq: attempt.cseq, userAgent: attempt.userAgent, source: attempt.source });
+    } else if (before) {
+      // Another device of the AoR, still bound upstream: keep what midreg learnt when it registered.
+      next.set(key, { ...common, path: before.path, callId: before.callId, cseq: before.cseq, userAgent: before.userAgent, source: before.source });
+    } else {
+      // Bound upstream without midreg seeing its REGISTER (registered before midreg, or elsewhere).
+      next.set(key, { ...common, path: null, callId: null, cseq: null, userAgent: null, source: null });
+    }
+  }
+
+  const bindings = [...next.values()];
+  return {
+    kind: 'save',
+    aor: attempt.aor,
+    bindings,
+    added: bindings.filter((b) => !existing.has(b.contact)).map((b) => b.contact),
+    refreshed: bindings.filter((b) => existing.has(b.contact)).map((b) => b.contact),
+    removed: [...existing.keys()].filter((key) => !next.has(key)),
+  };
+}

@@ -1,0 +1,95 @@
+import { strict as assert } from 'node:assert';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { LocationStore, readMigrations } from '../../lib/location-store.js';
+import type { Binding } from '../../lib/registration.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'midreg-store-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+function binding(aor: string, contact: string, expiresAt: number, over: Partial<Binding> = {}): Binding {
+  return {
+    aor, contact, expiresAt, q: null, instance: null, regId: null, path: '<sip:edge.example;lr>', callId: 'c1', cseq: 1,
+    userAgent: "ua'; DROP TABLE binding; --", source: { address: '192.0.2.1', port: 5060, transport: 'udp' },
+    registeredAt: 1, updatedAt: 1, ...over,
+  };
+}
+
+describe('location store on a SQLite file', () => {
+  it('applies the numbered migrations from sql/ on first open', () => {
+    const file = join(dir, 'fresh.sqlite');
+    const store = new LocationStore(file);
+    const migrations = readMigrations();
+    assert.ok(migrations.length >= 1);
+    assert.deepEqual(store.migrationsApplied, migrations.map((m) => m.name));
+    assert.equal(store.schemaVersion, migrations.at(-1)?.version);
+    store.close();
+    const again = new LocationStore(file);
+    assert.deepEqual(again.migrationsApplied, [], 'nothing re-applied on restart');
+    again.close();
+  });
+
+  it('keeps bindings across a restart and returns them intact', () => {
+    const file = join(dir, 'restart.sqlite');
+    const now = Date.now();
+    const first = new LocationStore(file);
+    const b = binding('sip:alice@example.test', 'sip:alice@10.0.0.1:5060', now + 60_000, { q: 0.5, instance: '"<urn:uuid:x>"', regId: 1 });
+    first.replaceAor(b.aor, [b], { callId: 'c1', cseq: 1, at: now });
+    first.close();
+    const second = new LocationStore(file);
+    assert.deepEqual(second.liveBindings('sip:alice@example.test', now), [b]);
+    second.close();
+  });
+
+  it('replaceAor makes the AoR hold exactly the given set', () => {
+    const store = new LocationStore(join(dir, 'replace.sqlite'));
+    const now = Date.now();
+    const aor = 'sip:bob@example.test';
+    store.replaceAor(aor, [binding(aor, 'sip:b1@h', now + 1000), binding(aor, 'sip:b2@h', now + 1000)], { callId: 'c1', cseq: 1, at: now });
+    store.replaceAor(aor, [binding(aor, 'sip:b2@h', now + 5000)], { callId: 'c1', cseq: 2, at: now });
+    assert.deepEqual(store.liveBindings(aor, now).map((b) => [b.contact, b.expiresAt]), [['sip:b2@h', now + 5000]]);
+    assert.equal(store.stateOf(aor, 'c1').lastCseq, 2);
+    store.close();
+  });
+
+  it('never returns expired bindings and purges them in batches', () => {
+    const store = new LocationStore(join(dir, 'purge.sqlite'));
+    const now = Date.now();
+    for (let i = 0; i < 25; i++) {
+      const aor = `sip:u${i}@example.test`;
+      store.replaceAor(aor, [binding(aor, `sip:u${i}@h`, i < 20 ? now - 1 : now + 60_000)], { callId: 'c', cseq: 1, at: now });
+    }
+    assert.deepEqual(store.liveBindings('sip:u0@example.test', now), []);
+    assert.equal(store.counts(now).bindings, 5);
+    assert.equal(store.purgeExpired(now, 8), 8);
+    assert.equal(store.purgeExpired(now, 8), 8);
+    assert.equal(store.purgeExpired(now, 8), 4);
+    assert.equal(store.purgeExpired(now, 8), 0);
+    assert.equal(store.counts(now).bindings, 5);
+    store.close();
+  });
+
+  it('bindings that expired while closed are gone after the start-up sweep', () => {
+    const file = join(dir, 'downtime.sqlite');
+    const now = Date.now();
+    const first = new LocationStore(file);
+    first.replaceAor('sip:c@example.test', [binding('sip:c@example.test', 'sip:c@h', now + 50)], { callId: 'c', cseq: 1, at: now });
+    first.close();
+    const later = now + 1000;
+    const second = new LocationStore(file);
+    assert.equal(second.purgeExpired(later, Number.MAX_SAFE_INTEGER), 1);
+    assert.deepEqual(second.stateOf('sip:c@example.test', 'x').bindings, []);
+    second.close();
+  });
+
+  it('reports a read-only database as not writable', () => {
+    const file = join(dir, 'ro.sqlite');
+    new LocationStore(file).close();
+    const ro = new LocationStore(file, { readonly: true });
+    const check = ro.checkWritable();
+    assert.equal(check.ok, false);
+    ro.close();
+  });
+});

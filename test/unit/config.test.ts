@@ -1,0 +1,50 @@
+import { strict as assert } from 'node:assert';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { ConfigError, loadConfig } from '../../app/config.js';
+
+const minimal = { DRACHTIO_SECRET: 's3cret', MIDREG_UPSTREAM: 'sip:pbx.example.com:5060', MIDREG_DOMAINS: 'Example.test, other.test' };
+
+describe('configuration', () => {
+  it('runs with only the documented variables set, applying defaults', () => {
+    const config = loadConfig(minimal);
+    assert.deepEqual(config.drachtio, { host: '127.0.0.1', port: 9022, secret: 's3cret' });
+    assert.deepEqual(config.domains, ['example.test', 'other.test']);
+    assert.equal(config.upstreamTimeoutMs, 8000);
+    assert.equal(config.addPath, true);
+  });
+
+  it('names every bad setting on its own line and never echoes the secret', () => {
+    try {
+      loadConfig({ DRACHTIO_PORT: 'ninety', MIDREG_UPSTREAM: 'http://x', MIDREG_DOMAINS: ' , ', MIDREG_LOG_LEVEL: 'loud' });
+      assert.fail('expected ConfigError');
+    } catch (err) {
+      assert.ok(err instanceof ConfigError);
+      const settings = err.problems.map((p) => p.split(':')[0]);
+      assert.deepEqual(settings.sort(), ['DRACHTIO_PORT', 'DRACHTIO_SECRET', 'MIDREG_DOMAINS', 'MIDREG_LOG_LEVEL', 'MIDREG_UPSTREAM']);
+    }
+    try {
+      loadConfig({ ...minimal, DRACHTIO_SECRET: '' , MIDREG_UPSTREAM_TIMEOUT_MS: '5' });
+      assert.fail('expected ConfigError');
+    } catch (err) {
+      assert.ok(err instanceof ConfigError);
+      assert.ok(!err.message.includes('s3cret'));
+      assert.ok(err.problems.some((p) => p.startsWith('MIDREG_UPSTREAM_TIMEOUT_MS')));
+    }
+  });
+
+  it('reads a JSON file, lets the environment override it, and rejects unknown keys', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'midreg-cfg-'));
+    const file = join(dir, 'midreg.json');
+    writeFileSync(file, JSON.stringify({ upstream: 'sip:10.0.0.5', domains: ['a.test'], drachtioSecret: 'x', upstreamTimeoutMs: 3000 }));
+    const config = loadConfig({ MIDREG_CONFIG: file, MIDREG_UPSTREAM_TIMEOUT_MS: '4000' });
+    assert.equal(config.upstream, 'sip:10.0.0.5');
+    assert.equal(config.upstreamTimeoutMs, 4000);
+    writeFileSync(file, JSON.stringify({ upstream: 'sip:10.0.0.5', domains: ['a.test'], drachtioSecret: 'x', typo: 1 }));
+    assert.throws(() => loadConfig({ MIDREG_CONFIG: file }), /unknown setting "typo"/);
+    writeFileSync(file, '{not json');
+    assert.throws(() => loadConfig({ MIDREG_CONFIG: file }), /MIDREG_CONFIG: cannot read/);
+  });
+});
