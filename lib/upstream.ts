@@ -45,6 +45,14 @@ export function upstreamHeaders(
     if (!HOP_HEADERS.has(name)) headers[name] = value;
   }
   headers['max-forwards'] = String(opts.maxForwards);
+  if (headers['contact']?.trim() === '*') {
+    // drachtio-server (sofia-sip nta.c outgoing_update_contact) dereferences the Contact URI's
+    // host, which is NULL for "*", and crashes on any outgoing request carrying `Contact: *`.
+    // Under its compact name (RFC 3261 §7.3.3: "m") drachtio-server passes the header through
+    // as an opaque one, so the registrar still receives a valid `Contact: *` and drachtio lives.
+    delete headers['contact'];
+    headers['m'] = '*';
+  }
   if (opts.pathUri) {
     const ours = `<${opts.pathUri}>`;
     headers['path'] = headers['path'] ? `${ours}, ${headers['path']}` : ours;

@@ -1,0 +1,162 @@
+// End to end: sipp UAs → real drachtio-server → midreg → real Kamailio (digest auth,
+// max_expires 300, max_contacts 3, single-contact users). Runs when DRACHTIO_BIN is set.
+import { strict as assert } from 'node:assert';
+import { createSocket } from 'node:dgram';
+import { after, before, describe, it } from 'node:test';
+import { LocationStore } from '../../lib/location-store.js';
+import type { Binding } from '../../lib/registration.js';
+import { e2eSkipReason, freePort, logLines } from '../support/processes.js';
+import { runSipp, receivedResponses, type SippResult } from '../support/sipp.js';
+import { startStack, type Stack } from '../support/stack.js';
+
+const skip = e2eSkipReason();
+if (skip) console.log(`# e2e registration suite SKIPPED: ${skip}`);
+
+function replica(stack: Stack, user: string): Binding[] {
+  const store = new LocationStore(stack.dbFile, { readonly: true });
+  try { return store.liveBindings(`sip:${user}@example.test`, Date.now()); } finally { store.close(); }
+}
+
+async function sipp(stack: Stack, scenario: string, vars: Record<string, string>, localPort?: number): Promise<SippResult & { localPort: number }> {
+  const port = localPort ?? await freePort();
+  const result = await runSipp({ scenario, target: stack.sipTarget, localPort: port, vars, timeoutSec: 15 });
+  return Object.assign(result, { localPort: port });
+}
+
+function assertPassed(result: SippResult): void {
+  assert.equal(result.code, 0, `sipp ${result.command} failed (${result.code}):\n${result.stdout.slice(-1500)}\n${result.errors.slice(-1500)}\n${result.messages.slice(-3000)}`);
+}
+
+function finalStatuses(result: SippResult): number[] {
+  return receivedResponses(result.messages).map((r) => r.status).filter((s) => s >= 200);
+}
+
+describe('registration replica, end to end', { skip: skip ?? false }, () => {
+  let stack: Stack;
+  before(async () => { stack = await startStack(); });
+  after(async () => { await stack?.stop(); });
+
+  it('401 → authenticated retry → 200 through midreg, and the granted expiry (not the requested one) lands in SQLite', async () => {
+    const result = await sipp(stack, 'register-auth', { user: 'alice', expires: '3600' });
+    assertPassed(result);
+    assert.deepEqual(finalStatuses(result), [401, 200]);
+    assert.match(result.messages, /;expires=300/);
+    const [binding, ...more] = replica(stack, 'alice');
+    assert.equal(more.length, 0);
+    assert.ok(binding);
+    const grantedSeconds = (binding.expiresAt - Date.now()) / 1000;
+    assert.ok(grantedSeconds > 290 && grantedSeconds <= 300, `granted expiry ${grantedSeconds}s`);
+    assert.equal(binding.contact, `sip:alice@127.0.0.1:${result.localPort}`);
+    assert.deepEqual(binding.source, { address: '127.0.0.1', port: result.localPort, transport: 'udp' });
+    assert.equal(binding.userAgent, 'sipp-midreg-test');
+    // The registrar stored our Path, so calls from the platform come back through midreg.
+    const upstream = await stack.kamailio?.lookup('alice@example.test');
+    assert.equal(upstream?.length, 1);
+    assert.match(upstream?.[0]?.path ?? '', new RegExp(`127\\.0\\.0\\.1:${stack.drachtio.sipPort}`));
+    assert.equal(upstream?.[0]?.callId, binding.callId, 'the registrar saw the UA\'s own Call-ID');
+  });
+
+  it('a challenged REGISTER and a wrong password leave nothing in the replica', async () => {
+    assertPassed(await sipp(stack, 'register-challenge-only', { user: 'bob' }));
+    const bad = await sipp(stack, 'register-badpw', { user: 'carol' });
+    assertPassed(bad);
+    assert.deepEqual(replica(stack, 'bob'), []);
+    assert.deepEqual(replica(stack, 'carol'), []);
+    const lines = logLines(stack.midreg, { event: 'register', aor: 'sip:bob@example.test' });
+    assert.ok(lines.some((l) => l['status'] === 401 && l['decision'] === 'not-2xx'), 'one info line per decision');
+  });
+
+  it('a device evicted by the registrar disappears from the replica', async () => {
+    const first = await sipp(stack, 'register-auth', { user: 'singledave', expires: '120' });
+    assertPassed(first);
+    assert.equal(replica(stack, 'singledave').length, 1);
+    const second = await sipp(stack, 'register-auth', { user: 'singledave', expires: '120' });
+    assertPassed(second);
+    assert.deepEqual(replica(stack, 'singledave').map((b) => b.contact), [`sip:singledave@127.0.0.1:${second.localPort}`]);
+  });
+
+  it('max_contacts: the registrar\'s refusal of a 4th device reaches the UA and the replica keeps the 3', async () => {
+    for (let i = 0; i < 3; i++) assertPassed(await sipp(stack, 'register-auth', { user: 'erin', expires: '120' }));
+    assert.equal(replica(stack, 'erin').length, 3);
+    const fourth = await sipp(stack, 'register-auth', { user: 'erin', expires: '120' });
+    const statuses = finalStatuses(fourth);
+    assert.equal(statuses.at(-1), 503, `4th device answered ${statuses.join(',')}`);
+    assert.equal(replica(stack, 'erin').length, 3);
+  });
+
+  it('de-registration of one contact removes it; Contact: * removes all (and drachtio-server survives)', async () => {
+    const keep = await sipp(stack, 'register-auth', { user: 'frank', expires: '120' });
+    const drop = await sipp(stack, 'register-auth', { user: 'frank', expires: '120' });
+    assertPassed(keep); assertPassed(drop);
+    assert.equal(replica(stack, 'frank').length, 2);
+    assertPassed(await sipp(stack, 'deregister', { user: 'frank' }, drop.localPort));
+    assert.deepEqual(replica(stack, 'frank').map((b) => b.contact), [`sip:frank@127.0.0.1:${keep.localPort}`]);
+    assertPassed(await sipp(stack, 'register-auth', { user: 'frank', expires: '120' }, drop.localPort));
+    assert.equal(replica(stack, 'frank').length, 2);
+    const star = await sipp(stack, 'deregister-star', { user: 'frank' });
+    assertPassed(star);
+    assert.deepEqual(replica(stack, 'frank'), []);
+    assert.deepEqual(await stack.kamailio?.lookup('frank@example.test'), []);
+    // drachtio-server still serves after the 200 to a Contact: * (a proxied one would crash it).
+    assertPassed(await sipp(stack, 'register-auth', { user: 'frank', expires: '120' }));
+  });
+
+  it('a query REGISTER (no Contact) is relayed, answered with the bindings, and refreshes the replica', async () => {
+    const reg = await sipp(stack, 'register-auth', { user: 'gina', expires: '60' });
+    assertPassed(reg);
+    const before = replica(stack, 'gina')[0];
+    assert.ok(before);
+    const query = await sipp(stack, 'query', { user: 'gina' });
+    assertPassed(query);
+    assert.match(query.messages, new RegExp(`sip:gina@127\\.0\\.0\\.1:${reg.localPort}`));
+    const after = replica(stack, 'gina')[0];
+    assert.ok(after && after.updatedAt > before.updatedAt, 'query reply rewrote the AoR');
+    assert.deepEqual(after.source, before.source, 'the binding keeps where it registered from');
+  });
+
+  it('the replica survives a restart; bindings that expired while midreg was down are gone after start', async () => {
+    assertPassed(await sipp(stack, 'register-auth', { user: 'hank', expires: '10' }));
+    assert.equal(replica(stack, 'hank').length, 1);
+    await stack.midreg.stop('SIGTERM');
+    await new Promise((r) => setTimeout(r, 11_000));
+    const midreg = await stack.restartMidreg();
+    assert.equal(replica(stack, 'gina').length, 1, 'gina kept across restart');
+    const store = new LocationStore(stack.dbFile, { readonly: true });
+    try { assert.deepEqual(store.stateOf('sip:hank@example.test', 'none').bindings, [], 'hank purged at start'); } finally { store.close(); }
+    assert.ok(logLines(midreg, { message: 'replica opened' }).some((l) => Number(l['expiredRemoved']) >= 1));
+  });
+});
+
+describe('upstream failures, end to end', { skip: skip ?? false }, () => {
+  it('a silent upstream is answered 408 in bounded time and leaves the replica untouched', async () => {
+    const blackHole = createSocket('udp4');
+    await new Promise<void>((resolve) => blackHole.bind(0, '127.0.0.1', () => resolve()));
+    const port = blackHole.address().port;
+    const stack = await startStack({ upstream: `sip:127.0.0.1:${port}`, env: { MIDREG_UPSTREAM_TIMEOUT_MS: '1500' } });
+    try {
+      const started = Date.now();
+      const result = await sipp(stack, 'register-any-final', { user: 'ivan' });
+      assertPassed(result);
+      assert.deepEqual(finalStatuses(result), [408]);
+      assert.ok(Date.now() - started < 6000, 'answered in bounded time');
+      assert.deepEqual(replica(stack, 'ivan'), []);
+    } finally {
+      await stack.stop();
+      blackHole.close();
+    }
+  });
+
+  it('an upstream with nothing listening is answered at once and midreg keeps serving', async () => {
+    const port = await freePort();
+    const stack = await startStack({ upstream: `sip:127.0.0.1:${port}` });
+    try {
+      const result = await sipp(stack, 'register-any-final', { user: 'judy' });
+      assertPassed(result);
+      assert.ok([503, 408].includes(finalStatuses(result)[0] ?? 0));
+      assert.deepEqual(replica(stack, 'judy'), []);
+      assert.equal(stack.midreg.child.exitCode, null, 'midreg still running');
+    } finally {
+      await stack.stop();
+    }
+  });
+});

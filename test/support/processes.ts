@@ -1,0 +1,147 @@
+// Child processes for the end-to-end suites: drachtio-server (the real binary named by
+// DRACHTIO_BIN) and midreg itself (dist/app/main.js), each on 127.0.0.1 and free ports.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { accessSync, constants, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { createSocket } from 'node:dgram';
+import { join } from 'node:path';
+import { REPO_ROOT } from './sipp.js';
+
+export { REPO_ROOT };
+
+/** Why the end-to-end suites cannot run here, or undefined when they can. */
+export function e2eSkipReason(): string | undefined {
+  const bin = process.env['DRACHTIO_BIN'];
+  if (!bin) return 'DRACHTIO_BIN is not set: end-to-end suites need a drachtio-server binary (see README "Tests")';
+  try { accessSync(bin, constants.X_OK); } catch { return `DRACHTIO_BIN=${bin} is not an executable file`; }
+  return undefined;
+}
+
+/** A port free for both TCP and UDP on 127.0.0.1. */
+export async function freePort(): Promise<number> {
+  for (;;) {
+    const port = await new Promise<number>((resolve, reject) => {
+      const srv = createServer();
+      srv.once('error', reject);
+      srv.listen(0, '127.0.0.1', () => {
+        const address = srv.address();
+        srv.close(() => resolve(typeof address === 'object' && address ? address.port : 0));
+      });
+    });
+    const udpFree = await new Promise<boolean>((resolve) => {
+      const sock = createSocket('udp4');
+      sock.once('error', () => resolve(false));
+      sock.bind(port, '127.0.0.1', () => sock.close(() => resolve(true)));
+    });
+    if (udpFree) return port;
+  }
+}
+
+export interface Proc {
+  readonly child: ChildProcess;
+  output(): string;
+  waitFor(pattern: RegExp, timeoutMs?: number): Promise<string>;
+  exited(): Promise<number | null>;
+  stop(signal?: NodeJS.Signals, timeoutMs?: number): Promise<number | null>;
+}
+
+export function spawnProc(cmd: string, args: string[], opts: { env?: NodeJS.ProcessEnv; cwd?: string; name: string }): Proc {
+  const child = spawn(cmd, args, { env: opts.env ?? process.env, cwd: opts.cwd ?? REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  const waiters = new Set<() => void>();
+  const onData = (chunk: Buffer): void => {
+    out += chunk.toString('utf8');
+    for (const w of waiters) w();
+  };
+  child.stdout?.on('data', onData);
+  child.stderr?.on('data', onData);
+  const exit = new Promise<number | null>((resolve) => child.once('exit', (code, signal) => resolve(code ?? (signal ? -1 : null))));
+  let exitedCode: number | null | undefined;
+  void exit.then((code) => { exitedCode = code; for (const w of waiters) w(); });
+  return {
+    child,
+    output: () => out,
+    waitFor(pattern, timeoutMs = 10_000) {
+      return new Promise((resolve, reject) => {
+        const check = (): void => {
+          const match = pattern.exec(out);
+          if (match) { cleanup(); resolve(match[0]); return; }
+          if (exitedCode !== undefined) { cleanup(); reject(new Error(`${opts.name} exited (${exitedCode}) before ${pattern}; output:\n${out.slice(-3000)}`)); }
+        };
+        const timer = setTimeout(() => { cleanup(); reject(new Error(`${opts.name}: no ${pattern} within ${timeoutMs} ms; output:\n${out.slice(-3000)}`)); }, timeoutMs);
+        const cleanup = (): void => { clearTimeout(timer); waiters.delete(check); };
+        waiters.add(check);
+        check();
+      });
+    },
+    exited: () => exit,
+    async stop(signal = 'SIGTERM', timeoutMs = 5000) {
+      if (exitedCode !== undefined) return exitedCode;
+      child.kill(signal);
+      const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+      const code = await exit;
+      clearTimeout(timer);
+      return code;
+    },
+  };
+}
+
+export interface Drachtio extends Proc { sipPort: number; adminPort: number; secret: string }
+
+/** drachtio-server configured like drachtio.conf.xml, on loopback and free ports. */
+export async function startDrachtio(workDir: string, ports?: { sipPort: number; adminPort: number }): Promise<Drachtio> {
+  const bin = process.env['DRACHTIO_BIN'];
+  if (!bin) throw new Error('DRACHTIO_BIN not set');
+  const sipPort = ports?.sipPort ?? await freePort();
+  const adminPort = ports?.adminPort ?? await freePort();
+  const secret = 'e2e-secret';
+  const conf = join(workDir, `drachtio-${adminPort}.conf.xml`);
+  writeFileSync(conf, `<drachtio>
+  <admin port="${adminPort}" secret="${secret}">127.0.0.1</admin>
+  <sip><contacts><contact>sip:127.0.0.1:${sipPort};transport=udp,tcp</contact></contacts><udp-mtu>4096</udp-mtu></sip>
+  <cdrs>false</cdrs>
+  <logging><console/><sofia-loglevel>3</sofia-loglevel><loglevel>info</loglevel></logging>
+</drachtio>
+`);
+  const proc = spawnProc(bin, ['-f', conf], { name: 'drachtio-server' });
+  await waitForTcp(adminPort, 10_000, proc);
+  return Object.assign(proc, { sipPort, adminPort, secret });
+}
+
+async function waitForTcp(port: number, timeoutMs: number, proc: Proc): Promise<void> {
+  const { connect } = await import('node:net');
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const sock = connect(port, '127.0.0.1');
+      sock.once('connect', () => { sock.destroy(); resolve(true); });
+      sock.once('error', () => resolve(false));
+    });
+    if (ok) return;
+    if (Date.now() > deadline) throw new Error(`nothing listening on ${port} after ${timeoutMs} ms:\n${proc.output().slice(-2000)}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+export interface MidregProc extends Proc { dbFile: string }
+
+/** midreg as operators run it: `node dist/app/main.js` with environment variables only. */
+export function startMidregProcess(env: Record<string, string>): MidregProc {
+  const dbFile = env['MIDREG_DB'] ?? '';
+  const proc = spawnProc(process.execPath, [join(REPO_ROOT, 'dist', 'app', 'main.js')], {
+    name: 'midreg',
+    env: { PATH: process.env['PATH'] ?? '', MIDREG_LOG_FORMAT: 'json', MIDREG_LOG_LEVEL: 'debug', ...env },
+  });
+  return Object.assign(proc, { dbFile });
+}
+
+/** midreg's JSON log lines whose fields match `fields`. */
+export function logLines(proc: Proc, fields: Record<string, unknown>): Array<Record<string, unknown>> {
+  return proc.output().split('\n').flatMap((line) => {
+    if (!line.startsWith('{')) return [];
+    try {
+      const entry = JSON.parse(line) as Record<string, unknown>;
+      return Object.entries(fields).every(([k, v]) => entry[k] === v) ? [entry] : [];
+    } catch { return []; }
+  });
+}
