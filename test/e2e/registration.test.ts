@@ -56,7 +56,10 @@ describe('registration replica, end to end', { skip: skip ?? false }, () => {
     assert.equal(upstream?.[0]?.callId, binding.callId, 'the registrar saw the UA\'s own Call-ID');
   });
 
-  it('a challenged REGISTER and a wrong password leave nothing in the replica', async () => {
+  it('a challenged REGISTER and a wrong password change nothing in the replica', async () => {
+    const aliceBefore = replica(stack, 'alice');
+    assertPassed(await sipp(stack, 'register-challenge-only', { user: 'alice' }));
+    assert.deepEqual(replica(stack, 'alice'), aliceBefore, 'a 401 leaves the existing binding as it was');
     assertPassed(await sipp(stack, 'register-challenge-only', { user: 'bob' }));
     const bad = await sipp(stack, 'register-badpw', { user: 'carol' });
     assertPassed(bad);
