@@ -3,7 +3,7 @@
 // Run with `DRACHTIO_BIN=/path/to/drachtio npm run record` (needs kamailio and sipp too).
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
-import { e2eSkipReason, freePort, REPO_ROOT } from '../support/processes.js';
+import { e2eSkipReason, freePort } from '../support/processes.js';
 import { runSipp, type SippResult } from '../support/sipp.js';
 import { startStack, type Stack } from '../support/stack.js';
 import { saveRecording, startWireRecorder, type WireRecorder } from '../support/wire-recorder.js';
