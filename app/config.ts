@@ -17,6 +17,10 @@ export interface Config {
   /** Path URI to insert; by default derived from drachtio-server's first SIP address. */
   pathUri: string | undefined;
   purgeIntervalSec: number;
+  /** Addresses (`ip` or `ip:port`) of the platform: may send MESSAGE, and their requests go to users. */
+  trustedPeers: string[];
+  noBindingStatus: 404 | 480;
+  maxMessageBytes: number;
 }
 
 /** Each setting: its environment variable, its key in the JSON file, and its rule. */
@@ -49,6 +53,15 @@ const SETTINGS = {
   },
   pathUri: { env: 'MIDREG_PATH_URI', schema: z.string().regex(/^sips?:[^\s<>]+$/i, 'must be a SIP URI').optional() },
   purgeIntervalSec: { env: 'MIDREG_PURGE_INTERVAL_SEC', schema: z.coerce.number().int().min(1).max(3600).default(30) },
+  trustedPeers: {
+    env: 'MIDREG_TRUSTED_PEERS',
+    schema: z.union([z.string(), z.array(z.string())])
+      .transform((v) => (Array.isArray(v) ? v : v.split(',')).map((p) => p.trim()).filter((p) => p !== ''))
+      .pipe(z.array(z.string().regex(/^(\d{1,3}(\.\d{1,3}){3}|\[[0-9a-fA-F:]+\]|[0-9a-fA-F:]+)(:\d{1,5})?$/, 'must be IP addresses, optionally with :port')))
+      .optional(),
+  },
+  noBindingStatus: { env: 'MIDREG_NO_BINDING_STATUS', schema: z.union([z.literal(404), z.literal(480), z.enum(['404', '480'])]).transform((v) => (Number(v) === 480 ? 480 : 404)).default(404) },
+  maxMessageBytes: { env: 'MIDREG_MAX_MESSAGE_BYTES', schema: z.coerce.number().int().min(1).max(16 * 1024 * 1024).default(65536) },
 } as const;
 
 type SettingKey = keyof typeof SETTINGS;
@@ -104,13 +117,19 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     addPath: v.addPath,
     pathUri: v.pathUri,
     purgeIntervalSec: v.purgeIntervalSec,
+    trustedPeers: v.trustedPeers ?? defaultTrustedPeers(v.upstream),
+    noBindingStatus: v.noBindingStatus,
+    maxMessageBytes: v.maxMessageBytes,
   };
 }
 
-/** The settings table for the README and `--help`: environment name, file key, default. */
-export function describeSettings(): Array<{ env: string; key: string; default: string }> {
-  return (Object.entries(SETTINGS) as Array<[SettingKey, (typeof SETTINGS)[SettingKey]]>).map(([key, s]) => {
-    const d = s.schema.safeParse(undefined);
-    return { env: s.env, key, default: d.success ? JSON.stringify(d.data) ?? '(none)' : '(required)' };
-  });
+/**
+ * By default the platform is trusted at the address and port MIDREG_UPSTREAM names, when that is
+ * an IP address (a platform sending from other ports, e.g. over TCP, needs MIDREG_TRUSTED_PEERS).
+ */
+function defaultTrustedPeers(upstream: string): string[] {
+  const match = /^sips?:(\d{1,3}(?:\.\d{1,3}){3}|\[[0-9a-fA-F:]+\])(?::(\d+))?/i.exec(upstream);
+  if (!match) return [];
+  const scheme = upstream.slice(0, 4).toLowerCase() === 'sips' ? 'sips' : 'sip';
+  return [`${match[1]}:${match[2] ?? (scheme === 'sips' ? '5061' : '5060')}`];
 }

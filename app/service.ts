@@ -2,7 +2,9 @@
 import type { Config } from './config.js';
 import { LocationStore } from '../lib/location-store.js';
 import type { Logger } from '../lib/logger.js';
+import { createMessageHandler } from '../lib/message-router.js';
 import { createRegisterHandler } from '../lib/registration-relay.js';
+import { createProxyHandler, PROXIED_METHODS } from '../lib/request-proxy.js';
 import { SipEngine } from '../lib/sip/drachtio.js';
 
 export interface Midreg {
@@ -41,6 +43,28 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
     pathUri: () => (config.addPath ? config.pathUri ?? pathUriFrom(engine.sipAddresses) : undefined),
     logger,
   }));
+
+  const upstream = { uri: config.upstream, timeoutMs: config.upstreamTimeoutMs };
+  engine.handle('MESSAGE', createMessageHandler({
+    sender: engine,
+    store,
+    upstream,
+    domains: config.domains,
+    trustedPeers: config.trustedPeers,
+    noBindingStatus: config.noBindingStatus,
+    maxBodyBytes: config.maxMessageBytes,
+    logger,
+  }));
+  const proxy = createProxyHandler({
+    store,
+    upstreamUri: config.upstream,
+    domains: config.domains,
+    trustedPeers: config.trustedPeers,
+    noBindingStatus: config.noBindingStatus,
+    ownHosts: () => engine.sipAddresses.map((a) => a.replace(/^\w+\//, '').replace(/:\d+$/, '').toLowerCase()),
+    logger,
+  });
+  for (const method of PROXIED_METHODS) engine.handle(method, proxy);
 
   let markConnected: () => void = () => undefined;
   const connected = new Promise<void>((resolve) => { markConnected = resolve; });

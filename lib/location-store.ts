@@ -80,6 +80,21 @@ function fromRow(r: BindingRow): Binding {
   };
 }
 
+/**
+ * The smallest string greater than every string starting with `prefix`, in SQLite's BINARY
+ * (UTF-8 byte) order, which is code point order; undefined when no such bound exists.
+ */
+function prefixEnd(prefix: string): string | undefined {
+  const points = [...prefix].map((c) => c.codePointAt(0) ?? 0);
+  while (points.length > 0) {
+    const last = (points.pop() ?? 0) + 1;
+    if (last > 0x10ffff) continue;
+    points.push(last >= 0xd800 && last <= 0xdfff ? 0xe000 : last);
+    return String.fromCodePoint(...points);
+  }
+  return undefined;
+}
+
 export interface OpenOptions { readonly?: boolean }
 
 export class LocationStore {
@@ -120,10 +135,20 @@ export class LocationStore {
       purgeBindings: db.prepare<[number, number]>(
         'DELETE FROM binding WHERE (aor, contact) IN (SELECT aor, contact FROM binding WHERE expires_at <= ? LIMIT ?)'),
       purgeSequences: db.prepare<[number]>('DELETE FROM register_sequence WHERE seen_at <= ?'),
+      liveByContact: db.prepare<[string, number], BindingRow>(
+        'SELECT * FROM binding WHERE contact = ? AND expires_at > ? ORDER BY updated_at DESC'),
+      liveFromSource: db.prepare<[string, string, number, number], { n: number }>(
+        'SELECT 1 AS n FROM binding WHERE aor = ? AND source_address = ? AND source_port = ? AND expires_at > ? LIMIT 1'),
       countLive: db.prepare<[number], { bindings: number; aors: number }>(
         'SELECT count(*) AS bindings, count(DISTINCT aor) AS aors FROM binding WHERE expires_at > ?'),
       listLive: db.prepare<[number, string, number], BindingRow>(
         'SELECT * FROM binding WHERE expires_at > ? AND aor >= ? ORDER BY aor, contact LIMIT ?'),
+      // `+expires_at` keeps the planner on the primary key, so a page is a short range read
+      // and never a sort of every live binding.
+      listLiveAfter: db.prepare<[string, string, number, number], BindingRow>(
+        'SELECT * FROM binding WHERE (aor, contact) > (?, ?) AND +expires_at > ? ORDER BY aor, contact LIMIT ?'),
+      listLiveAfterBelow: db.prepare<[string, string, string, number, number], BindingRow>(
+        'SELECT * FROM binding WHERE (aor, contact) > (?, ?) AND aor < ? AND +expires_at > ? ORDER BY aor, contact LIMIT ?'),
       probeBegin: db.prepare('BEGIN IMMEDIATE'),
       probeWrite: db.prepare(`INSERT INTO register_sequence (aor, call_id, cseq, seen_at) VALUES ('', '', 0, 0)
         ON CONFLICT (aor, call_id) DO UPDATE SET seen_at = 0`),
@@ -170,9 +195,35 @@ export class LocationStore {
     return this.stmt.liveOf.all(aor, now).map(fromRow);
   }
 
+  /** Live bindings whose contact URI is exactly `contact` (a request the platform routed to a registered contact). */
+  liveBindingsByContact(contact: string, now: number): Binding[] {
+    return this.stmt.liveByContact.all(contact, now).map(fromRow);
+  }
+
+  /** Whether a live binding of `aor` was registered from this source address and port. */
+  isLiveSource(aor: string, address: string, port: number, now: number): boolean {
+    return this.stmt.liveFromSource.get(aor, address, port, now) !== undefined;
+  }
+
   /** One page of live bindings ordered by AoR, starting at `fromAor`. */
   listLive(now: number, fromAor = '', limit = 1000): Binding[] {
     return this.stmt.listLive.all(now, fromAor, limit).map(fromRow);
+  }
+
+  /**
+   * One page of live bindings strictly after `after` in (AoR, contact) order, optionally only of
+   * AoRs starting with `aorPrefix`. Unlike listLive, a page that ends inside an AoR is resumed
+   * without repeating or skipping a binding, however many contacts the AoR has.
+   */
+  listLiveAfter(now: number, opts: { after?: { aor: string; contact: string }; aorPrefix?: string; limit: number }): Binding[] {
+    const prefix = opts.aorPrefix ?? '';
+    // No binding has an empty contact, so (prefix, '') sorts before every row of the range.
+    const start = opts.after !== undefined && opts.after.aor >= prefix ? opts.after : { aor: prefix, contact: '' };
+    const end = prefix === '' ? undefined : prefixEnd(prefix);
+    const rows = end === undefined
+      ? this.stmt.listLiveAfter.all(start.aor, start.contact, now, opts.limit)
+      : this.stmt.listLiveAfterBelow.all(start.aor, start.contact, end, now, opts.limit);
+    return rows.map(fromRow);
   }
 
   counts(now: number): { bindings: number; aors: number } {

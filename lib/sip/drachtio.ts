@@ -34,7 +34,10 @@ interface RawRequest extends RawMessage {
   protocol: string;
   registration?: { type: 'register' | 'unregister'; expires: number };
   on(event: 'response', listener: (res: RawResponse) => void): void;
+  proxy(opts: { destination: string[]; remainInDialog?: boolean; followRedirects?: boolean; simultaneous?: boolean },
+    callback: (err: Error | null, result?: RawProxyResult) => void): void;
 }
+interface RawProxyResult { connected?: boolean; finalStatus?: number }
 interface RawResponse extends RawMessage {
   status: number;
   reason: string;
@@ -96,6 +99,8 @@ export class SipParseError extends Error {
   }
 }
 
+export interface ProxyOutcome { finalStatus: number | undefined }
+
 export interface SipRequest {
   readonly method: string;
   readonly uri: string;
@@ -109,6 +114,12 @@ export interface SipRequest {
   contacts(): NameAddr[] | 'star' | 'none';
   cseq(): { seq: number; method: string };
   registration(): RegistrationParse;
+  /**
+   * Proxy statefully (drachtio-server owns the transaction, CANCEL, ACK and in-dialog routing).
+   * `destination` is the next hop; the Request-URI is kept unless it names drachtio itself.
+   * Resolves after drachtio has forwarded the final response.
+   */
+  proxyTo(destination: string, opts: { recordRoute: boolean }): Promise<ProxyOutcome>;
 }
 
 export interface SipReply {
@@ -217,6 +228,12 @@ function wrapRequest(req: RawRequest): SipRequest {
         : { kind: 'parsed', type: req.registration.type, expires: req.registration.expires };
       return registration;
     },
+    proxyTo: (destination, opts) => new Promise((resolve, reject) => {
+      req.proxy({ destination: [destination], remainInDialog: opts.recordRoute, followRedirects: false }, (err, result) => {
+        if (err) reject(err);
+        else resolve({ finalStatus: result?.finalStatus });
+      });
+    }),
   };
 }
 

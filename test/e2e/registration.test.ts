@@ -56,6 +56,25 @@ describe('registration replica, end to end', { skip: skip ?? false }, () => {
     assert.equal(upstream?.[0]?.callId, binding.callId, 'the registrar saw the UA\'s own Call-ID');
   });
 
+  it('the replica holds a binding before its UA receives the 200 (window measured over 10 registrations)', async () => {
+    const windows: number[] = [];
+    for (let i = 0; i < 10; i++) {
+      const result = await sipp(stack, 'register-auth', { user: `win${i}`, expires: '120' });
+      assertPassed(result);
+      // sipp stamps each message with local wall-clock time; the last received one is the 200.
+      const stamps = [...result.messages.matchAll(/^-+ (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\n(?:UDP|TCP) message received/gm)];
+      const last = stamps.at(-1)?.[1];
+      assert.ok(last, 'sipp logged the 200');
+      const receivedAt = new Date(last.replace(' ', 'T')).getTime();
+      const [binding] = replica(stack, `win${i}`);
+      assert.ok(binding);
+      windows.push(binding.updatedAt - receivedAt);
+    }
+    windows.sort((a, b) => a - b);
+    console.log(`# replica-vs-200 window (ms, negative = replica first): min ${windows[0]} median ${windows[5]} max ${windows[9]}`);
+    assert.ok((windows[9] ?? Infinity) <= 2, `binding written at most 2 ms after the UA got its 200 (max ${windows[9]} ms)`);
+  });
+
   it('a challenged REGISTER and a wrong password change nothing in the replica', async () => {
     const aliceBefore = replica(stack, 'alice');
     assertPassed(await sipp(stack, 'register-challenge-only', { user: 'alice' }));

@@ -48,6 +48,8 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
     MIDREG_DOMAINS: 'example.test',
     MIDREG_DB: dbFile,
     MIDREG_UPSTREAM_TIMEOUT_MS: '2000',
+    // UAs run on 127.0.0.1 too, so the platform is told apart by its port.
+    MIDREG_TRUSTED_PEERS: upstream.replace(/^sips?:/, '').replace(/;.*$/, ''),
     ...opts.env,
   };
   const launch = async (env: Record<string, string>): Promise<MidregProc> => {

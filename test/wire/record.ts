@@ -4,16 +4,17 @@
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import { e2eSkipReason, freePort } from '../support/processes.js';
-import { runSipp, type SippResult } from '../support/sipp.js';
+import { runSipp, startSippUas, type SippResult, type SippUas } from '../support/sipp.js';
 import { startStack, type Stack } from '../support/stack.js';
 import { saveRecording, startWireRecorder, type WireRecorder } from '../support/wire-recorder.js';
 
 import { RECORDINGS_DIR } from './recordings.js';
 
 type Sipp = (scenario: string, vars: Record<string, string>, localPort?: number) => Promise<SippResult & { localPort: number }>;
+type Uas = (scenario: string, localPort: number, calls: number) => Promise<SippUas>;
 
 /** Each scenario: what the UAs do. The stack (Kamailio, drachtio-server, midreg) is new for each. */
-export const SCENARIOS: Record<string, { upstream?: 'silent'; steps(sipp: Sipp): Promise<void> }> = {
+export const SCENARIOS: Record<string, { upstream?: 'silent'; env?: Record<string, string>; steps(sipp: Sipp, uas: Uas): Promise<void> }> = {
   'register-auth': { async steps(sipp) { await sipp('register-auth', { user: 'alice', expires: '3600' }); } },
   'register-rejected': {
     async steps(sipp) {
@@ -41,6 +42,28 @@ export const SCENARIOS: Record<string, { upstream?: 'silent'; steps(sipp: Sipp):
       await sipp('query', { user: 'gina' });
     },
   },
+  'message': {
+    env: { MIDREG_MAX_MESSAGE_BYTES: '1000' },
+    async steps(sipp, uas) {
+      const alice = await sipp('register-auth', { user: 'alice', expires: '300' });
+      const bob = await sipp('register-auth', { user: 'bob', expires: '300' });
+      const bobUas = await uas('uas-message', bob.localPort, 1);
+      await sipp('uac-message', { to: 'bob', from: 'alice', expect: '200' }, alice.localPort);
+      await bobUas.done;
+      await sipp('uac-message', { to: 'nobody', from: 'alice', expect: '404' }, alice.localPort);
+      await sipp('uac-message', { to: 'bob', from: 'mallory', expect: '403' });
+      await sipp('uac-message', { to: 'bob', from: 'alice', expect: '413', body: 'x'.repeat(1200) }, alice.localPort);
+    },
+  },
+  'call': {
+    async steps(sipp, uas) {
+      const alice = await sipp('register-auth', { user: 'alice', expires: '300' });
+      const bob = await sipp('register-auth', { user: 'bob', expires: '300' });
+      const bobUas = await uas('uas-invite', bob.localPort, 1);
+      await sipp('uac-invite', { to: 'bob', from: 'alice', hold: '300' }, alice.localPort);
+      await bobUas.stop();
+    },
+  },
   'upstream-silent': { upstream: 'silent', async steps(sipp) { await sipp('register-any-final', { user: 'ivan' }); } },
 };
 
@@ -59,6 +82,7 @@ async function record(name: string): Promise<void> {
   }
   const stack: Stack = await startStack({
     ...(upstream ? { upstream } : {}),
+    ...(scenario.env ? { env: scenario.env } : {}),
     drachtioAdminPortForMidreg: async (drachtio) => {
       recorder = await startWireRecorder({ target: { host: '127.0.0.1', port: drachtio.adminPort } });
       return recorder.port;
@@ -69,6 +93,10 @@ async function record(name: string): Promise<void> {
       const port = localPort ?? await freePort();
       const result = await runSipp({ scenario: file, target: stack.sipTarget, localPort: port, vars, timeoutSec: 15 });
       return Object.assign(result, { localPort: port });
+    }, async (file, localPort, calls) => {
+      const server = startSippUas({ scenario: file, localPort, calls, timeoutSec: 15 });
+      await server.ready;
+      return server;
     });
     await new Promise((r) => setTimeout(r, 200));
     await stack.midreg.stop('SIGTERM');

@@ -3,65 +3,9 @@
 // (test/wire/recordings, re-recorded by `npm run record`). Asserts what a user would notice:
 // what the UA was answered, what reached the registrar, what the replica holds.
 import { strict as assert } from 'node:assert';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { after, describe, it } from 'node:test';
-import { loadConfig } from '../../app/config.js';
-import { startMidreg } from '../../app/service.js';
-import { LocationStore } from '../../lib/location-store.js';
-import { createLogger } from '../../lib/logger.js';
-import type { Binding } from '../../lib/registration.js';
-import { findFrames, header, sipOf, statusOf, tokensOf, type WireFrame } from '../support/wire-frame.js';
-import { loadRecording } from '../support/wire-recorder.js';
-import { startWireReplay } from '../support/wire-replay.js';
-import { RECORDINGS_DIR } from './recordings.js';
-
-const workDir = mkdtempSync(join(tmpdir(), 'midreg-wire-'));
-after(() => rmSync(workDir, { recursive: true, force: true }));
-
-interface Replayed {
-  /** Frames midreg sent to the (fake) drachtio-server. */
-  sent: WireFrame[];
-  /** The recorded frames drachtio-server sent to midreg. */
-  recorded: WireFrame[];
-  replica(user: string): Binding[];
-}
-
-async function replay(name: string, env: Record<string, string> = {}): Promise<Replayed> {
-  const recording = await loadRecording(join(RECORDINGS_DIR, `${name}.json`));
-  const server = await startWireReplay({ frames: recording.frames });
-  const dbFile = join(workDir, `${name}.sqlite`);
-  const config = loadConfig({
-    DRACHTIO_PORT: String(server.port), DRACHTIO_SECRET: 'replayed', MIDREG_UPSTREAM: 'sip:127.0.0.1:5070',
-    MIDREG_DOMAINS: 'example.test', MIDREG_DB: dbFile, MIDREG_LOG_LEVEL: 'error', ...env,
-  });
-  const midreg = startMidreg(config, createLogger({ level: 'error', format: 'json' }));
-  try {
-    await server.done;
-  } finally {
-    await midreg.stop();
-    await server.stop();
-  }
-  return {
-    sent: server.received,
-    recorded: recording.frames.filter((f) => f.dir === 'toApp'),
-    replica(user) {
-      const store = new LocationStore(dbFile, { readonly: true });
-      try { return store.liveBindings(`sip:${user}@example.test`, Date.now()); } finally { store.close(); }
-    },
-  };
-}
-
-/** Responses midreg sent back to UAs, in order. */
-const uaResponses = (r: Replayed): string[] => findFrames(r.sent, { type: 'sip' }).map((f) => sipOf(f) ?? '').filter((s) => s.startsWith('SIP/2.0'));
-/** REGISTERs midreg sent to the registrar. */
-const upstreamRegisters = (r: Replayed): string[] => findFrames(r.sent, { type: 'sip', method: 'REGISTER' }).map((f) => sipOf(f) ?? '');
-/** The registrar's replies as drachtio-server delivered them. */
-const registrarReplies = (r: Replayed): string[] => findFrames(r.recorded, { type: 'sip', source: 'network' }).map((f) => sipOf(f) ?? '').filter((s) => s.startsWith('SIP/2.0'));
-/** The REGISTERs UAs sent, as drachtio-server delivered them, with the source drachtio saw. */
-const uaRegisters = (r: Replayed): Array<{ sip: string; address: string; port: number }> =>
-  findFrames(r.recorded, { type: 'sip', method: 'REGISTER' }).map((f) => ({ sip: sipOf(f) ?? '', address: tokensOf(f)[5] ?? '', port: Number(tokensOf(f)[6]) }));
+import { describe, it } from 'node:test';
+import { header, statusOf } from '../support/wire-frame.js';
+import { registrarReplies, replay, uaRegisters, uaResponses, upstreamRegisters } from './replay-midreg.js';
 
 describe('REGISTER relay at the drachtio wire (recorded from real drachtio-server + Kamailio)', () => {
   it('relays the UA\'s request unchanged end to end and passes the challenge and the 200 back as the registrar sent them', async () => {

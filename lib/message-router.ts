@@ -1,0 +1,163 @@
+// SIP MESSAGE (RFC 3428) delivered from the replica: the voice platform behind midreg gains IM.
+import { canonicalAor, isServedDomain } from './aor.js';
+import type { LocationStore } from './location-store.js';
+import type { Logger } from './logger.js';
+import { branchFor, chooseFinal, classifySender, resolveTarget, type Branch } from './routing.js';
+import { parseUri, type RequestHandler, type SipReply, type SipRequest } from './sip/drachtio.js';
+import { askUpstream, nextMaxForwards, replyHeaders, upstreamHeaders, type RequestSender, type UpstreamOutcome, type UpstreamTarget } from './upstream.js';
+
+export type MessageOutcome = 'delivered' | 'not_found' | 'forbidden' | 'too_large' | 'failed' | 'relayed';
+
+export interface MessageRouterDeps {
+  sender: RequestSender;
+  store: Pick<LocationStore, 'liveBindings' | 'liveBindingsByContact' | 'isLiveSource'>;
+  upstream: UpstreamTarget;
+  domains: readonly string[];
+  trustedPeers: readonly string[];
+  /** 404 (default) or 480 (RFC 3261 §21.4.18: known user, no current location). */
+  noBindingStatus: 404 | 480;
+  maxBodyBytes: number;
+  logger: Logger;
+  onOutcome?(outcome: MessageOutcome): void;
+  clock?: () => number;
+}
+
+/** Headers the MESSAGE keeps on every branch: end-to-end ones, with Max-Forwards decremented. */
+function branchHeaders(req: SipRequest, maxForwards: number, route: string | undefined): Record<string, string> {
+  const headers = upstreamHeaders(req.headers(), { maxForwards });
+  // RFC 3428 §4: MESSAGE creates no dialog, so a Contact has no meaning on it.
+  delete headers['contact'];
+  if (route) headers['route'] = route;
+  return headers;
+}
+
+/** The sender's AoR from From, in the same canonical form the replica is keyed by. */
+function senderAor(req: SipRequest): string | undefined {
+  try {
+    const uri = parseUri(req.nameAddr('From').uri);
+    return uri && uri.user !== undefined ? canonicalAor(uri) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function approximateSize(req: SipRequest): number {
+  return req.headers().reduce((sum, [name, value]) => sum + name.length + value.length + 4, 0)
+    + Buffer.byteLength(req.body, 'utf8') + 200; // start line, Via and Max-Forwards drachtio adds
+}
+
+export function createMessageHandler(deps: MessageRouterDeps): RequestHandler {
+  const clock = deps.clock ?? Date.now;
+  const log = deps.logger;
+  return async (req, res) => {
+    const now = clock();
+    const from = `${req.source.transport}:${req.source.address}:${req.source.port}`;
+    const base = { event: 'message', ruri: req.uri, callId: req.header('Call-ID'), source: from };
+    const finish = (outcome: MessageOutcome, status: number, detail: Record<string, unknown> = {}): void => {
+      log.info(`MESSAGE ${outcome}`, { ...base, outcome, status, ...detail });
+      deps.onOutcome?.(outcome);
+    };
+
+    const fromAor = senderAor(req);
+    const sender = classifySender(req.source, deps.trustedPeers,
+      () => fromAor !== undefined && deps.store.isLiveSource(fromAor, req.source.address, req.source.port, now));
+    if (sender.kind === 'unknown') {
+      res.send(403, { reason: 'Sender Not Registered' });
+      finish('forbidden', 403, { from: fromAor, why: 'no live binding of the From AoR registered from this source, and not a trusted peer' });
+      return;
+    }
+    const bodyBytes = Buffer.byteLength(req.body, 'utf8');
+    if (bodyBytes > deps.maxBodyBytes) {
+      res.send(413, { reason: 'Request Entity Too Large' });
+      finish('too_large', 413, { bodyBytes, maxBodyBytes: deps.maxBodyBytes });
+      return;
+    }
+    const hops = nextMaxForwards(req.header('Max-Forwards'));
+    if (hops.kind !== 'forward') {
+      const status = hops.kind === 'too-many-hops' ? 483 : 400;
+      res.send(status);
+      finish('failed', status, { why: hops.kind });
+      return;
+    }
+
+    const ruri = parseUri(req.uri);
+    const servedAor = ruri && ruri.user !== undefined && isServedDomain(ruri.host, deps.domains) ? canonicalAor(ruri) : undefined;
+    const target = resolveTarget({
+      byContact: deps.store.liveBindingsByContact(req.uri, now),
+      servedAor,
+      byAor: servedAor ? deps.store.liveBindings(servedAor, now) : [],
+    });
+
+    if (target.kind === 'no-binding') {
+      res.send(deps.noBindingStatus);
+      finish('not_found', deps.noBindingStatus, { aor: target.aor });
+      return;
+    }
+    if (target.kind === 'upstream') {
+      const outcome = await askUpstream(deps.sender, {
+        method: 'MESSAGE', uri: req.uri, headers: branchHeaders(req, hops.value, undefined), body: req.body, nextHop: deps.upstream.uri,
+      }, deps.upstream.timeoutMs, clock);
+      const answered = answerFrom([outcome]);
+      sendAnswer(res, answered);
+      finish('relayed', answered.status, { to: 'upstream' });
+      return;
+    }
+
+    const size = approximateSize(req);
+    const branches: Branch[] = target.bindings.map((b) => branchFor(b, size));
+    const sendable = branches.filter((b): b is Extract<Branch, { kind: 'send' }> => b.kind === 'send');
+    if (sendable.length === 0) {
+      const skipped = branches[0];
+      const status = skipped?.kind === 'skip' ? skipped.status : 500;
+      res.send(status, skipped?.kind === 'skip' ? { reason: skipped.reason } : {});
+      finish('too_large', status, { why: 'every binding is UDP-only and the request exceeds 1300 bytes (RFC 3428 §8)' });
+      return;
+    }
+
+    // Fork in parallel; the first 2xx is answered at once, the others are left to complete
+    // (RFC 3261 §9.1: non-INVITE requests are never CANCELled).
+    const outcome = await forkFirst2xx(sendable.map((branch) => askUpstream(deps.sender, {
+      method: 'MESSAGE', uri: branch.requestUri, headers: branchHeaders(req, hops.value, branch.route), body: req.body,
+      ...(branch.nextHop ? { nextHop: branch.nextHop } : {}),
+    }, deps.upstream.timeoutMs, clock)));
+    sendAnswer(res, outcome);
+    const delivered = outcome.status >= 200 && outcome.status < 300;
+    finish(delivered ? 'delivered' : 'failed', outcome.status, {
+      aor: servedAor, branches: sendable.length, skipped: branches.length - sendable.length,
+      to: sendable.map((b) => b.nextHop ?? b.requestUri),
+    });
+  };
+}
+
+type Answer = { status: number; reply: SipReply | undefined };
+
+function answerFrom(outcomes: UpstreamOutcome[]): Answer {
+  const statuses = outcomes.map((o) => (o.kind === 'reply' ? o.reply.status : o.kind === 'timeout' ? 408 : 503));
+  const chosen = chooseFinal(statuses);
+  const picked = outcomes[chosen];
+  return { status: statuses[chosen] ?? 408, reply: picked?.kind === 'reply' ? picked.reply : undefined };
+}
+
+/** Resolve with the first 2xx, or with the best final response once every branch has one. */
+function forkFirst2xx(branches: Array<Promise<UpstreamOutcome>>): Promise<Answer> {
+  return new Promise((resolve) => {
+    const done: UpstreamOutcome[] = [];
+    let settled = false;
+    for (const branch of branches) {
+      void branch.then((outcome) => {
+        if (settled) return;
+        done.push(outcome);
+        if ((outcome.kind === 'reply' && outcome.reply.status < 300) || done.length === branches.length) {
+          settled = true;
+          resolve(answerFrom(done));
+        }
+      });
+    }
+  });
+}
+
+function sendAnswer(res: Parameters<RequestHandler>[1], answer: Answer): void {
+  if (res.finalSent) return;
+  if (answer.reply) res.send(answer.status, { reason: answer.reply.reason, headers: replyHeaders(answer.reply), body: answer.reply.body });
+  else res.send(answer.status);
+}

@@ -1,0 +1,84 @@
+// Pure routing decisions for requests other than REGISTER: who may send, where a request goes,
+// how each branch reaches a UA behind NAT, and which branch response the sender gets.
+import type { Binding } from './registration.js';
+
+/** RFC 3428 §8 / RFC 3261 §18.1.1: past 1300 bytes a request must use a congestion-controlled transport. */
+export const UDP_SAFE_BYTES = 1300;
+
+export type Sender = { kind: 'trusted-peer' } | { kind: 'registered' } | { kind: 'unknown' };
+
+export type Target =
+  | { kind: 'bindings'; bindings: Binding[]; via: 'contact' | 'aor' }
+  | { kind: 'no-binding'; aor: string }
+  | { kind: 'upstream' };
+
+/**
+ * Where a request addressed to `requestUri` goes: to bindings whose contact it is (the platform
+ * routed it via our Path), to the live bindings of an AoR of a served domain, or upstream.
+ */
+export function resolveTarget(input: {
+  byContact: Binding[];
+  servedAor: string | undefined;
+  byAor: Binding[];
+}): Target {
+  if (input.byContact.length > 0) return { kind: 'bindings', bindings: input.byContact, via: 'contact' };
+  if (input.servedAor === undefined) return { kind: 'upstream' };
+  if (input.byAor.length > 0) return { kind: 'bindings', bindings: input.byAor, via: 'aor' };
+  return { kind: 'no-binding', aor: input.servedAor };
+}
+
+export type Branch =
+  | { kind: 'send'; binding: Binding; requestUri: string; nextHop: string | undefined; route: string | undefined }
+  | { kind: 'skip'; binding: Binding; status: number; reason: string };
+
+/**
+ * How to reach one binding. The Request-URI stays the registered contact; the next hop is the
+ * address the REGISTER came from (the NAT binding), or the first Path entry when the UA
+ * registered through another proxy (RFC 3327 §5.3: requests follow the Path as a route set).
+ */
+export function branchFor(binding: Binding, requestBytes: number): Branch {
+  const transport = binding.source?.transport ?? 'udp';
+  const path = binding.path?.trim() || undefined;
+  if (!path && transport === 'udp' && requestBytes > UDP_SAFE_BYTES && !/;transport=(tcp|tls|ws|wss)/i.test(binding.contact)) {
+    return { kind: 'skip', binding, status: 513, reason: 'Message Too Large For UDP' };
+  }
+  if (path) return { kind: 'send', binding, requestUri: binding.contact, nextHop: undefined, route: path };
+  if (!binding.source) return { kind: 'send', binding, requestUri: binding.contact, nextHop: undefined, route: undefined };
+  const { address, port } = binding.source;
+  const host = address.includes(':') && !address.startsWith('[') ? `[${address}]` : address;
+  const scheme = transport === 'tls' || transport === 'wss' ? 'sips' : 'sip';
+  return { kind: 'send', binding, requestUri: binding.contact, nextHop: `${scheme}:${host}:${port};transport=${transport}`, route: undefined };
+}
+
+/**
+ * RFC 3261 §16.7 step 6 for a forked non-INVITE: the first 2xx wins; otherwise "the proxy MUST
+ * choose from the 6xx class responses if any exist", else "SHOULD choose from the lowest
+ * response class", and 408 when no branch answered. Returns the index of the chosen status.
+ */
+export function chooseFinal(statuses: readonly number[]): number {
+  if (statuses.length === 0) return -1;
+  const first2xx = statuses.findIndex((s) => s >= 200 && s < 300);
+  if (first2xx >= 0) return first2xx;
+  const sixxx = statuses.findIndex((s) => s >= 600);
+  if (sixxx >= 0) return sixxx;
+  let best = 0;
+  for (let i = 1; i < statuses.length; i++) {
+    if (Math.floor((statuses[i] ?? 999) / 100) < Math.floor((statuses[best] ?? 999) / 100)) best = i;
+  }
+  return best;
+}
+
+/** Whether `source` is one of the trusted peers (`address` or `address:port`). */
+export function isTrustedPeer(source: { address: string; port: number }, peers: readonly string[]): boolean {
+  return peers.some((peer) => peer === source.address || peer === `${source.address}:${source.port}`);
+}
+
+/**
+ * Who is sending. midreg must not become an open relay or a spoofing tool: a MESSAGE is taken
+ * only from the platform itself, or from the very address and port a live binding of the From
+ * AoR registered from (so a registered user cannot send as another one).
+ */
+export function classifySender(source: { address: string; port: number }, peers: readonly string[], isLiveSource: () => boolean): Sender {
+  if (isTrustedPeer(source, peers)) return { kind: 'trusted-peer' };
+  return isLiveSource() ? { kind: 'registered' } : { kind: 'unknown' };
+}

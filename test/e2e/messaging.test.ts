@@ -1,0 +1,74 @@
+// End to end: MESSAGE between registered users delivered from the replica, refusals, and a call
+// through midreg and the platform (Kamailio), which reaches the callee back via midreg's Path.
+import { strict as assert } from 'node:assert';
+import { after, before, describe, it } from 'node:test';
+import { e2eSkipReason, freePort, logLines } from '../support/processes.js';
+import { receivedResponses, runSipp, startSippUas, type SippResult } from '../support/sipp.js';
+import { startStack, type Stack } from '../support/stack.js';
+
+const skip = e2eSkipReason();
+if (skip) console.log(`# e2e messaging suite SKIPPED: ${skip}`);
+
+async function sipp(stack: Stack, scenario: string, vars: Record<string, string>, localPort: number): Promise<SippResult> {
+  return runSipp({ scenario, target: stack.sipTarget, localPort, vars, timeoutSec: 15 });
+}
+
+function assertPassed(result: SippResult): void {
+  assert.equal(result.code, 0, `sipp ${result.command} failed (${result.code}):\n${result.errors.slice(-1500)}\n${result.messages.slice(-3000)}`);
+}
+
+const finals = (r: SippResult): number[] => receivedResponses(r.messages).map((x) => x.status).filter((s) => s >= 200);
+/** How many requests a UAS received, from its message log. */
+const received = (r: SippResult, method: string): string[] => r.messages.split(/-{10,}/).filter((m) => new RegExp(`received[\\s\\S]*?\\n${method} sip:`).test(m));
+
+describe('MESSAGE and calls through midreg, end to end', { skip: skip ?? false }, () => {
+  let stack: Stack;
+  const port: Record<string, number> = {};
+  before(async () => {
+    stack = await startStack({ env: { MIDREG_MAX_MESSAGE_BYTES: '1000' } });
+    for (const user of ['alice', 'bob', 'bob2', 'carol']) port[user] = await freePort();
+    for (const [user, p] of [['alice', port['alice']], ['bob', port['bob']], ['bob', port['bob2']], ['carol', port['carol']]] as const) {
+      assertPassed(await sipp(stack, 'register-auth', { user, expires: '300' }, p ?? 0));
+    }
+  });
+  after(async () => { await stack?.stop(); });
+
+  it('delivers to every registered device of the recipient and returns the 200', async () => {
+    const uas1 = startSippUas({ scenario: 'uas-message', localPort: port['bob'] ?? 0, calls: 1, timeoutSec: 10 });
+    const uas2 = startSippUas({ scenario: 'uas-message', localPort: port['bob2'] ?? 0, calls: 1, timeoutSec: 10 });
+    await Promise.all([uas1.ready, uas2.ready]);
+    const sent = await sipp(stack, 'uac-message', { to: 'bob', from: 'alice', expect: '200' }, port['alice'] ?? 0);
+    assertPassed(sent);
+    const [r1, r2] = await Promise.all([uas1.done, uas2.done]);
+    assert.equal(received(r1, 'MESSAGE').length, 1, 'device 1 got it');
+    assert.equal(received(r2, 'MESSAGE').length, 1, 'device 2 got it');
+    assert.match(r1.messages, new RegExp(`MESSAGE sip:bob@127\\.0\\.0\\.1:${port['bob']} SIP/2\\.0`), 'Request-URI is the registered contact');
+    assert.ok(logLines(stack.midreg, { event: 'message', outcome: 'delivered' }).length >= 1);
+  });
+
+  it('404 for an unknown user, 403 for an unregistered or spoofed sender, 413 for an oversized body', async () => {
+    assertPassed(await sipp(stack, 'uac-message', { to: 'nobody', from: 'alice', expect: '404' }, port['alice'] ?? 0));
+    assertPassed(await sipp(stack, 'uac-message', { to: 'bob', from: 'mallory', expect: '403' }, await freePort()));
+    assertPassed(await sipp(stack, 'uac-message', { to: 'bob', from: 'carol', expect: '403' }, port['alice'] ?? 0));
+    assertPassed(await sipp(stack, 'uac-message', { to: 'bob', from: 'alice', expect: '413', body: 'x'.repeat(1200) }, port['alice'] ?? 0));
+  });
+
+  it('after de-registration a MESSAGE is no longer delivered', async () => {
+    assertPassed(await sipp(stack, 'deregister', { user: 'carol' }, port['carol'] ?? 0));
+    assertPassed(await sipp(stack, 'uac-message', { to: 'carol', from: 'alice', expect: '404' }, port['alice'] ?? 0));
+  });
+
+  it('a call alice → bob through midreg and the platform: INVITE/200/ACK/BYE, the platform reaching bob via Path', async () => {
+    // bob has two devices; a UAS on each answers, the platform forks to both via midreg.
+    const uas1 = startSippUas({ scenario: 'uas-invite', localPort: port['bob'] ?? 0, calls: 1, timeoutSec: 15 });
+    const uas2 = startSippUas({ scenario: 'uas-invite', localPort: port['bob2'] ?? 0, calls: 1, timeoutSec: 15 });
+    await Promise.all([uas1.ready, uas2.ready]);
+    const call = await sipp(stack, 'uac-invite', { to: 'bob', from: 'alice', hold: '500' }, port['alice'] ?? 0);
+    await Promise.all([uas1.stop(), uas2.stop()]);
+    assertPassed(call);
+    assert.ok(finals(call).includes(200));
+    const proxied = logLines(stack.midreg, { event: 'proxy', method: 'INVITE' });
+    assert.ok(proxied.some((l) => l['direction'] === 'to-platform'), 'caller side went to the platform');
+    assert.ok(proxied.some((l) => l['direction'] === 'to-user'), 'the platform came back through midreg (Path)');
+  });
+});

@@ -1,0 +1,55 @@
+import { strict as assert } from 'node:assert';
+import { describe, it } from 'node:test';
+import type { Binding } from '../../lib/registration.js';
+import { branchFor, chooseFinal, classifySender, resolveTarget, UDP_SAFE_BYTES } from '../../lib/routing.js';
+
+function binding(over: Partial<Binding> = {}): Binding {
+  return {
+    aor: 'sip:bob@example.test', contact: 'sip:bob@10.0.0.7:5060', expiresAt: 2e12, q: null, instance: null, regId: null,
+    path: null, callId: 'c', cseq: 1, userAgent: null, source: { address: '203.0.113.5', port: 40123, transport: 'udp' },
+    registeredAt: 0, updatedAt: 0, ...over,
+  };
+}
+
+describe('MESSAGE routing decisions', () => {
+  it('reaches a NAT\'d UA at the address its REGISTER came from, keeping the contact as Request-URI', () => {
+    assert.deepEqual(branchFor(binding(), 500), {
+      kind: 'send', binding: binding(), requestUri: 'sip:bob@10.0.0.7:5060', nextHop: 'sip:203.0.113.5:40123;transport=udp', route: undefined,
+    });
+    const tls = branchFor(binding({ source: { address: '2001:db8::1', port: 5061, transport: 'tls' } }), 500);
+    assert.ok(tls.kind === 'send' && tls.nextHop === 'sips:[2001:db8::1]:5061;transport=tls');
+  });
+
+  it('follows a registered Path instead of the source address (RFC 3327)', () => {
+    const branch = branchFor(binding({ path: '<sip:edge.example.test;lr>' }), 5000);
+    assert.ok(branch.kind === 'send' && branch.route === '<sip:edge.example.test;lr>' && branch.nextHop === undefined);
+  });
+
+  it('refuses to push more than 1300 bytes over UDP (RFC 3428 §8) but not over TCP', () => {
+    assert.deepEqual(branchFor(binding(), UDP_SAFE_BYTES + 1).kind, 'skip');
+    assert.equal(branchFor(binding(), UDP_SAFE_BYTES).kind, 'send');
+    assert.equal(branchFor(binding({ source: { address: '203.0.113.5', port: 40123, transport: 'tcp' } }), 60_000).kind, 'send');
+  });
+
+  it('targets bindings by contact first, then by served AoR, else upstream; no live binding is reported as such', () => {
+    const b = binding();
+    assert.deepEqual(resolveTarget({ byContact: [b], servedAor: undefined, byAor: [] }), { kind: 'bindings', bindings: [b], via: 'contact' });
+    assert.deepEqual(resolveTarget({ byContact: [], servedAor: 'sip:bob@example.test', byAor: [b] }), { kind: 'bindings', bindings: [b], via: 'aor' });
+    assert.deepEqual(resolveTarget({ byContact: [], servedAor: 'sip:bob@example.test', byAor: [] }), { kind: 'no-binding', aor: 'sip:bob@example.test' });
+    assert.deepEqual(resolveTarget({ byContact: [], servedAor: undefined, byAor: [] }), { kind: 'upstream' });
+  });
+
+  it('picks the branch response per RFC 3261 §16.7: first 2xx, else 6xx, else lowest class', () => {
+    assert.equal(chooseFinal([486, 200, 202]), 1);
+    assert.equal(chooseFinal([486, 603, 500]), 1);
+    assert.equal(chooseFinal([503, 486, 408]), 1);
+    assert.equal(chooseFinal([]), -1);
+  });
+
+  it('only the platform or the registered source of the From AoR may send', () => {
+    const peers = ['192.0.2.1:5060'];
+    assert.equal(classifySender({ address: '192.0.2.1', port: 5060 }, peers, () => false).kind, 'trusted-peer');
+    assert.equal(classifySender({ address: '192.0.2.1', port: 5999 }, peers, () => false).kind, 'unknown');
+    assert.equal(classifySender({ address: '198.51.100.9', port: 1234 }, peers, () => true).kind, 'registered');
+  });
+});
