@@ -21,6 +21,15 @@ export interface Config {
   trustedPeers: string[];
   noBindingStatus: 404 | 480;
   maxMessageBytes: number;
+  /** REGISTER+MESSAGE per second per source IP (0 = unlimited), and the burst above it. */
+  rateLimitPerSec: number;
+  rateLimitBurst: number;
+  /** REGISTER+MESSAGE transactions in flight at once before 503 (0 = unlimited). */
+  maxInFlight: number;
+  maxBindingsPerAor: number;
+  maxAors: number;
+  /** How long SIGTERM waits for transactions in flight. */
+  stopTimeoutMs: number;
 }
 
 /** Each setting: its environment variable, its key in the JSON file, and its rule. */
@@ -62,6 +71,12 @@ const SETTINGS = {
   },
   noBindingStatus: { env: 'MIDREG_NO_BINDING_STATUS', schema: z.union([z.literal(404), z.literal(480), z.enum(['404', '480'])]).transform((v) => (Number(v) === 480 ? 480 : 404)).default(404) },
   maxMessageBytes: { env: 'MIDREG_MAX_MESSAGE_BYTES', schema: z.coerce.number().int().min(1).max(16 * 1024 * 1024).default(65536) },
+  rateLimitPerSec: { env: 'MIDREG_RATE_LIMIT', schema: z.coerce.number().min(0).max(1_000_000).default(20) },
+  rateLimitBurst: { env: 'MIDREG_RATE_BURST', schema: z.coerce.number().int().min(1).max(1_000_000).default(40) },
+  maxInFlight: { env: 'MIDREG_MAX_IN_FLIGHT', schema: z.coerce.number().int().min(0).max(1_000_000).default(2000) },
+  maxBindingsPerAor: { env: 'MIDREG_MAX_BINDINGS_PER_AOR', schema: z.coerce.number().int().min(1).max(10_000).default(32) },
+  maxAors: { env: 'MIDREG_MAX_AORS', schema: z.coerce.number().int().min(1).max(100_000_000).default(5_000_000) },
+  stopTimeoutMs: { env: 'MIDREG_STOP_TIMEOUT_MS', schema: z.coerce.number().int().min(0).max(60_000).default(5000) },
 } as const;
 
 type SettingKey = keyof typeof SETTINGS;
@@ -120,6 +135,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     trustedPeers: v.trustedPeers ?? defaultTrustedPeers(v.upstream),
     noBindingStatus: v.noBindingStatus,
     maxMessageBytes: v.maxMessageBytes,
+    rateLimitPerSec: v.rateLimitPerSec,
+    rateLimitBurst: v.rateLimitBurst,
+    maxInFlight: v.maxInFlight,
+    maxBindingsPerAor: v.maxBindingsPerAor,
+    maxAors: v.maxAors,
+    stopTimeoutMs: v.stopTimeoutMs,
   };
 }
 

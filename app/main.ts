@@ -28,7 +28,10 @@ function main(): void {
     if (stopping) { logger.warn('second signal: exiting now', { signal }); process.exit(1); }
     stopping = true;
     logger.info('stopping', { signal });
-    service.stop().then(() => { logger.info('stopped'); process.exit(0); }, (err: unknown) => {
+    service.stop().then(({ abandoned }) => {
+      logger.info('stopped', { abandonedTransactions: abandoned });
+      process.exit(0);
+    }, (err: unknown) => {
       logger.error('stop failed', { error: err instanceof Error ? err.message : String(err) });
       process.exit(1);
     });

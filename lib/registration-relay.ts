@@ -4,7 +4,7 @@
 import { canonicalAor, isServedDomain } from './aor.js';
 import type { LocationStore } from './location-store.js';
 import type { Logger } from './logger.js';
-import { planReplicaUpdate, type RegisterAttempt, type ReplicaPlan } from './registration.js';
+import { limitPlan, planReplicaUpdate, type RegisterAttempt, type ReplicaLimits, type ReplicaPlan } from './registration.js';
 import { parseUri, SipParseError, type RequestHandler, type SipRequest, type SipResponder } from './sip/drachtio.js';
 import { askUpstream, nextMaxForwards, replyHeaders, upstreamHeaders, type RequestSender, type UpstreamTarget } from './upstream.js';
 
@@ -25,6 +25,9 @@ export interface RegistrationRelayDeps extends RegisterEvents {
   /** Our Path URI, or undefined when Path is off or drachtio-server has not told us its address yet. */
   pathUri(): string | undefined;
   logger: Logger;
+  limits: ReplicaLimits;
+  /** AoRs in the replica now (kept by the service; exact after each expiry sweep). */
+  aorCount: { value: number };
   clock?: () => number;
 }
 
@@ -125,16 +128,27 @@ export function createRegisterHandler(deps: RegistrationRelayDeps): RequestHandl
     const { reply } = outcome;
     let plan: ReplicaPlan | undefined;
     let replicaError: string | undefined;
+    let limited: { why: string; dropped?: string[] } | undefined;
     try {
       const now = clock();
+      const state = deps.store.stateOf(attempt.aor, attempt.callId);
       plan = planReplicaUpdate(attempt, {
         status: reply.status,
         contacts: reply.status >= 200 && reply.status < 300 ? reply.contacts() : [],
         expiresHeader: reply.header('Expires'),
-      }, deps.store.stateOf(attempt.aor, attempt.callId), now);
+      }, state, now);
       if (plan.kind === 'save') {
-        deps.store.replaceAor(plan.aor, plan.bindings, { callId: attempt.callId, cseq: attempt.cseq, at: now });
-        deps.onReplicaWritten?.();
+        const wasLive = state.bindings.some((b) => b.expiresAt > now);
+        const bounded = limitPlan(plan, attempt.callId, deps.aorCount.value, !wasLive, deps.limits);
+        if (bounded.kind === 'refused') {
+          limited = { why: `replica full: ${deps.limits.maxAors} AoRs (MIDREG_MAX_AORS)` };
+        } else {
+          if (bounded.kind === 'trimmed') limited = { why: `more than ${deps.limits.maxBindingsPerAor} bindings (MIDREG_MAX_BINDINGS_PER_AOR)`, dropped: bounded.dropped };
+          plan = bounded.plan;
+          deps.store.replaceAor(plan.aor, plan.bindings, { callId: attempt.callId, cseq: attempt.cseq, at: now });
+          deps.aorCount.value += (plan.bindings.length > 0 ? 1 : 0) - (wasLive ? 1 : 0);
+          deps.onReplicaWritten?.();
+        }
       }
     } catch (err) {
       // The UA keeps its service even when the replica cannot be written; the next 2xx for
@@ -150,6 +164,7 @@ export function createRegisterHandler(deps: RegistrationRelayDeps): RequestHandl
     const detail = plan?.kind === 'save'
       ? { decision: 'saved', bindings: plan.bindings.map((b) => ({ contact: b.contact, grantedExpiry: Math.round((b.expiresAt - clock()) / 1000) })), added: plan.added.length, removed: plan.removed.length }
       : { decision: plan ? plan.reason : 'replica-error' };
+    if (limited) log.warn('replica limit hit', { ...base, status: reply.status, why: limited.why, ...(limited.dropped ? { notKept: limited.dropped } : {}) });
     if (replicaError) log.error('REGISTER relayed but replica not written', { ...base, status: reply.status, upstreamMs: outcome.elapsedMs, error: replicaError });
     else log.info('REGISTER relayed', { ...base, status: reply.status, upstreamMs: outcome.elapsedMs, ...detail });
   };

@@ -161,3 +161,33 @@ export function planReplicaUpdate(
     removed: [...existing.keys()].filter((key) => !next.has(key)),
   };
 }
+
+export interface ReplicaLimits {
+  maxBindingsPerAor: number;
+  maxAors: number;
+}
+
+export type LimitedPlan =
+  | { kind: 'within'; plan: Extract<ReplicaPlan, { kind: 'save' }> }
+  | { kind: 'trimmed'; plan: Extract<ReplicaPlan, { kind: 'save' }>; dropped: string[] }
+  | { kind: 'refused'; reason: 'max-aors' };
+
+/**
+ * Bounds on what the replica keeps, whatever the registrar granted: at most `maxBindingsPerAor`
+ * per AoR (those this REGISTER bound first, so the device that just registered always is kept,
+ * then the longest-lived), and no new AoR past `maxAors`. The registrar's answer still reaches
+ * the UA unchanged; only the replica is bounded.
+ */
+export function limitPlan(plan: Extract<ReplicaPlan, { kind: 'save' }>, attemptCallId: string, currentAors: number, isNewAor: boolean, limits: ReplicaLimits): LimitedPlan {
+  if (isNewAor && plan.bindings.length > 0 && currentAors >= limits.maxAors) return { kind: 'refused', reason: 'max-aors' };
+  if (plan.bindings.length <= limits.maxBindingsPerAor) return { kind: 'within', plan };
+  const fromThis = (b: Binding): number => (b.callId === attemptCallId ? 1 : 0);
+  const ranked = [...plan.bindings].sort((a, b) => fromThis(b) - fromThis(a) || b.expiresAt - a.expiresAt);
+  const kept = ranked.slice(0, limits.maxBindingsPerAor);
+  const keptKeys = new Set(kept.map((b) => b.contact));
+  return {
+    kind: 'trimmed',
+    plan: { ...plan, bindings: kept, added: plan.added.filter((c) => keptKeys.has(c)), refreshed: plan.refreshed.filter((c) => keptKeys.has(c)) },
+    dropped: plan.bindings.filter((b) => !keptKeys.has(b.contact)).map((b) => b.contact),
+  };
+}

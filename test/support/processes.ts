@@ -1,7 +1,7 @@
 // Child processes for the end-to-end suites: drachtio-server (the real binary named by
 // DRACHTIO_BIN) and midreg itself (dist/app/main.js), each on 127.0.0.1 and free ports.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { accessSync, constants, writeFileSync } from 'node:fs';
+import { accessSync, constants, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { createSocket } from 'node:dgram';
 import { join } from 'node:path';
@@ -96,13 +96,13 @@ export async function startDrachtio(workDir: string, ports?: { sipPort: number; 
   const adminPort = ports?.adminPort ?? await freePort();
   const secret = 'e2e-secret';
   const conf = join(workDir, `drachtio-${adminPort}.conf.xml`);
-  writeFileSync(conf, `<drachtio>
-  <admin port="${adminPort}" secret="${secret}">127.0.0.1</admin>
-  <sip><contacts><contact>sip:127.0.0.1:${sipPort};transport=udp,tcp</contact></contacts><udp-mtu>4096</udp-mtu></sip>
-  <cdrs>false</cdrs>
-  <logging><console/><sofia-loglevel>3</sofia-loglevel><loglevel>info</loglevel></logging>
-</drachtio>
-`);
+  // The repo's own drachtio.conf.xml, on loopback and this test's ports.
+  const template = readFileSync(join(REPO_ROOT, 'drachtio.conf.xml'), 'utf8');
+  const xml = template
+    .replace(/<admin port="\d+" secret="[^"]*">[^<]*<\/admin>/, `<admin port="${adminPort}" secret="${secret}">127.0.0.1</admin>`)
+    .replace(/<contact>sip:\*:5060;transport=udp,tcp<\/contact>/, `<contact>sip:127.0.0.1:${sipPort};transport=udp,tcp</contact>`);
+  if (xml === template) throw new Error('drachtio.conf.xml no longer has the admin/contact lines the tests rewrite');
+  writeFileSync(conf, xml);
   const proc = spawnProc(bin, ['-f', conf], { name: 'drachtio-server' });
   await waitForTcp(adminPort, 10_000, proc);
   return Object.assign(proc, { sipPort, adminPort, secret });

@@ -1,0 +1,67 @@
+import { strict as assert } from 'node:assert';
+import { describe, it } from 'node:test';
+import { FloodGuard } from '../../lib/flood-guard.js';
+import { limitPlan, type Binding } from '../../lib/registration.js';
+
+describe('flood guard', () => {
+  it('lets a source burst, then sheds it with 503 + Retry-After until its rate refills', () => {
+    let now = 0;
+    const guard = new FloodGuard({ perSourceRate: 2, perSourceBurst: 3, maxInFlight: 0, exempt: () => false }, () => now);
+    const results = Array.from({ length: 5 }, () => guard.admit('198.51.100.1', 5060));
+    assert.deepEqual(results.map((r) => r.kind), ['admit', 'admit', 'admit', 'reject', 'reject']);
+    const rejected = results[3];
+    assert.ok(rejected?.kind === 'reject' && rejected.status === 503 && rejected.retryAfterSec >= 1 && rejected.why === 'source-rate');
+    assert.equal(guard.admit('198.51.100.2', 5060).kind, 'admit', 'another source is not affected');
+    now += 500;
+    assert.equal(guard.admit('198.51.100.1', 5060).kind, 'admit', 'one token back after 1/rate seconds');
+    assert.equal(guard.admit('198.51.100.1', 5060).kind, 'reject');
+  });
+
+  it('never limits the platform', () => {
+    const guard = new FloodGuard({ perSourceRate: 1, perSourceBurst: 1, maxInFlight: 0, exempt: (a, p) => a === '192.0.2.1' && p === 5060 });
+    for (let i = 0; i < 100; i++) assert.equal(guard.admit('192.0.2.1', 5060).kind, 'admit');
+    assert.equal(guard.admit('192.0.2.1', 40000).kind, 'admit');
+    assert.equal(guard.admit('192.0.2.1', 40000).kind, 'reject', 'same IP, other port: a UA, limited');
+  });
+
+  it('caps transactions in flight and frees a slot on release', () => {
+    const guard = new FloodGuard({ perSourceRate: 0, perSourceBurst: 1, maxInFlight: 2, exempt: () => false });
+    const a = guard.admit('198.51.100.1', 1);
+    const b = guard.admit('198.51.100.2', 1);
+    const c = guard.admit('198.51.100.3', 1);
+    assert.ok(c.kind === 'reject' && c.why === 'overload');
+    assert.ok(a.kind === 'admit' && b.kind === 'admit');
+    a.release();
+    a.release();
+    assert.equal(guard.active, 1, 'a double release frees one slot only');
+    assert.equal(guard.admit('198.51.100.3', 1).kind, 'admit');
+  });
+
+  it('keeps a bounded number of source buckets', () => {
+    const guard = new FloodGuard({ perSourceRate: 1, perSourceBurst: 1, maxInFlight: 0, exempt: () => false, maxTrackedSources: 10 });
+    assert.equal(guard.admit('10.0.0.0', 1).kind, 'admit');
+    for (let i = 1; i <= 20; i++) guard.admit(`10.0.0.${i}`, 1);
+    assert.equal(guard.admit('10.0.0.0', 1).kind, 'admit', 'the oldest bucket was evicted, so the source starts fresh');
+  });
+});
+
+describe('replica bounds', () => {
+  const b = (contact: string, callId: string, expiresAt: number): Binding => ({
+    aor: 'sip:a@example.test', contact, expiresAt, q: null, instance: null, regId: null, path: null, callId, cseq: 1,
+    userAgent: null, source: null, registeredAt: 0, updatedAt: 0,
+  });
+  it('keeps the device that just registered and the longest-lived others when an AoR has too many bindings', () => {
+    const plan = { kind: 'save' as const, aor: 'sip:a@example.test', bindings: [b('sip:1@h', 'old', 500), b('sip:2@h', 'old', 900), b('sip:3@h', 'now', 100)], added: ['sip:3@h'], refreshed: [], removed: [] };
+    const limited = limitPlan(plan, 'now', 0, false, { maxBindingsPerAor: 2, maxAors: 10 });
+    assert.equal(limited.kind, 'trimmed');
+    if (limited.kind === 'trimmed') {
+      assert.deepEqual(limited.plan.bindings.map((x) => x.contact), ['sip:3@h', 'sip:2@h']);
+      assert.deepEqual(limited.dropped, ['sip:1@h']);
+    }
+  });
+  it('refuses a new AoR once the replica holds maxAors, but not an existing one', () => {
+    const plan = { kind: 'save' as const, aor: 'sip:a@example.test', bindings: [b('sip:1@h', 'c', 1)], added: [], refreshed: [], removed: [] };
+    assert.deepEqual(limitPlan(plan, 'c', 10, true, { maxBindingsPerAor: 5, maxAors: 10 }), { kind: 'refused', reason: 'max-aors' });
+    assert.equal(limitPlan(plan, 'c', 10, false, { maxBindingsPerAor: 5, maxAors: 10 }).kind, 'within');
+  });
+});
