@@ -2,6 +2,7 @@
 // once at start. A bad value stops start-up with one line per problem naming the setting.
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
+import { isLoopback } from '../lib/admin.js';
 
 export interface Config {
   drachtio: { host: string; port: number; secret: string };
@@ -30,6 +31,8 @@ export interface Config {
   maxAors: number;
   /** How long SIGTERM waits for transactions in flight. */
   stopTimeoutMs: number;
+  /** Admin HTTP API (health, metrics, registrations); off while port is undefined. */
+  admin: { port: number | undefined; host: string; token: string | undefined };
 }
 
 /** Each setting: its environment variable, its key in the JSON file, and its rule. */
@@ -70,13 +73,17 @@ const SETTINGS = {
       .optional(),
   },
   noBindingStatus: { env: 'MIDREG_NO_BINDING_STATUS', schema: z.union([z.literal(404), z.literal(480), z.enum(['404', '480'])]).transform((v) => (Number(v) === 480 ? 480 : 404)).default(404) },
-  maxMessageBytes: { env: 'MIDREG_MAX_MESSAGE_BYTES', schema: z.coerce.number().int().min(1).max(16 * 1024 * 1024).default(65536) },
+  // drachtio-server cannot take a request over ~12 KB from an app (see MAX_RELAY_BYTES).
+  maxMessageBytes: { env: 'MIDREG_MAX_MESSAGE_BYTES', schema: z.coerce.number().int().min(1).max(10_000, 'must be at most 10000: drachtio-server v0.9.10 drops app messages over 12,228 bytes').default(8192) },
   rateLimitPerSec: { env: 'MIDREG_RATE_LIMIT', schema: z.coerce.number().min(0).max(1_000_000).default(20) },
   rateLimitBurst: { env: 'MIDREG_RATE_BURST', schema: z.coerce.number().int().min(1).max(1_000_000).default(40) },
   maxInFlight: { env: 'MIDREG_MAX_IN_FLIGHT', schema: z.coerce.number().int().min(0).max(1_000_000).default(2000) },
   maxBindingsPerAor: { env: 'MIDREG_MAX_BINDINGS_PER_AOR', schema: z.coerce.number().int().min(1).max(10_000).default(32) },
   maxAors: { env: 'MIDREG_MAX_AORS', schema: z.coerce.number().int().min(1).max(100_000_000).default(5_000_000) },
   stopTimeoutMs: { env: 'MIDREG_STOP_TIMEOUT_MS', schema: z.coerce.number().int().min(0).max(60_000).default(5000) },
+  adminPort: { env: 'MIDREG_ADMIN_PORT', schema: z.coerce.number().int().min(1).max(65535).optional() },
+  adminHost: { env: 'MIDREG_ADMIN_HOST', schema: z.string().min(1).default('127.0.0.1') },
+  adminToken: { env: 'MIDREG_ADMIN_TOKEN', schema: z.string().min(16, 'must be at least 16 characters').optional() },
 } as const;
 
 type SettingKey = keyof typeof SETTINGS;
@@ -114,9 +121,13 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       values[key] = result.data;
     } else {
       const where = fromEnv !== undefined && fromEnv !== '' ? setting.env : configFile && key in fileValues ? `${setting.env} ("${key}" in ${configFile})` : setting.env;
-      const shown = raw === undefined ? '' : ` (got ${JSON.stringify(key === 'drachtioSecret' ? '***' : raw)})`;
+      const shown = raw === undefined ? '' : ` (got ${JSON.stringify(key === 'drachtioSecret' || key === 'adminToken' ? '***' : raw)})`;
       problems.push(`${where}: ${result.error.issues.map((i) => i.message).join('; ')}${shown}`);
     }
+  }
+  // The registration list holds every user's contact and public address.
+  if (values.adminPort !== undefined && values.adminToken === undefined && typeof values.adminHost === 'string' && !isLoopback(values.adminHost)) {
+    problems.push(`MIDREG_ADMIN_HOST: ${values.adminHost} is reachable from the network, so MIDREG_ADMIN_TOKEN is required (or listen on 127.0.0.1)`);
   }
   if (problems.length > 0) throw new ConfigError(problems);
 
@@ -141,6 +152,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     maxBindingsPerAor: v.maxBindingsPerAor,
     maxAors: v.maxAors,
     stopTimeoutMs: v.stopTimeoutMs,
+    admin: { port: v.adminPort, host: v.adminHost, token: v.adminToken },
   };
 }
 

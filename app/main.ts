@@ -23,6 +23,10 @@ function main(): void {
     logger.error('cannot start', { error: err instanceof Error ? err.message : String(err) });
     process.exit(1);
   }
+  service.admin.catch((err: unknown) => {
+    logger.error('cannot start the admin API', { error: err instanceof Error ? err.message : String(err) });
+    void service.stop().finally(() => process.exit(1));
+  });
   let stopping = false;
   const stop = (signal: string): void => {
     if (stopping) { logger.warn('second signal: exiting now', { signal }); process.exit(1); }

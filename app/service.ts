@@ -1,10 +1,12 @@
 // Wires midreg together: store, SIP engine, handlers, housekeeping. No SIP or SQL logic here.
 import type { Config } from './config.js';
+import { startAdminServer, type AdminServer } from '../lib/admin.js';
 import { FloodGuard } from '../lib/flood-guard.js';
 import { LocationStore } from '../lib/location-store.js';
 import type { Logger } from '../lib/logger.js';
 import { createMessageHandler } from '../lib/message-router.js';
-import { createRegisterHandler } from '../lib/registration-relay.js';
+import { Metrics } from '../lib/metrics.js';
+import { createRegisterHandler, type ReplicaCounters } from '../lib/registration-relay.js';
 import { createProxyHandler, PROXIED_METHODS } from '../lib/request-proxy.js';
 import { isTrustedPeer } from '../lib/routing.js';
 import { SipEngine, type RequestHandler } from '../lib/sip/drachtio.js';
@@ -12,6 +14,9 @@ import { SipEngine, type RequestHandler } from '../lib/sip/drachtio.js';
 export interface Midreg {
   readonly engine: SipEngine;
   readonly store: LocationStore;
+  readonly metrics: Metrics;
+  /** The admin API once listening; undefined when MIDREG_ADMIN_PORT is unset. Rejects when it cannot start. */
+  readonly admin: Promise<AdminServer | undefined>;
   /** Resolves the first time drachtio-server accepts the connection. */
   readonly connected: Promise<void>;
   /** Refuse new REGISTER/MESSAGE (503), wait for those in flight (bounded), close the database. */
@@ -28,12 +33,15 @@ export function pathUriFrom(sipAddresses: string[]): string | undefined {
 }
 
 export function startMidreg(config: Config, logger: Logger): Midreg {
-  const store = new LocationStore(config.dbFile);
+  const store = new LocationStore(config.dbFile, { fallbackToReadonly: true });
   for (const name of store.migrationsApplied) logger.info('database migration applied', { migration: name, db: config.dbFile });
-  const startPurge = store.purgeExpired(Date.now(), Number.MAX_SAFE_INTEGER);
-  const counts = store.counts(Date.now());
-  const aorCount = { value: counts.aors };
-  logger.info('replica opened', { db: config.dbFile, schema: store.schemaVersion, bindings: counts.bindings, aors: counts.aors, expiredRemoved: startPurge });
+  if (store.readOnlyReason !== undefined) {
+    logger.error('database cannot be written; running with a read-only replica (REGISTERs are still relayed)', { db: config.dbFile, error: store.readOnlyReason });
+  }
+  const startPurge = store.readOnlyReason === undefined ? store.purgeExpired(Date.now(), Number.MAX_SAFE_INTEGER) : 0;
+  const counters: ReplicaCounters = store.countStored();
+  logger.info('replica opened', { db: config.dbFile, schema: store.schemaVersion, bindings: counters.bindings, aors: counters.aors, expiredRemoved: startPurge });
+  const metrics = new Metrics({ registrations: () => ({ bindings: counters.bindings, aors: counters.aors }) });
 
   const engine = new SipEngine((err, req) => {
     logger.error('SIP handler failed; answered 500', { method: req.method, error: err instanceof Error ? err.stack ?? err.message : String(err) });
@@ -71,7 +79,9 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
     pathUri: () => (config.addPath ? config.pathUri ?? pathUriFrom(engine.sipAddresses) : undefined),
     logger,
     limits: { maxBindingsPerAor: config.maxBindingsPerAor, maxAors: config.maxAors },
-    aorCount,
+    counters,
+    onRegisterAnswered: (status, upstreamMs) => metrics.registerAnswered(status, upstreamMs),
+    onReplicaWriteFailed: () => metrics.replicaWriteFailed(),
   })));
   engine.handle('MESSAGE', admitted(createMessageHandler({
     sender: engine,
@@ -82,6 +92,7 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
     noBindingStatus: config.noBindingStatus,
     maxBodyBytes: config.maxMessageBytes,
     logger,
+    onOutcome: (outcome) => metrics.messageOutcome(outcome),
   })));
   const proxy = createProxyHandler({
     store,
@@ -98,24 +109,46 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
   const connected = new Promise<void>((resolve) => { markConnected = resolve; });
   engine.on('connect', (hostport) => {
     logger.info('connected to drachtio-server', { drachtio: `${config.drachtio.host}:${config.drachtio.port}`, sip: hostport });
+    metrics.drachtioConnected(true);
     markConnected();
   });
   engine.on('disconnect', (reason) => {
     logger.warn('lost drachtio-server; reconnecting', { drachtio: `${config.drachtio.host}:${config.drachtio.port}`, reason });
+    metrics.drachtioConnected(false);
   });
   logger.info('waiting for drachtio-server', { drachtio: `${config.drachtio.host}:${config.drachtio.port}`, upstream: config.upstream, domains: config.domains });
   engine.connect(config.drachtio);
+
+  const admin = config.admin.port === undefined
+    ? Promise.resolve(undefined)
+    : startAdminServer({
+      host: config.admin.host,
+      port: config.admin.port,
+      token: config.admin.token,
+      deps: {
+        store: { listLiveAfter: (...a) => store.listLiveAfter(...a), liveBindings: (...a) => store.liveBindings(...a), checkWritable: () => store.checkWritable(), counts: () => ({ ...counters }) },
+        metrics,
+        drachtioConnected: () => engine.connected,
+      },
+      logger,
+    });
 
   // Expired bindings are never used (lookups filter on expiry); this only reclaims the rows, in
   // small batches so one sweep never holds the event loop for long.
   let purging = false;
   const purge = (): void => {
     if (purging) return;
+    if (store.readOnlyReason !== undefined) {
+      if (!store.reopenWritable()) return;
+      logger.info('database writable again', { db: config.dbFile });
+    }
     purging = true;
     const step = (): void => {
       try {
-        if (store.purgeExpired(Date.now()) > 0) { setImmediate(step); return; }
-        aorCount.value = store.counts(Date.now()).aors;
+        const { removed, emptiedAors } = store.purgeExpiredBatch(Date.now());
+        counters.bindings -= removed;
+        counters.aors -= emptiedAors;
+        if (removed > 0) { setImmediate(step); return; }
       } catch (err) {
         logger.error('expiry sweep failed', { error: err instanceof Error ? err.message : String(err) });
       }
@@ -129,9 +162,13 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
   return {
     engine,
     store,
+    metrics,
+    admin,
     connected,
     async stop() {
       draining = true;
+      // First, so health checks fail at once and load balancers stop sending while we drain.
+      await admin.then((server) => server?.close(), () => undefined);
       clearInterval(purgeTimer);
       const deadline = Date.now() + config.stopTimeoutMs;
       while (guard.active > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));

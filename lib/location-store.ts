@@ -2,7 +2,7 @@
 // Migrations from sql/ are applied at open; every statement is prepared once; each multi-row
 // change runs in one transaction so a crash never leaves an AoR half-written.
 import Database from 'better-sqlite3';
-import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Binding } from './registration.js';
@@ -95,79 +95,145 @@ function prefixEnd(prefix: string): string | undefined {
   return undefined;
 }
 
-export interface OpenOptions { readonly?: boolean }
+export interface OpenOptions {
+  readonly?: boolean;
+  /** When the file exists but cannot be opened for writing, open it read-only instead of failing. */
+  fallbackToReadonly?: boolean;
+}
+
+function prepareStatements(db: Database.Database) {
+  return {
+    bindingsOf: db.prepare<[string], BindingRow>('SELECT * FROM binding WHERE aor = ? ORDER BY contact'),
+    liveOf: db.prepare<[string, number], BindingRow>(
+      'SELECT * FROM binding WHERE aor = ? AND expires_at > ? ORDER BY q DESC NULLS LAST, updated_at DESC'),
+    sequenceOf: db.prepare<[string, string], { cseq: number }>(
+      'SELECT cseq FROM register_sequence WHERE aor = ? AND call_id = ?'),
+    deleteAor: db.prepare<[string]>('DELETE FROM binding WHERE aor = ?'),
+    insert: db.prepare<BindingRow>(`INSERT INTO binding (aor, contact, expires_at, q, instance, reg_id, path,
+      call_id, cseq, user_agent, source_address, source_port, transport, registered_at, updated_at)
+      VALUES (@aor, @contact, @expires_at, @q, @instance, @reg_id, @path, @call_id, @cseq, @user_agent,
+      @source_address, @source_port, @transport, @registered_at, @updated_at)`),
+    upsertSequence: db.prepare<[string, string, number, number]>(`INSERT INTO register_sequence (aor, call_id, cseq, seen_at)
+      VALUES (?, ?, ?, ?) ON CONFLICT (aor, call_id) DO UPDATE SET cseq = max(cseq, excluded.cseq), seen_at = excluded.seen_at`),
+    expiredBatch: db.prepare<[number, number], { aor: string; contact: string }>(
+      'SELECT aor, contact FROM binding WHERE expires_at <= ? LIMIT ?'),
+    deleteBinding: db.prepare<[string, string]>('DELETE FROM binding WHERE aor = ? AND contact = ?'),
+    aorExists: db.prepare<[string], { n: number }>('SELECT 1 AS n FROM binding WHERE aor = ? LIMIT 1'),
+    countAll: db.prepare<[], { bindings: number; aors: number }>(
+      'SELECT count(*) AS bindings, count(DISTINCT aor) AS aors FROM binding'),
+    purgeSequences: db.prepare<[number]>('DELETE FROM register_sequence WHERE seen_at <= ?'),
+    liveByContact: db.prepare<[string, number], BindingRow>(
+      'SELECT * FROM binding WHERE contact = ? AND expires_at > ? ORDER BY updated_at DESC'),
+    liveFromSource: db.prepare<[string, string, number, number], { n: number }>(
+      'SELECT 1 AS n FROM binding WHERE aor = ? AND source_address = ? AND source_port = ? AND expires_at > ? LIMIT 1'),
+    countLive: db.prepare<[number], { bindings: number; aors: number }>(
+      'SELECT count(*) AS bindings, count(DISTINCT aor) AS aors FROM binding WHERE expires_at > ?'),
+    listLive: db.prepare<[number, string, number], BindingRow>(
+      'SELECT * FROM binding WHERE expires_at > ? AND aor >= ? ORDER BY aor, contact LIMIT ?'),
+    // `+expires_at` keeps the planner on the primary key, so a page is a short range read
+    // and never a sort of every live binding.
+    listLiveAfter: db.prepare<[string, string, number, number], BindingRow>(
+      'SELECT * FROM binding WHERE (aor, contact) > (?, ?) AND +expires_at > ? ORDER BY aor, contact LIMIT ?'),
+    listLiveAfterBelow: db.prepare<[string, string, string, number, number], BindingRow>(
+      'SELECT * FROM binding WHERE (aor, contact) > (?, ?) AND aor < ? AND +expires_at > ? ORDER BY aor, contact LIMIT ?'),
+    probeBegin: db.prepare('BEGIN IMMEDIATE'),
+    probeWrite: db.prepare(`INSERT INTO register_sequence (aor, call_id, cseq, seen_at) VALUES ('', '', 0, 0)
+      ON CONFLICT (aor, call_id) DO UPDATE SET seen_at = 0`),
+    probeRollback: db.prepare('ROLLBACK'),
+  };
+}
+
+type Statements = ReturnType<typeof prepareStatements>;
 
 export class LocationStore {
-  private readonly db: Database.Database;
-  private readonly stmt;
-  private readonly replaceTx;
+  private db!: Database.Database;
+  private stmt!: Statements;
+  private replaceTx!: (aor: string, rows: BindingRow[], sequence: { callId: string; cseq: number; at: number }) => void;
+  private purgeTx!: (now: number, limit: number) => { removed: number; emptiedAors: number };
 
   /** Applied migrations, newest last (empty when the file was already up to date). */
   readonly migrationsApplied: string[] = [];
+  /** Why the store runs read-only although it was opened for writing (undefined when writable). */
+  readOnlyReason: string | undefined;
 
-  constructor(readonly file: string, opts: OpenOptions = {}) {
+  constructor(readonly file: string, private readonly opts: OpenOptions = {}) {
     try {
-      if (!opts.readonly && file !== ':memory:') mkdirSync(dirname(file), { recursive: true });
-      this.db = new Database(file, { readonly: opts.readonly === true, fileMustExist: opts.readonly === true });
-      this.db.pragma('busy_timeout = 2000');
-      if (!opts.readonly) {
-        this.db.pragma('journal_mode = WAL');
-        this.db.pragma('synchronous = NORMAL');
-        this.migrate();
-      }
+      this.attach(this.openDb(opts.readonly === true));
     } catch (err) {
-      throw new StoreError(`cannot open database ${file}: ${err instanceof Error ? err.message : String(err)}`);
+      const reason = err instanceof Error ? err.message : String(err);
+      if (!opts.fallbackToReadonly || opts.readonly || !existsSync(file)) throw new StoreError(`cannot open database ${file}: ${reason}`);
+      // The replica still routes MESSAGE when it cannot be written; REGISTERs keep being relayed.
+      try {
+        this.attach(this.openDb(true));
+      } catch (again) {
+        throw new StoreError(`cannot open database ${file}: ${reason}; read-only: ${again instanceof Error ? again.message : String(again)}`);
+      }
+      this.readOnlyReason = reason;
     }
-    const db = this.db;
-    this.stmt = {
-      bindingsOf: db.prepare<[string], BindingRow>('SELECT * FROM binding WHERE aor = ? ORDER BY contact'),
-      liveOf: db.prepare<[string, number], BindingRow>(
-        'SELECT * FROM binding WHERE aor = ? AND expires_at > ? ORDER BY q DESC NULLS LAST, updated_at DESC'),
-      sequenceOf: db.prepare<[string, string], { cseq: number }>(
-        'SELECT cseq FROM register_sequence WHERE aor = ? AND call_id = ?'),
-      deleteAor: db.prepare<[string]>('DELETE FROM binding WHERE aor = ?'),
-      insert: db.prepare<BindingRow>(`INSERT INTO binding (aor, contact, expires_at, q, instance, reg_id, path,
-        call_id, cseq, user_agent, source_address, source_port, transport, registered_at, updated_at)
-        VALUES (@aor, @contact, @expires_at, @q, @instance, @reg_id, @path, @call_id, @cseq, @user_agent,
-        @source_address, @source_port, @transport, @registered_at, @updated_at)`),
-      upsertSequence: db.prepare<[string, string, number, number]>(`INSERT INTO register_sequence (aor, call_id, cseq, seen_at)
-        VALUES (?, ?, ?, ?) ON CONFLICT (aor, call_id) DO UPDATE SET cseq = max(cseq, excluded.cseq), seen_at = excluded.seen_at`),
-      purgeBindings: db.prepare<[number, number]>(
-        'DELETE FROM binding WHERE (aor, contact) IN (SELECT aor, contact FROM binding WHERE expires_at <= ? LIMIT ?)'),
-      purgeSequences: db.prepare<[number]>('DELETE FROM register_sequence WHERE seen_at <= ?'),
-      liveByContact: db.prepare<[string, number], BindingRow>(
-        'SELECT * FROM binding WHERE contact = ? AND expires_at > ? ORDER BY updated_at DESC'),
-      liveFromSource: db.prepare<[string, string, number, number], { n: number }>(
-        'SELECT 1 AS n FROM binding WHERE aor = ? AND source_address = ? AND source_port = ? AND expires_at > ? LIMIT 1'),
-      countLive: db.prepare<[number], { bindings: number; aors: number }>(
-        'SELECT count(*) AS bindings, count(DISTINCT aor) AS aors FROM binding WHERE expires_at > ?'),
-      listLive: db.prepare<[number, string, number], BindingRow>(
-        'SELECT * FROM binding WHERE expires_at > ? AND aor >= ? ORDER BY aor, contact LIMIT ?'),
-      // `+expires_at` keeps the planner on the primary key, so a page is a short range read
-      // and never a sort of every live binding.
-      listLiveAfter: db.prepare<[string, string, number, number], BindingRow>(
-        'SELECT * FROM binding WHERE (aor, contact) > (?, ?) AND +expires_at > ? ORDER BY aor, contact LIMIT ?'),
-      listLiveAfterBelow: db.prepare<[string, string, string, number, number], BindingRow>(
-        'SELECT * FROM binding WHERE (aor, contact) > (?, ?) AND aor < ? AND +expires_at > ? ORDER BY aor, contact LIMIT ?'),
-      probeBegin: db.prepare('BEGIN IMMEDIATE'),
-      probeWrite: db.prepare(`INSERT INTO register_sequence (aor, call_id, cseq, seen_at) VALUES ('', '', 0, 0)
-        ON CONFLICT (aor, call_id) DO UPDATE SET seen_at = 0`),
-      probeRollback: db.prepare('ROLLBACK'),
-    };
+  }
+
+  private openDb(readonly: boolean): Database.Database {
+    if (!readonly && this.file !== ':memory:') mkdirSync(dirname(this.file), { recursive: true });
+    const db = new Database(this.file, { readonly, fileMustExist: readonly });
+    try {
+      // better-sqlite3 is synchronous: a lock wait blocks every SIP transaction, so keep it short.
+      db.pragma('busy_timeout = 100');
+      if (!readonly) {
+        db.pragma('journal_mode = WAL');
+        db.pragma('synchronous = NORMAL');
+        this.migrate(db);
+      } else if (Number(db.pragma('user_version', { simple: true })) < (readMigrations().at(-1)?.version ?? 0)) {
+        throw new Error('schema older than this midreg and the file cannot be written to migrate it');
+      }
+      return db;
+    } catch (err) {
+      db.close();
+      throw err;
+    }
+  }
+
+  private attach(db: Database.Database): void {
+    this.db = db;
+    const stmt = prepareStatements(db);
+    this.stmt = stmt;
     this.replaceTx = db.transaction((aor: string, rows: BindingRow[], sequence: { callId: string; cseq: number; at: number }) => {
-      this.stmt.deleteAor.run(aor);
-      for (const row of rows) this.stmt.insert.run(row);
-      this.stmt.upsertSequence.run(aor, sequence.callId, sequence.cseq, sequence.at);
+      stmt.deleteAor.run(aor);
+      for (const row of rows) stmt.insert.run(row);
+      stmt.upsertSequence.run(aor, sequence.callId, sequence.cseq, sequence.at);
+    });
+    this.purgeTx = db.transaction((now: number, limit: number) => {
+      const expired = stmt.expiredBatch.all(now, limit);
+      for (const row of expired) stmt.deleteBinding.run(row.aor, row.contact);
+      let emptiedAors = 0;
+      for (const aor of new Set(expired.map((row) => row.aor))) if (!stmt.aorExists.get(aor)) emptiedAors++;
+      if (expired.length < limit) stmt.purgeSequences.run(now - SEQUENCE_RETENTION_MS);
+      return { removed: expired.length, emptiedAors };
     });
   }
 
-  private migrate(): void {
-    const current = Number(this.db.pragma('user_version', { simple: true }));
+  /** After a read-only fallback: try to reopen for writing. True when the store is writable. */
+  reopenWritable(): boolean {
+    if (this.readOnlyReason === undefined) return true;
+    let db: Database.Database;
+    try {
+      db = this.openDb(false);
+    } catch (err) {
+      this.readOnlyReason = err instanceof Error ? err.message : String(err);
+      return false;
+    }
+    this.db.close();
+    this.attach(db);
+    this.readOnlyReason = undefined;
+    return true;
+  }
+
+  private migrate(db: Database.Database): void {
+    const current = Number(db.pragma('user_version', { simple: true }));
     for (const migration of readMigrations()) {
       if (migration.version <= current) continue;
-      this.db.transaction(() => {
-        this.db.exec(migration.sql);
-        this.db.pragma(`user_version = ${migration.version}`);
+      db.transaction(() => {
+        db.exec(migration.sql);
+        db.pragma(`user_version = ${migration.version}`);
       })();
       this.migrationsApplied.push(migration.name);
     }
@@ -232,13 +298,25 @@ export class LocationStore {
 
   /** Delete up to `limit` expired bindings; returns how many went. Small batches keep each call short. */
   purgeExpired(now: number, limit = 2000): number {
-    const removed = this.stmt.purgeBindings.run(now, limit).changes;
-    if (removed < limit) this.stmt.purgeSequences.run(now - SEQUENCE_RETENTION_MS);
-    return removed;
+    return this.purgeExpiredBatch(now, limit).removed;
+  }
+
+  /**
+   * Delete up to `limit` expired bindings in one transaction and say how many AoRs that left
+   * empty, so callers can keep their counts without a full COUNT over the table.
+   */
+  purgeExpiredBatch(now: number, limit = 2000): { removed: number; emptiedAors: number } {
+    return this.purgeTx(now, limit);
+  }
+
+  /** Every stored binding and AoR, expired or not (a full scan: for start-up, not for hot paths). */
+  countStored(): { bindings: number; aors: number } {
+    return this.stmt.countAll.get() ?? { bindings: 0, aors: 0 };
   }
 
   /** Whether a write transaction can be taken right now (file writable, not locked, disk not full). */
   checkWritable(): { ok: true } | { ok: false; reason: string } {
+    if (this.readOnlyReason !== undefined) return { ok: false, reason: `opened read-only: ${this.readOnlyReason}` };
     try {
       this.stmt.probeBegin.run();
       try {
@@ -253,6 +331,12 @@ export class LocationStore {
   }
 
   close(): void {
-    if (this.db.open) this.db.close();
+    if (!this.db.open) return;
+    if (!this.db.readonly && this.readOnlyReason === undefined) {
+      // A WAL-mode file cannot be opened on read-only media without its -shm file, which a clean
+      // close removes; leaving it in rollback mode keeps it readable anywhere (open turns WAL back on).
+      try { this.db.pragma('journal_mode = DELETE'); } catch { /* another connection still has it open */ }
+    }
+    this.db.close();
   }
 }

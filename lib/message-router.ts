@@ -132,7 +132,7 @@ export function createMessageHandler(deps: MessageRouterDeps): RequestHandler {
 type Answer = { status: number; reply: SipReply | undefined };
 
 function answerFrom(outcomes: UpstreamOutcome[]): Answer {
-  const statuses = outcomes.map((o) => (o.kind === 'reply' ? o.reply.status : o.kind === 'timeout' ? 408 : 503));
+  const statuses = outcomes.map((o) => (o.kind === 'reply' ? o.reply.status : o.kind === 'timeout' ? 408 : o.kind === 'too-large' ? 513 : 503));
   const chosen = chooseFinal(statuses);
   const picked = outcomes[chosen];
   return { status: statuses[chosen] ?? 408, reply: picked?.kind === 'reply' ? picked.reply : undefined };

@@ -10,6 +10,9 @@ import { askUpstream, nextMaxForwards, replyHeaders, upstreamHeaders, type Reque
 
 export type ReplicaStore = Pick<LocationStore, 'stateOf' | 'replaceAor'>;
 
+/** Counted as rows change, so nothing on a hot path (or a metrics scrape) runs a COUNT over the table. */
+export interface ReplicaCounters { bindings: number; aors: number }
+
 export interface RegisterEvents {
   /** Called once per REGISTER with what the UA was answered (for metrics). */
   onRegisterAnswered?(status: number, upstreamMs: number | undefined): void;
@@ -26,8 +29,8 @@ export interface RegistrationRelayDeps extends RegisterEvents {
   pathUri(): string | undefined;
   logger: Logger;
   limits: ReplicaLimits;
-  /** AoRs in the replica now (kept by the service; exact after each expiry sweep). */
-  aorCount: { value: number };
+  /** Bindings and AoRs stored in the replica, kept up to date by every writer. */
+  counters: ReplicaCounters;
   clock?: () => number;
 }
 
@@ -52,7 +55,18 @@ function validate(req: SipRequest): Validated {
     const toUri = parseUri(to.uri);
     if (!toUri || toUri.user === undefined) return { kind: 'refuse', status: 400, reason: 'Bad To', why: `To is not an address-of-record: ${to.uri}` };
     req.nameAddr('From');
+    // drachtio-srf parses `*;expires=0` and `*, <sip:…>` as ordinary contacts, and relaying such a
+    // header crashes drachtio-server, so `*` is checked on the raw text. RFC 3261 §10.3 step 6:
+    // "*" is valid only alone; §20.10: STAR carries no parameters.
+    const rawContact = req.header('Contact');
+    if (rawContact !== undefined && /(^|,)\s*\*/.test(rawContact) && rawContact.trim() !== '*') {
+      return { kind: 'refuse', status: 400, reason: 'Invalid Contact *', why: `Contact "*" not alone: ${rawContact.slice(0, 80)}` };
+    }
     const contacts = req.contacts();
+    if (Array.isArray(contacts)) {
+      const bad = contacts.find((c) => parseUri(c.uri) === undefined);
+      if (bad) return { kind: 'refuse', status: 400, reason: 'Bad Contact', why: `unparsable Contact URI ${bad.uri.slice(0, 80)}` };
+    }
     if (contacts === 'star') {
       // RFC 3261 §10.3 step 6: "*" is allowed only with "an Expires header field ... containing
       // a value of zero"; otherwise "the request is invalid, and the server MUST return a 400".
@@ -84,9 +98,13 @@ function registerKind(req: SipRequest, contacts: RegisterAttempt['contacts']): s
   return parsed.kind === 'parsed' ? parsed.type : 'register';
 }
 
+/** After a failed replica write, writes pause this long so a locked or full database costs one lock wait a second, not one per REGISTER. */
+export const REPLICA_RETRY_MS = 1000;
+
 export function createRegisterHandler(deps: RegistrationRelayDeps): RequestHandler {
   const clock = deps.clock ?? Date.now;
   const log = deps.logger;
+  let replicaPausedUntil = 0;
 
   const refuse = (req: SipRequest, res: SipResponder, refusal: Refusal): void => {
     log.info('REGISTER refused', { event: 'register', decision: 'refused', status: refusal.status, why: refusal.why, source: `${req.source.transport}:${req.source.address}:${req.source.port}` });
@@ -114,6 +132,13 @@ export function createRegisterHandler(deps: RegistrationRelayDeps): RequestHandl
 
     const base = { event: 'register', aor: attempt.aor, callId: attempt.callId, cseq: attempt.cseq, kind: registerKind(req, attempt.contacts), source: `${attempt.source.transport}:${attempt.source.address}:${attempt.source.port}` };
 
+    if (outcome.kind === 'too-large') {
+      // RFC 3261 §21.5.9: 513 "the message length exceeded its capabilities".
+      log.warn('REGISTER refused: too large to relay', { ...base, decision: 'too-large', status: 513, bytes: outcome.bytes });
+      res.send(513, { reason: 'Message Too Large' });
+      deps.onRegisterAnswered?.(513, undefined);
+      return;
+    }
     if (outcome.kind !== 'reply') {
       // The UA must never hang: a silent upstream is a 408 (RFC 3261 §16.7 step 6 / §16.8: a
       // proxy "MUST behave as if the client transaction had received a 408"), an unreachable
@@ -131,6 +156,7 @@ export function createRegisterHandler(deps: RegistrationRelayDeps): RequestHandl
     let limited: { why: string; dropped?: string[] } | undefined;
     try {
       const now = clock();
+      if (now < replicaPausedUntil && reply.status >= 200 && reply.status < 300) throw new Error('replica writes paused after a database error');
       const state = deps.store.stateOf(attempt.aor, attempt.callId);
       plan = planReplicaUpdate(attempt, {
         status: reply.status,
@@ -138,15 +164,16 @@ export function createRegisterHandler(deps: RegistrationRelayDeps): RequestHandl
         expiresHeader: reply.header('Expires'),
       }, state, now);
       if (plan.kind === 'save') {
-        const wasLive = state.bindings.some((b) => b.expiresAt > now);
-        const bounded = limitPlan(plan, attempt.callId, deps.aorCount.value, !wasLive, deps.limits);
+        const hadBindings = state.bindings.length > 0;
+        const bounded = limitPlan(plan, attempt.callId, deps.counters.aors, !hadBindings, deps.limits);
         if (bounded.kind === 'refused') {
           limited = { why: `replica full: ${deps.limits.maxAors} AoRs (MIDREG_MAX_AORS)` };
         } else {
           if (bounded.kind === 'trimmed') limited = { why: `more than ${deps.limits.maxBindingsPerAor} bindings (MIDREG_MAX_BINDINGS_PER_AOR)`, dropped: bounded.dropped };
           plan = bounded.plan;
           deps.store.replaceAor(plan.aor, plan.bindings, { callId: attempt.callId, cseq: attempt.cseq, at: now });
-          deps.aorCount.value += (plan.bindings.length > 0 ? 1 : 0) - (wasLive ? 1 : 0);
+          deps.counters.bindings += plan.bindings.length - state.bindings.length;
+          deps.counters.aors += (plan.bindings.length > 0 ? 1 : 0) - (hadBindings ? 1 : 0);
           deps.onReplicaWritten?.();
         }
       }
@@ -154,6 +181,7 @@ export function createRegisterHandler(deps: RegistrationRelayDeps): RequestHandl
       // The UA keeps its service even when the replica cannot be written; the next 2xx for
       // this AoR rewrites the whole binding set, which resynchronises it.
       replicaError = err instanceof Error ? err.message : String(err);
+      if (clock() >= replicaPausedUntil) replicaPausedUntil = clock() + REPLICA_RETRY_MS;
       deps.onReplicaWriteFailed?.(err);
     }
 

@@ -90,11 +90,21 @@ function parseRegId(value: string | undefined): number | null {
 }
 
 /**
- * The contact as the registrar identifies it. Registrars (Kamailio usrloc, OpenSIPS) match the
- * URI string the UA sent and echo it back unchanged in the 200, so the URI string is the key.
+ * The identity of a contact URI for matching the REGISTER's Contacts against the registrar's
+ * echo. RFC 3261 §19.1.4: scheme and host compare case-insensitively, and "characters other
+ * than those in the 'reserved' set ... are equivalent to their '%' HEX HEX encoding". This
+ * matters: drachtio-server unescapes `%2B` to `+` on the way out, so the registrar echoes a
+ * different spelling than the UA sent. The stored contact stays the registrar's own string.
  */
-export function contactKey(contact: NameAddr): string {
-  return contact.uri;
+export function contactKey(uri: string): string {
+  const unescaped = uri.replace(/%([0-9A-Fa-f]{2})/g, (escape, hex: string) => {
+    const char = String.fromCharCode(parseInt(hex, 16));
+    return /[;/?:@&=+$,<>"#%\s]/.test(char) && char !== '+' ? escape.toUpperCase() : char;
+  });
+  const match = /^([a-zA-Z][a-zA-Z0-9+.-]*):(?:([^@]*)@)?([^;?]*)(.*)$/.exec(unescaped);
+  if (!match) return unescaped;
+  const [, scheme = '', user, hostport = '', rest = ''] = match;
+  return `${scheme.toLowerCase()}:${user !== undefined ? `${user}@` : ''}${hostport.toLowerCase()}${rest}`;
 }
 
 /**
@@ -117,12 +127,12 @@ export function planReplicaUpdate(
   if (current.lastCseq !== undefined && current.lastCseq > attempt.cseq) return { kind: 'ignore', reason: 'stale-cseq' };
 
   const requested = new Map<string, NameAddr>();
-  if (Array.isArray(attempt.contacts)) for (const c of attempt.contacts) requested.set(contactKey(c), c);
-  const existing = new Map(current.bindings.map((b) => [b.contact, b] as const));
+  if (Array.isArray(attempt.contacts)) for (const c of attempt.contacts) requested.set(contactKey(c.uri), c);
+  const existing = new Map(current.bindings.map((b) => [contactKey(b.contact), b] as const));
 
   const next = new Map<string, Binding>();
   for (const contact of answer.contacts) {
-    const key = contactKey(contact);
+    const key = contactKey(contact.uri);
     const seconds = grantedExpiry(contact, answer.expiresHeader);
     if (seconds === 0) { next.delete(key); continue; }
     const expiresAt = now + seconds * 1000;
@@ -131,7 +141,7 @@ export function planReplicaUpdate(
     const params = { ...sent?.params, ...contact.params };
     const common = {
       aor: attempt.aor,
-      contact: key,
+      contact: contact.uri,
       expiresAt,
       q: parseQ(params['q']),
       instance: params['+sip.instance'] ?? before?.instance ?? null,
@@ -156,9 +166,9 @@ export function planReplicaUpdate(
     kind: 'save',
     aor: attempt.aor,
     bindings,
-    added: bindings.filter((b) => !existing.has(b.contact)).map((b) => b.contact),
-    refreshed: bindings.filter((b) => existing.has(b.contact)).map((b) => b.contact),
-    removed: [...existing.keys()].filter((key) => !next.has(key)),
+    added: bindings.filter((b) => !existing.has(contactKey(b.contact))).map((b) => b.contact),
+    refreshed: bindings.filter((b) => existing.has(contactKey(b.contact))).map((b) => b.contact),
+    removed: [...existing].filter(([key]) => !next.has(key)).map(([, b]) => b.contact),
   };
 }
 

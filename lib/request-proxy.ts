@@ -5,6 +5,7 @@ import type { LocationStore } from './location-store.js';
 import type { Logger } from './logger.js';
 import { branchFor, isTrustedPeer, resolveTarget } from './routing.js';
 import { parseUri, type RequestHandler, type SipRequest } from './sip/drachtio.js';
+import { nextMaxForwards } from './upstream.js';
 
 /** Methods proxied this way (drachtio-server handles ACK, CANCEL and in-dialog requests it record-routed). */
 export const PROXIED_METHODS = ['INVITE', 'OPTIONS', 'SUBSCRIBE', 'NOTIFY', 'INFO', 'REFER', 'PUBLISH', 'UPDATE', 'BYE'] as const;
@@ -38,6 +39,15 @@ export function createProxyHandler(deps: RequestProxyDeps): RequestHandler {
     if (req.method === 'OPTIONS' && addressedToMidreg(req, deps)) {
       res.send(200, { headers: { Allow: ALLOW, Accept: 'application/sdp, text/plain' } });
       log.info('OPTIONS answered', { ...base, status: 200 });
+      return;
+    }
+
+    const hops = nextMaxForwards(req.header('Max-Forwards'));
+    if (hops.kind !== 'forward') {
+      // RFC 3261 §16.3 step 2 (OPTIONS to midreg itself was answered above, as §16.3 allows).
+      const status = hops.kind === 'too-many-hops' ? 483 : 400;
+      res.send(status);
+      log.info('request refused', { ...base, status, why: hops.kind });
       return;
     }
 

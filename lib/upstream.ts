@@ -8,10 +8,26 @@ export interface UpstreamTarget {
   timeoutMs: number;
 }
 
+/**
+ * The largest request midreg hands drachtio-server. drachtio-server (v0.9.10, client.cpp) reads
+ * what an app sends into a 12,228-byte circular buffer: a bigger frame overwrites its own start
+ * and every later frame on that connection is lost, so one large request would silence midreg.
+ * The margin covers the frame prefix (message id, transaction id, next hop).
+ */
+export const MAX_RELAY_BYTES = 11_000;
+
+/** The size of the request drachtio-server would be handed, in bytes. */
+export function outboundBytes(out: OutboundRequest): number {
+  let bytes = out.method.length + out.uri.length + 200 + (out.nextHop?.length ?? 0);
+  for (const [name, value] of Object.entries(out.headers)) bytes += name.length + Buffer.byteLength(value, 'utf8') + 4;
+  return bytes + Buffer.byteLength(out.body ?? '', 'utf8');
+}
+
 export type UpstreamOutcome =
   | { kind: 'reply'; reply: SipReply; elapsedMs: number }
   | { kind: 'timeout'; elapsedMs: number }
-  | { kind: 'unreachable'; error: string; elapsedMs: number };
+  | { kind: 'unreachable'; error: string; elapsedMs: number }
+  | { kind: 'too-large'; bytes: number; elapsedMs: number };
 
 export interface RequestSender {
   request(out: OutboundRequest): Promise<SipReply>;
@@ -72,6 +88,8 @@ export function replyHeaders(reply: SipReply): Record<string, string> {
 /** Send upstream and wait at most `timeoutMs` for the final answer. Never rejects. */
 export async function askUpstream(sender: RequestSender, out: OutboundRequest, timeoutMs: number, clock: () => number = Date.now): Promise<UpstreamOutcome> {
   const started = clock();
+  const bytes = outboundBytes(out);
+  if (bytes > MAX_RELAY_BYTES) return { kind: 'too-large', bytes, elapsedMs: 0 };
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<UpstreamOutcome>((resolve) => {
     timer = setTimeout(() => resolve({ kind: 'timeout', elapsedMs: clock() - started }), timeoutMs);

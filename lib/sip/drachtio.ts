@@ -69,6 +69,9 @@ const parseRegistration = registrationParser as unknown as RawMiddleware;
 import sipStatus from 'sip-status';
 const KNOWN_STATUS = sipStatus as unknown as Record<number, string>;
 
+/** drachtio-server reads app frames into a 12,228-byte buffer; keep every response well below. */
+const MAX_RESPONSE_BYTES = 11_000;
+
 // ---- the typed surface the rest of midreg sees ------------------------------------------------
 
 export interface SipUri {
@@ -189,7 +192,7 @@ function parseContacts(msg: RawMessage): NameAddr[] | 'star' | 'none' {
   if (!Array.isArray(value) || value.length === 0) throw new SipParseError('Contact', 'empty');
   if (value.length === 1 && value[0]?.uri === '*') return 'star';
   return value.map((entry) => {
-    if (typeof entry.uri !== 'string' || entry.uri === '' || entry.uri === '*') {
+    if (typeof entry.uri !== 'string' || entry.uri === '' || entry.uri.startsWith('*')) {
       throw new SipParseError('Contact', `bad entry ${JSON.stringify(entry.uri)}`);
     }
     return toNameAddr(entry);
@@ -263,6 +266,13 @@ function wrapResponder(res: RawServerResponse): SipResponder {
       const payload: { headers?: Record<string, string>; body?: string } = {};
       if (opts.headers) payload.headers = opts.headers;
       if (opts.body) payload.body = opts.body;
+      const bytes = Object.entries(opts.headers ?? {}).reduce((n, [k, v]) => n + k.length + Buffer.byteLength(v, 'utf8') + 4, 0)
+        + Buffer.byteLength(opts.body ?? '', 'utf8');
+      if (bytes > MAX_RESPONSE_BYTES) {
+        // Larger frames wedge drachtio-server's connection to us (see MAX_RELAY_BYTES in upstream.ts).
+        res.send(500, 'Response Too Large To Relay', {});
+        return;
+      }
       res.send(sendStatus, opts.reason, payload);
     },
   };
@@ -311,7 +321,8 @@ export class SipEngine extends EventEmitter<EngineEvents> {
   }
 
   disconnect(): void {
-    this.srf.disconnect();
+    // drachtio-srf asserts on a socket that never connected; there is nothing to close then.
+    try { this.srf.disconnect(); } catch { /* never connected */ }
   }
 
   /**

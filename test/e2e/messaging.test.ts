@@ -21,7 +21,7 @@ const finals = (r: SippResult): number[] => receivedResponses(r.messages).map((x
 /** How many requests a UAS received, from its message log. */
 const received = (r: SippResult, method: string): string[] => r.messages.split(/-{10,}/).filter((m) => new RegExp(`received[\\s\\S]*?\\n${method} sip:`).test(m));
 
-describe('MESSAGE and calls through midreg, end to end', { skip: skip ?? false }, () => {
+describe('MESSAGE and calls through midreg, end to end', { skip: skip ?? false, timeout: 180_000 }, () => {
   let stack: Stack;
   const port: Record<string, number> = {};
   before(async () => {

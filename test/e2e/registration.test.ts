@@ -31,7 +31,7 @@ function finalStatuses(result: SippResult): number[] {
   return receivedResponses(result.messages).map((r) => r.status).filter((s) => s >= 200);
 }
 
-describe('registration replica, end to end', { skip: skip ?? false }, () => {
+describe('registration replica, end to end', { skip: skip ?? false, timeout: 180_000 }, () => {
   let stack: Stack;
   before(async () => { stack = await startStack(); });
   after(async () => { await stack?.stop(); });
@@ -149,7 +149,7 @@ describe('registration replica, end to end', { skip: skip ?? false }, () => {
   });
 });
 
-describe('upstream failures, end to end', { skip: skip ?? false }, () => {
+describe('upstream failures, end to end', { skip: skip ?? false, timeout: 180_000 }, () => {
   it('a silent upstream is answered 408 in bounded time and leaves the replica untouched', async () => {
     const blackHole = createSocket('udp4');
     await new Promise<void>((resolve) => blackHole.bind(0, '127.0.0.1', () => resolve()));

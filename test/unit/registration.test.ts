@@ -1,7 +1,7 @@
 import { strict as assert } from 'node:assert';
 import { describe, it } from 'node:test';
 import { canonicalAor, isServedDomain } from '../../lib/aor.js';
-import { grantedExpiry, MAX_EXPIRES, parseDeltaSeconds, planReplicaUpdate, type Binding, type RegisterAttempt } from '../../lib/registration.js';
+import { contactKey, grantedExpiry, MAX_EXPIRES, parseDeltaSeconds, planReplicaUpdate, type Binding, type RegisterAttempt } from '../../lib/registration.js';
 import { parseUri, type NameAddr } from '../../lib/sip/drachtio.js';
 
 const NOW = 1_700_000_000_000;
@@ -116,6 +116,19 @@ describe('reply → replica plan', () => {
       { bindings: [], lastCseq: undefined }, NOW);
     assert.ok(plan.kind === 'save');
     if (plan.kind === 'save') { assert.equal(plan.bindings[0]?.source, null); assert.equal(plan.bindings[0]?.expiresAt, NOW + 100_000); }
+  });
+
+  it('matches the registrar\'s echo of an escaped contact to the UA\'s spelling (RFC 3261 §19.1.4)', () => {
+    const plan = planReplicaUpdate(attempt({ contacts: [contact('sip:%2B15551234@10.0.0.1:5060')] }),
+      { status: 200, contacts: [contact('sip:+15551234@10.0.0.1:5060', { expires: '60' })], expiresHeader: undefined },
+      { bindings: [], lastCseq: undefined }, NOW);
+    assert.ok(plan.kind === 'save');
+    if (plan.kind === 'save') {
+      assert.equal(plan.bindings[0]?.contact, 'sip:+15551234@10.0.0.1:5060', 'stored as the registrar spells it');
+      assert.deepEqual(plan.bindings[0]?.source, source, 'and still known as registered from the UA\'s address');
+    }
+    assert.equal(contactKey('SIP:Bob@EXAMPLE.test:5060;transport=TCP'), 'sip:Bob@example.test:5060;transport=TCP');
+    assert.notEqual(contactKey('sip:bob@h'), contactKey('sip:Bob@h'), 'user part stays case-sensitive');
   });
 
   it('ignores a late reply to an older CSeq of the same Call-ID (RFC 3261 §10.3 step 7)', () => {

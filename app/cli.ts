@@ -1,0 +1,303 @@
+#!/usr/bin/env node
+// `midreg`, the operator's command line: look at the replica (read-only, safe next to the running
+// service), ask the running service for its counters, export every binding. Commander only
+// parses; each command is a plain function over streams.
+import { Command, InvalidArgumentError } from 'commander';
+import { once } from 'node:events';
+import { createWriteStream, existsSync, openSync, readFileSync, realpathSync } from 'node:fs';
+import type { Writable } from 'node:stream';
+import { fileURLToPath } from 'node:url';
+import { z } from 'zod';
+import {
+  aorLookupKey, bindingView, columnWidths, formatRow, liveBindingPages, TABLE_HEADER, tableRow,
+} from '../lib/binding-view.js';
+import { LocationStore } from '../lib/location-store.js';
+
+/** A failure the user can act on: printed as one line, exit code 1. */
+class CliError extends Error {}
+
+const DEFAULT_DB = './data/midreg.sqlite';
+const READ_BATCH = 1000;
+
+async function write(out: Writable, text: string): Promise<void> {
+  // A stream that already failed (disk full) would never drain again.
+  if (out.errored) throw new CliError(`cannot write the output: ${out.errored.message}`);
+  if (!out.write(text)) await once(out, 'drain');
+}
+
+function openReplica(file: string): LocationStore {
+  if (!existsSync(file)) throw new CliError(`no database at ${file} (give --db FILE or set MIDREG_DB)`);
+  try {
+    return new LocationStore(file, { readonly: true });
+  } catch (err) {
+    throw new CliError(err instanceof Error ? err.message : String(err));
+  }
+}
+
+/** The export file, opened at once so a bad path fails before any binding is read. */
+function openOutput(path: string): { path: string; stream: Writable; finish(): Promise<void> } {
+  let fd: number;
+  try {
+    fd = openSync(path, 'w');
+  } catch (err) {
+    throw new CliError(`cannot write ${path}: ${err instanceof Error ? err.message : String(err)}`);
+  }
+  const stream = createWriteStream('', { fd });
+  // Recorded here and reported by write()/finish(): an unheard 'error' event would crash the CLI.
+  stream.on('error', () => undefined);
+  return {
+    path,
+    stream,
+    async finish() {
+      stream.end();
+      await once(stream, 'close');
+      if (stream.errored) throw new CliError(`cannot write ${path}: ${stream.errored.message}`);
+    },
+  };
+}
+
+function withReplica<T>(file: string, use: (store: LocationStore) => Promise<T>): Promise<T> {
+  const store = openReplica(file);
+  return use(store).finally(() => store.close());
+}
+
+// ---- registrations ----------------------------------------------------------------------------
+
+export async function showRegistrations(store: LocationStore, aor: string | undefined, opts: { json: boolean }, out: Writable, now: number): Promise<void> {
+  const pages = aor === undefined
+    ? liveBindingPages(store, now, { batch: READ_BATCH })
+    : [store.liveBindings(aorLookupKey(aor), now)].values();
+  let bindings = 0;
+  let aors = 0;
+  let lastAor: string | undefined;
+  let widths: number[] | undefined;
+  if (opts.json) await write(out, '[');
+  for (const page of pages) {
+    if (page.length === 0) continue;
+    if (opts.json) {
+      await write(out, page.map((b, i) => `${bindings + i === 0 ? '\n' : ',\n'}${JSON.stringify(bindingView(b, now))}`).join(''));
+    } else {
+      const rows = page.map((b) => tableRow(b, now));
+      // Widths come from the first page: the table streams, so a million bindings never sit in memory.
+      if (!widths) {
+        widths = columnWidths(rows);
+        await write(out, `${formatRow(TABLE_HEADER, widths)}\n`);
+      }
+      const w = widths;
+      await write(out, rows.map((r) => `${formatRow(r, w)}\n`).join(''));
+    }
+    for (const b of page) {
+      if (b.aor !== lastAor) { aors += 1; lastAor = b.aor; }
+    }
+    bindings += page.length;
+  }
+  if (opts.json) await write(out, bindings === 0 ? ']\n' : '\n]\n');
+  else if (bindings > 0) await write(out, `\n${bindings} binding${bindings === 1 ? '' : 's'}, ${aors} AoR${aors === 1 ? '' : 's'}\n`);
+  // An empty replica is a fact; asking for an AoR that is not registered is a failed lookup.
+  if (bindings === 0 && aor !== undefined) throw new CliError(`no live registration for ${aorLookupKey(aor)}`);
+  if (bindings === 0 && !opts.json) await write(out, 'no live registrations\n');
+}
+
+// ---- stats ------------------------------------------------------------------------------------
+
+const statsSchema = z.object({
+  started_at: z.string(),
+  uptime_seconds: z.number(),
+  drachtio: z.string(),
+  bindings: z.number(),
+  aors: z.number(),
+  register: z.record(z.string(), z.number()),
+  message: z.record(z.string(), z.number()),
+  replica_write_failures: z.number(),
+});
+export type ServiceStats = z.infer<typeof statsSchema>;
+
+/** Where the admin API listens, from the same variables the service reads. */
+export function defaultAdminUrl(env: NodeJS.ProcessEnv): string | undefined {
+  if (env['MIDREG_ADMIN_URL']) return env['MIDREG_ADMIN_URL'];
+  const port = env['MIDREG_ADMIN_PORT'];
+  if (!port || port === '0') return undefined;
+  const host = env['MIDREG_ADMIN_HOST'] || '127.0.0.1';
+  // A wildcard bind is reachable through loopback from this machine.
+  const reachable = host === '0.0.0.0' ? '127.0.0.1' : host === '::' ? '::1' : host;
+  return `http://${reachable.includes(':') ? `[${reachable}]` : reachable}:${port}`;
+}
+
+export async function fetchStats(baseUrl: string, token: string | undefined): Promise<ServiceStats> {
+  const url = `${baseUrl.replace(/\/+$/, '')}/stats`;
+  let res: Response;
+  try {
+    res = await fetch(url, { headers: token ? { Authorization: `Bearer ${token}` } : {}, signal: AbortSignal.timeout(5000) });
+  } catch (err) {
+    const cause = err instanceof Error && err.cause instanceof Error ? err.cause.message : err instanceof Error ? err.message : String(err);
+    throw new CliError(`cannot reach the midreg admin API at ${baseUrl}: ${cause}`);
+  }
+  if (res.status === 401) {
+    throw new CliError(token
+      ? `the admin API at ${baseUrl} refused the token (401): check --token / MIDREG_ADMIN_TOKEN`
+      : `the admin API at ${baseUrl} requires a token (401): give --token or set MIDREG_ADMIN_TOKEN`);
+  }
+  if (res.status !== 200) throw new CliError(`the admin API at ${baseUrl} answered ${res.status} ${res.statusText} for /stats`);
+  let body: unknown;
+  try {
+    body = await res.json();
+  } catch {
+    body = undefined;
+  }
+  const parsed = statsSchema.safeParse(body);
+  if (!parsed.success) throw new CliError(`${baseUrl} did not answer /stats like the midreg admin API`);
+  return parsed.data;
+}
+
+function duration(seconds: number): string {
+  const d = Math.floor(seconds / 86400);
+  const h = Math.floor((seconds % 86400) / 3600);
+  const m = Math.floor((seconds % 3600) / 60);
+  const s = seconds % 60;
+  return [d ? `${d}d` : '', d || h ? `${h}h` : '', d || h || m ? `${m}m` : '', `${s}s`].filter((p) => p !== '').join(' ');
+}
+
+function tally(counts: Record<string, number>): string {
+  return Object.entries(counts).map(([k, v]) => `${k} ${v}`).join(', ');
+}
+
+export function formatStats(stats: ServiceStats, source: string): string {
+  const lines: Array<[string, string]> = [
+    ['service', source],
+    ['started at', `${stats.started_at} (up ${duration(stats.uptime_seconds)})`],
+    ['drachtio-server', stats.drachtio],
+    ['bindings', `${stats.bindings} live, ${stats.aors} AoR${stats.aors === 1 ? '' : 's'}`],
+    ['REGISTER answered', tally(stats.register)],
+    ['MESSAGE', tally(stats.message)],
+    ['replica write failures', String(stats.replica_write_failures)],
+  ];
+  const width = Math.max(...lines.map(([k]) => k.length));
+  return lines.map(([k, v]) => `${k.padEnd(width)}  ${v}\n`).join('');
+}
+
+// ---- export -----------------------------------------------------------------------------------
+
+/** Progress on stderr: rewritten in place on a terminal, one line per update otherwise. */
+function progressReporter(err: Writable & { isTTY?: boolean }, total: number): { update(done: number, final?: boolean): void } {
+  let lastShown = Number.NEGATIVE_INFINITY;
+  return {
+    update(done, final = false) {
+      const nowMs = performance.now();
+      if (!final && nowMs - lastShown < 200) return;
+      lastShown = nowMs;
+      // Bindings registered during the export can push the count past the first total.
+      const line = `exported ${done}/${Math.max(total, done)}`;
+      err.write(err.isTTY ? `\r${line}${final ? '\n' : ''}` : `${line}\n`);
+    },
+  };
+}
+
+export async function exportBindings(store: LocationStore, out: Writable, opts: { batch: number; progress?: Writable & { isTTY?: boolean } }, now: number): Promise<number> {
+  const progress = opts.progress ? progressReporter(opts.progress, store.counts(now).bindings) : undefined;
+  let done = 0;
+  for (const page of liveBindingPages(store, now, { batch: opts.batch })) {
+    await write(out, page.map((b) => `${JSON.stringify(bindingView(b, now))}\n`).join(''));
+    done += page.length;
+    progress?.update(done);
+  }
+  progress?.update(done, true);
+  return done;
+}
+
+// ---- commander wiring -------------------------------------------------------------------------
+
+function positiveInt(max: number) {
+  return (value: string): number => {
+    if (!/^\d+$/.test(value) || Number(value) < 1 || Number(value) > max) throw new InvalidArgumentError(`must be an integer from 1 to ${max}`);
+    return Number(value);
+  };
+}
+
+function version(): string {
+  try {
+    const pkg: unknown = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8'));
+    return typeof pkg === 'object' && pkg !== null && 'version' in pkg && typeof pkg.version === 'string' ? pkg.version : 'unknown';
+  } catch {
+    return 'unknown';
+  }
+}
+
+function program(env: NodeJS.ProcessEnv): Command {
+  const dbDefault = env['MIDREG_DB'] || DEFAULT_DB;
+  const cli = new Command('midreg')
+    .description('Inspect a midreg mid-registrar: its replica of the registrar\'s location table and its counters.')
+    .version(version());
+
+  cli.command('registrations')
+    .description('list live bindings (all, or of one AoR) from the SQLite replica, read-only')
+    .argument('[aor]', 'one address-of-record, e.g. sip:alice@example.com')
+    .option('--db <file>', 'SQLite replica (env MIDREG_DB)', dbDefault)
+    .option('--json', 'print a JSON array of bindings (the admin API\'s binding fields)', false)
+    .action(async (aor: string | undefined, opts: { db: string; json: boolean }) => {
+      await withReplica(opts.db, (store) => showRegistrations(store, aor, { json: opts.json }, process.stdout, Date.now()));
+    });
+
+  cli.command('stats')
+    .description('counters of the running service (its admin API), or binding counts from the replica with --db')
+    .option('--url <url>', 'admin API base URL (env MIDREG_ADMIN_URL, else http://MIDREG_ADMIN_HOST:MIDREG_ADMIN_PORT)')
+    .option('--token <token>', 'admin API token (env MIDREG_ADMIN_TOKEN; the variable keeps it out of `ps`)')
+    .option('--db <file>', 'offline: only the live binding and AoR counts, read from this SQLite replica')
+    .option('--json', 'print JSON', false)
+    .action(async (opts: { url?: string; token?: string; db?: string; json: boolean }) => {
+      if (opts.db !== undefined) {
+        if (opts.url !== undefined) throw new CliError('give either --url (ask the service) or --db (read the replica), not both');
+        const db = opts.db;
+        await withReplica(db, async (store) => {
+          const counts = store.counts(Date.now());
+          await write(process.stdout, opts.json
+            ? `${JSON.stringify({ database: db, bindings: counts.bindings, aors: counts.aors }, null, 2)}\n`
+            : `database  ${db}\nbindings  ${counts.bindings} live, ${counts.aors} AoR${counts.aors === 1 ? '' : 's'}\n`);
+        });
+        return;
+      }
+      const url = opts.url ?? defaultAdminUrl(env);
+      if (url === undefined) {
+        throw new CliError('no admin API to ask: give --url http://127.0.0.1:PORT (or set MIDREG_ADMIN_PORT), or --db FILE for the binding counts alone');
+      }
+      const stats = await fetchStats(url, opts.token ?? (env['MIDREG_ADMIN_TOKEN'] || undefined));
+      await write(process.stdout, opts.json ? `${JSON.stringify(stats, null, 2)}\n` : formatStats(stats, url));
+    });
+
+  cli.command('export')
+    .description('write every live binding as JSON lines (the admin API\'s binding fields)')
+    .option('--db <file>', 'SQLite replica (env MIDREG_DB)', dbDefault)
+    .option('--out <file>', 'write to this file instead of stdout')
+    .option('--progress', 'report progress on stderr even when it is not a terminal', false)
+    .option('--batch <n>', 'bindings read per query', positiveInt(100_000), READ_BATCH)
+    .action(async (opts: { db: string; out?: string; progress: boolean; batch: number }) => {
+      await withReplica(opts.db, async (store) => {
+        const file = opts.out !== undefined ? openOutput(opts.out) : undefined;
+        const progress = opts.progress || process.stderr.isTTY ? process.stderr : undefined;
+        const count = await exportBindings(store, file?.stream ?? process.stdout, { batch: opts.batch, ...(progress ? { progress } : {}) }, Date.now());
+        if (file) {
+          await file.finish();
+          if (!progress) process.stderr.write(`exported ${count} bindings to ${file.path}\n`);
+        }
+      });
+    });
+
+  return cli;
+}
+
+async function main(): Promise<void> {
+  // `midreg registrations | head` closes the pipe early: that is not an error.
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(0);
+    throw err;
+  });
+  try {
+    await program(process.env).parseAsync(process.argv);
+  } catch (err) {
+    process.stderr.write(`midreg: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exitCode = 1;
+  }
+}
+
+// Run only as the program itself (also through npm's bin symlink), so tests can import the commands.
+const entry = process.argv[1];
+if (entry !== undefined && realpathSync(entry) === fileURLToPath(import.meta.url)) await main();

@@ -1,0 +1,225 @@
+// The admin HTTP API: health for load balancers and orchestrators, Prometheus metrics, and a
+// read-only view of the replica. Off unless a port is configured; it only ever reads.
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import { isIP } from 'node:net';
+import { aorLookupKey, aorSearchPrefix, bindingView, decodeCursor, encodeCursor } from './binding-view.js';
+import type { LocationStore } from './location-store.js';
+import type { Logger } from './logger.js';
+import type { Metrics } from './metrics.js';
+
+export interface AdminDeps {
+  store: Pick<LocationStore, 'listLiveAfter' | 'liveBindings' | 'counts' | 'checkWritable'>;
+  drachtioConnected(): boolean;
+  metrics: Metrics;
+  now?: () => number;
+}
+
+export interface AdminServerOptions {
+  host: string;
+  port: number;
+  token?: string | undefined;
+  deps: AdminDeps;
+  logger: Logger;
+}
+
+export interface AdminServer {
+  port: number;
+  close(): Promise<void>;
+}
+
+export const DEFAULT_PAGE_SIZE = 100;
+export const MAX_PAGE_SIZE = 1000;
+
+export class AdminConfigError extends Error {}
+
+/** Whether only this machine can reach `host`. */
+export function isLoopback(host: string): boolean {
+  const bare = host.replace(/^\[|\]$/g, '').toLowerCase();
+  if (bare === 'localhost') return true;
+  if (isIP(bare) === 4) return bare.startsWith('127.');
+  if (isIP(bare) === 6) return bare === '::1' || /^::ffff:127\./.test(bare);
+  return false;
+}
+
+// Hashing first gives both sides the same length, so the comparison time says nothing about
+// how much of the token a guess got right (or about its length).
+function sameToken(given: string, expected: string): boolean {
+  const a = createHash('sha256').update(given).digest();
+  const b = createHash('sha256').update(expected).digest();
+  return timingSafeEqual(a, b);
+}
+
+function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+  const text = `${JSON.stringify(body, null, 2)}\n`;
+  res.writeHead(status, { 'Content-Type': 'application/json; charset=utf-8', 'Cache-Control': 'no-store', ...headers });
+  res.end(text);
+}
+
+class HttpError extends Error {
+  constructor(readonly status: number, message: string) { super(message); }
+}
+
+function pageSize(raw: string | null): number {
+  if (raw === null || raw === '') return DEFAULT_PAGE_SIZE;
+  if (!/^\d+$/.test(raw) || Number(raw) < 1 || Number(raw) > MAX_PAGE_SIZE) {
+    throw new HttpError(400, `limit must be an integer from 1 to ${MAX_PAGE_SIZE}`);
+  }
+  return Number(raw);
+}
+
+type Route = (url: URL, res: ServerResponse) => Promise<void> | void;
+
+function routes(deps: AdminDeps): { match(path: string): Route | undefined } {
+  const now = deps.now ?? Date.now;
+
+  const health: Route = (_url, res) => {
+    const reasons: string[] = [];
+    const drachtio = deps.drachtioConnected();
+    if (!drachtio) reasons.push('drachtio-server not connected');
+    const writable = deps.store.checkWritable();
+    if (!writable.ok) reasons.push(`database not writable: ${writable.reason}`);
+    const state = { drachtio: drachtio ? 'connected' : 'disconnected', database: writable.ok ? 'writable' : 'not_writable' };
+    if (reasons.length === 0) sendJson(res, 200, { status: 'ok', ...state });
+    else sendJson(res, 503, { status: 'unavailable', ...state, reasons });
+  };
+
+  const metrics: Route = async (_url, res) => {
+    const text = await deps.metrics.render();
+    res.writeHead(200, { 'Content-Type': deps.metrics.contentType, 'Cache-Control': 'no-store' });
+    res.end(text);
+  };
+
+  const list: Route = (url, res) => {
+    const limit = pageSize(url.searchParams.get('limit'));
+    const from = url.searchParams.get('from');
+    const after = from ? decodeCursor(from) : undefined;
+    if (from && !after) throw new HttpError(400, 'from must be the "next" value of a previous page');
+    const aorPrefix = aorSearchPrefix(url.searchParams.get('aor') ?? '');
+    const at = now();
+    // One row more than asked tells whether another page exists without a second query.
+    const rows = deps.store.listLiveAfter(at, { limit: limit + 1, ...(after ? { after } : {}), ...(aorPrefix ? { aorPrefix } : {}) });
+    const page = rows.slice(0, limit);
+    const last = page[page.length - 1];
+    sendJson(res, 200, {
+      bindings: page.map((b) => bindingView(b, at)),
+      next: rows.length > limit && last ? encodeCursor({ aor: last.aor, contact: last.contact }) : null,
+    });
+  };
+
+  const one = (encoded: string): Route => (_url, res) => {
+    let aor: string;
+    try {
+      aor = aorLookupKey(decodeURIComponent(encoded));
+    } catch {
+      throw new HttpError(400, 'the AoR is not validly URL-encoded');
+    }
+    const at = now();
+    const bindings = deps.store.liveBindings(aor, at);
+    if (bindings.length === 0) { sendJson(res, 404, { error: 'no live registration', aor }); return; }
+    sendJson(res, 200, { aor, bindings: bindings.map((b) => bindingView(b, at)) });
+  };
+
+  const stats: Route = (_url, res) => {
+    const at = now();
+    const snap = deps.metrics.snapshot();
+    const counts = deps.store.counts(at);
+    sendJson(res, 200, {
+      started_at: new Date(snap.startedAt).toISOString(),
+      uptime_seconds: Math.max(0, Math.floor((at - snap.startedAt) / 1000)),
+      drachtio: deps.drachtioConnected() ? 'connected' : 'disconnected',
+      bindings: counts.bindings,
+      aors: counts.aors,
+      register: snap.register,
+      message: snap.message,
+      replica_write_failures: snap.replicaWriteFailures,
+    });
+  };
+
+  return {
+    match(path) {
+      if (path === '/health') return health;
+      if (path === '/metrics') return metrics;
+      if (path === '/stats') return stats;
+      if (path === '/registrations') return list;
+      const single = /^\/registrations\/([^/]+)$/.exec(path);
+      return single?.[1] ? one(single[1]) : undefined;
+    },
+  };
+}
+
+/**
+ * Start the admin server. Refuses a non-loopback address without a token: the registration list
+ * holds every user's contact and public address.
+ */
+export function startAdminServer(opts: AdminServerOptions): Promise<AdminServer> {
+  const token = opts.token === '' ? undefined : opts.token;
+  if (token === undefined && !isLoopback(opts.host)) {
+    return Promise.reject(new AdminConfigError(
+      `refusing to serve the admin API on ${opts.host} without a token: anyone who can reach it would see every registration; set a token or bind it to 127.0.0.1`));
+  }
+  const table = routes(opts.deps);
+  const log = opts.logger;
+
+  const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    const started = process.hrtime.bigint();
+    let url: URL;
+    try {
+      // Prefixed rather than resolved against a base, so a request for `//x` stays a path.
+      url = new URL(`http://admin.invalid${req.url ?? '/'}`);
+    } catch {
+      sendJson(res, 400, { error: 'bad request target' });
+      return;
+    }
+    const done = (): void => {
+      // Path only: a query may hold a search term, never a credential (the token travels in a header).
+      log.debug('admin request', { method: req.method, path: url.pathname, status: res.statusCode, ms: Number(process.hrtime.bigint() - started) / 1e6 });
+    };
+    res.on('finish', done);
+
+    if (token !== undefined) {
+      const header = req.headers.authorization ?? '';
+      const match = /^Bearer\s+(\S+)\s*$/i.exec(header);
+      if (!match?.[1] || !sameToken(match[1], token)) {
+        log.warn('admin request refused: missing or wrong token', { method: req.method, path: url.pathname, remote: req.socket.remoteAddress });
+        sendJson(res, 401, { error: 'unauthorized' }, { 'WWW-Authenticate': 'Bearer realm="midreg"' });
+        return;
+      }
+    }
+
+    const route = table.match(url.pathname);
+    if (!route) { sendJson(res, 404, { error: 'not found' }); return; }
+    if (req.method !== 'GET' && req.method !== 'HEAD') {
+      sendJson(res, 405, { error: 'method not allowed' }, { Allow: 'GET, HEAD' });
+      return;
+    }
+    try {
+      await route(url, res);
+    } catch (err) {
+      if (err instanceof HttpError) { sendJson(res, err.status, { error: err.message }); return; }
+      log.error('admin request failed', { path: url.pathname, error: err instanceof Error ? err.message : String(err) });
+      if (!res.headersSent) sendJson(res, 500, { error: 'internal error' });
+      else res.destroy();
+    }
+  };
+
+  const server = createServer((req, res) => { void handle(req, res); });
+  return new Promise((resolve, reject) => {
+    server.once('error', (err) => {
+      reject(new AdminConfigError(`cannot serve the admin API on ${opts.host}:${opts.port}: ${err.message}`));
+    });
+    server.listen({ host: opts.host, port: opts.port }, () => {
+      const address = server.address();
+      const port = typeof address === 'object' && address ? address.port : opts.port;
+      log.info('admin API listening', { address: `${opts.host}:${port}`, token: token !== undefined ? 'required' : 'none' });
+      resolve({
+        port,
+        close: () => new Promise<void>((done) => {
+          server.close(() => done());
+          // Keep-alive clients (Prometheus) would otherwise hold the close open.
+          server.closeAllConnections();
+        }),
+      });
+    });
+  });
+}

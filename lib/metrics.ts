@@ -1,0 +1,131 @@
+// What midreg counts, for Prometheus (/metrics) and for `midreg stats`. A Registry of its own, not
+// prom-client's global one, so two instances (tests, or an embedding app) never share counters.
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+
+export const MESSAGE_OUTCOMES = ['delivered', 'not_found', 'forbidden', 'too_large', 'failed', 'relayed'] as const;
+export type MessageOutcome = (typeof MESSAGE_OUTCOMES)[number];
+
+/** Final status classes a UA can be answered with. */
+export const STATUS_CLASSES = ['2xx', '3xx', '4xx', '5xx', '6xx'] as const;
+
+export interface MetricsSnapshot {
+  /** Unix ms. */
+  startedAt: number;
+  /** REGISTERs answered, by status class of the answer the UA got. */
+  register: Record<string, number>;
+  message: Record<MessageOutcome, number>;
+  replicaWriteFailures: number;
+  drachtioConnected: boolean;
+}
+
+export interface MetricsOptions {
+  /** Live bindings and AoRs in the replica; called once per scrape. */
+  registrations: () => { bindings: number; aors: number };
+  now?: () => number;
+}
+
+function statusClass(status: number): string {
+  return status >= 100 && status <= 699 ? `${Math.floor(status / 100)}xx` : 'other';
+}
+
+export class Metrics {
+  readonly registry = new Registry();
+  private readonly startedAt: number;
+  private readonly registerTotal: Counter<'class'>;
+  private readonly upstreamSeconds: Histogram;
+  private readonly messageTotal: Counter<'outcome'>;
+  private readonly replicaFailures: Counter;
+  private readonly bindingsGauge: Gauge;
+  private readonly aorsGauge: Gauge;
+  private readonly drachtioGauge: Gauge;
+  // Plain tallies beside the prom-client ones: prom-client's reads are async and shaped for
+  // exposition, `stats` wants numbers.
+  private readonly tally: { register: Record<string, number>; message: Record<MessageOutcome, number>; replicaWriteFailures: number; drachtio: boolean };
+
+  constructor(private readonly opts: MetricsOptions) {
+    this.startedAt = (opts.now ?? Date.now)();
+    const registers = [this.registry];
+    this.registerTotal = new Counter({
+      name: 'midreg_register_relayed_total',
+      help: 'REGISTERs answered, by status class of the answer the UA got (the registrar\'s, or midreg\'s own 400/403/408/483/503)',
+      labelNames: ['class'] as const,
+      registers,
+    });
+    this.upstreamSeconds = new Histogram({
+      name: 'midreg_upstream_reply_seconds',
+      help: 'Time from relaying a REGISTER to the registrar\'s final answer (or to giving up on it)',
+      // Up to the longest configurable upstream timeout (32 s).
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32],
+      registers,
+    });
+    this.messageTotal = new Counter({ name: 'midreg_message_total', help: 'MESSAGE requests handled, by outcome', labelNames: ['outcome'] as const, registers });
+    this.replicaFailures = new Counter({ name: 'midreg_replica_write_failures_total', help: 'Registrar 2xx replies that could not be written to the replica', registers });
+    this.bindingsGauge = new Gauge({ name: 'midreg_bindings', help: 'Live bindings in the replica', registers });
+    this.aorsGauge = new Gauge({ name: 'midreg_aors', help: 'AoRs with at least one live binding in the replica', registers });
+    this.drachtioGauge = new Gauge({ name: 'midreg_drachtio_connected', help: '1 while connected to drachtio-server, else 0', registers });
+    collectDefaultMetrics({ register: this.registry });
+
+    // Zero series exist from the start, so rate() and absent-series alerts work before the first event.
+    for (const c of STATUS_CLASSES) this.registerTotal.inc({ class: c }, 0);
+    for (const o of MESSAGE_OUTCOMES) this.messageTotal.inc({ outcome: o }, 0);
+    this.replicaFailures.inc(0);
+    this.drachtioGauge.set(0);
+    this.tally = {
+      register: Object.fromEntries(STATUS_CLASSES.map((c) => [c, 0])),
+      message: Object.fromEntries(MESSAGE_OUTCOMES.map((o) => [o, 0])) as Record<MessageOutcome, number>,
+      replicaWriteFailures: 0,
+      drachtio: false,
+    };
+  }
+
+  registerAnswered(status: number, upstreamMs: number | undefined): void {
+    const cls = statusClass(status);
+    this.registerTotal.inc({ class: cls });
+    this.tally.register[cls] = (this.tally.register[cls] ?? 0) + 1;
+    if (upstreamMs !== undefined) this.upstreamSeconds.observe(upstreamMs / 1000);
+  }
+
+  messageOutcome(outcome: MessageOutcome): void {
+    this.messageTotal.inc({ outcome });
+    this.tally.message[outcome] += 1;
+  }
+
+  replicaWriteFailed(): void {
+    this.replicaFailures.inc();
+    this.tally.replicaWriteFailures += 1;
+  }
+
+  drachtioConnected(up: boolean): void {
+    this.drachtioGauge.set(up ? 1 : 0);
+    this.tally.drachtio = up;
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+
+  /** The Prometheus exposition text; the replica is counted now, once for both gauges. */
+  async render(): Promise<string> {
+    try {
+      const { bindings, aors } = this.opts.registrations();
+      this.bindingsGauge.set(bindings);
+      this.aorsGauge.set(aors);
+    } catch {
+      // A locked or broken database must not take the process metrics down with it; NaN says
+      // "unknown" where a stale number would mislead.
+      this.bindingsGauge.set(Number.NaN);
+      this.aorsGauge.set(Number.NaN);
+    }
+    return this.registry.metrics();
+  }
+
+  snapshot(): MetricsSnapshot {
+    return {
+      startedAt: this.startedAt,
+      register: { ...this.tally.register },
+      message: { ...this.tally.message },
+      replicaWriteFailures: this.tally.replicaWriteFailures,
+      drachtioConnected: this.tally.drachtio,
+    };
+  }
+}
