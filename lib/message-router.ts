@@ -1,8 +1,8 @@
 // SIP MESSAGE (RFC 3428) delivered from the replica: the voice platform behind midreg gains IM.
-import { canonicalAor, isServedDomain } from './aor.js';
+import { canonicalAor } from './aor.js';
 import type { LocationStore } from './location-store.js';
 import type { Logger } from './logger.js';
-import { branchFor, chooseFinal, classifySender, resolveTarget, type Branch } from './routing.js';
+import { branchFor, chooseFinal, classifySender, locate, type Branch } from './routing.js';
 import { parseUri, type RequestHandler, type SipReply, type SipRequest } from './sip/drachtio.js';
 import { askUpstream, nextMaxForwards, replyHeaders, upstreamHeaders, type RequestSender, type UpstreamOutcome, type UpstreamTarget } from './upstream.js';
 
@@ -80,13 +80,7 @@ export function createMessageHandler(deps: MessageRouterDeps): RequestHandler {
       return;
     }
 
-    const ruri = parseUri(req.uri);
-    const servedAor = ruri && ruri.user !== undefined && isServedDomain(ruri.host, deps.domains) ? canonicalAor(ruri) : undefined;
-    const target = resolveTarget({
-      byContact: deps.store.liveBindingsByContact(req.uri, now),
-      servedAor,
-      byAor: servedAor ? deps.store.liveBindings(servedAor, now) : [],
-    });
+    const target = locate(req.uri, deps.store, deps.domains, now);
 
     if (target.kind === 'no-binding') {
       res.send(deps.noBindingStatus);
@@ -123,7 +117,7 @@ export function createMessageHandler(deps: MessageRouterDeps): RequestHandler {
     sendAnswer(res, outcome);
     const delivered = outcome.status >= 200 && outcome.status < 300;
     finish(delivered ? 'delivered' : 'failed', outcome.status, {
-      aor: servedAor, branches: sendable.length, skipped: branches.length - sendable.length,
+      aor: target.aor, branches: sendable.length, skipped: branches.length - sendable.length,
       to: sendable.map((b) => b.nextHop ?? b.requestUri),
     });
   };

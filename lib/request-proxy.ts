@@ -1,9 +1,9 @@
 // Every request other than REGISTER and MESSAGE: users' requests go to the platform, the
 // platform's requests go to users from the replica, so voice works exactly as without midreg.
-import { canonicalAor, isServedDomain } from './aor.js';
+import { isServedDomain } from './aor.js';
 import type { LocationStore } from './location-store.js';
 import type { Logger } from './logger.js';
-import { branchFor, isTrustedPeer, resolveTarget } from './routing.js';
+import { branchFor, isTrustedPeer, locate } from './routing.js';
 import { parseUri, type RequestHandler, type SipRequest } from './sip/drachtio.js';
 import { nextMaxForwards } from './upstream.js';
 
@@ -55,14 +55,7 @@ export function createProxyHandler(deps: RequestProxyDeps): RequestHandler {
     let direction: 'to-platform' | 'to-user';
     if (isTrustedPeer(req.source, deps.trustedPeers)) {
       // From the platform: a request for a registered user (usually via the Path midreg added).
-      const now = clock();
-      const ruri = parseUri(req.uri);
-      const servedAor = ruri && ruri.user !== undefined && isServedDomain(ruri.host, deps.domains) ? canonicalAor(ruri) : undefined;
-      const target = resolveTarget({
-        byContact: deps.store.liveBindingsByContact(req.uri, now),
-        servedAor,
-        byAor: servedAor ? deps.store.liveBindings(servedAor, now) : [],
-      });
+      const target = locate(req.uri, deps.store, deps.domains, clock());
       if (target.kind === 'no-binding') {
         res.send(deps.noBindingStatus);
         log.info('request refused: no live binding', { ...base, status: deps.noBindingStatus, aor: target.aor });

@@ -1,6 +1,8 @@
 // Pure routing decisions for requests other than REGISTER: who may send, where a request goes,
 // how each branch reaches a UA behind NAT, and which branch response the sender gets.
+import { canonicalAor, isServedDomain } from './aor.js';
 import type { Binding } from './registration.js';
+import { parseUri } from './sip/drachtio.js';
 
 /** RFC 3428 §8 / RFC 3261 §18.1.1: past 1300 bytes a request must use a congestion-controlled transport. */
 export const UDP_SAFE_BYTES = 1300;
@@ -8,7 +10,7 @@ export const UDP_SAFE_BYTES = 1300;
 export type Sender = { kind: 'trusted-peer' } | { kind: 'registered' } | { kind: 'unknown' };
 
 export type Target =
-  | { kind: 'bindings'; bindings: Binding[]; via: 'contact' | 'aor' }
+  | { kind: 'bindings'; bindings: Binding[]; via: 'contact' | 'aor'; aor: string | undefined }
   | { kind: 'no-binding'; aor: string }
   | { kind: 'upstream' };
 
@@ -21,10 +23,26 @@ export function resolveTarget(input: {
   servedAor: string | undefined;
   byAor: Binding[];
 }): Target {
-  if (input.byContact.length > 0) return { kind: 'bindings', bindings: input.byContact, via: 'contact' };
+  if (input.byContact.length > 0) return { kind: 'bindings', bindings: input.byContact, via: 'contact', aor: input.servedAor };
   if (input.servedAor === undefined) return { kind: 'upstream' };
-  if (input.byAor.length > 0) return { kind: 'bindings', bindings: input.byAor, via: 'aor' };
+  if (input.byAor.length > 0) return { kind: 'bindings', bindings: input.byAor, via: 'aor', aor: input.servedAor };
   return { kind: 'no-binding', aor: input.servedAor };
+}
+
+export interface BindingLookup {
+  liveBindingsByContact(contact: string, now: number): Binding[];
+  liveBindings(aor: string, now: number): Binding[];
+}
+
+/** Where a request for `requestUri` goes, looked up in the replica. */
+export function locate(requestUri: string, lookup: BindingLookup, domains: readonly string[], now: number): Target {
+  const ruri = parseUri(requestUri);
+  const servedAor = ruri && ruri.user !== undefined && isServedDomain(ruri.host, domains) ? canonicalAor(ruri) : undefined;
+  return resolveTarget({
+    byContact: lookup.liveBindingsByContact(requestUri, now),
+    servedAor,
+    byAor: servedAor ? lookup.liveBindings(servedAor, now) : [],
+  });
 }
 
 export type Branch =

@@ -90,10 +90,24 @@ export interface Drachtio extends Proc { sipPort: number; adminPort: number; sec
 
 /** drachtio-server configured like drachtio.conf.xml, on loopback and free ports. */
 export async function startDrachtio(workDir: string, ports?: { sipPort: number; adminPort: number }): Promise<Drachtio> {
+  // A port found free can be taken by another process before drachtio-server binds it (it then
+  // logs "Address already in use" and keeps running without SIP); with ports of our own
+  // choosing, try fresh ones.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startDrachtioOnce(workDir, ports ?? { sipPort: await freePort(), adminPort: await freePort() });
+    } catch (err) {
+      if (ports || attempt >= 3 || !(err instanceof PortTakenError)) throw err;
+    }
+  }
+}
+
+class PortTakenError extends Error {}
+
+async function startDrachtioOnce(workDir: string, ports: { sipPort: number; adminPort: number }): Promise<Drachtio> {
   const bin = process.env['DRACHTIO_BIN'];
   if (!bin) throw new Error('DRACHTIO_BIN not set');
-  const sipPort = ports?.sipPort ?? await freePort();
-  const adminPort = ports?.adminPort ?? await freePort();
+  const { sipPort, adminPort } = ports;
   const secret = 'e2e-secret';
   const conf = join(workDir, `drachtio-${adminPort}.conf.xml`);
   // The repo's own drachtio.conf.xml, on loopback and this test's ports.
@@ -104,7 +118,16 @@ export async function startDrachtio(workDir: string, ports?: { sipPort: number; 
   if (xml === template) throw new Error('drachtio.conf.xml no longer has the admin/contact lines the tests rewrite');
   writeFileSync(conf, xml);
   const proc = spawnProc(bin, ['-f', conf], { name: 'drachtio-server' });
-  await waitForTcp(adminPort, 10_000, proc);
+  try {
+    await waitForTcp(adminPort, 10_000, proc);
+    await proc.waitFor(/starting sip stack/, 5000);
+    await new Promise((r) => setTimeout(r, 50));
+    if (/Address already in use/.test(proc.output())) throw new PortTakenError(`port taken: ${sipPort}/${adminPort}`);
+  } catch (err) {
+    await proc.stop('SIGKILL');
+    if (/Address already in use/.test(proc.output())) throw new PortTakenError(`port taken: ${sipPort}/${adminPort}`);
+    throw err;
+  }
   return Object.assign(proc, { sipPort, adminPort, secret });
 }
 

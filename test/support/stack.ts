@@ -71,9 +71,10 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
       return stack.midreg;
     },
     async stop() {
+      // Tests may have replaced drachtio-server or Kamailio with restarted ones: stop what is current.
       await stack.midreg.stop('SIGTERM');
-      await drachtio.stop('SIGTERM');
-      await kamailio?.stop();
+      await stack.drachtio.stop('SIGTERM');
+      await stack.kamailio?.stop();
       if (!process.env['MIDREG_KEEP_E2E']) rmSync(workDir, { recursive: true, force: true });
     },
   };

@@ -19,6 +19,20 @@ const CRLF = '\r\n';
 const MAX_PREFIX_DIGITS = 12;
 
 /** Encodes one payload as a wire frame. */
+/** Listen on an ephemeral 127.0.0.1 port and return it. */
+export async function listenOnLoopback(server: import('node:net').Server, owner: string): Promise<number> {
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const address = server.address();
+  if (address === null || typeof address === 'string') throw new Error(`${owner}: no TCP address`);
+  return address.port;
+}
+
 export function encodeFrame(payload: string): Buffer {
   return Buffer.from(`${Buffer.byteLength(payload, 'utf8')}#${payload}`, 'utf8');
 }

@@ -7,7 +7,7 @@ import net from 'node:net';
 import { dirname } from 'node:path';
 import { performance } from 'node:perf_hooks';
 
-import { FrameParser, rIdOf, tokensOf, type WireDir, type WireFrame } from './wire-frame.js';
+import { FrameParser, listenOnLoopback, rIdOf, tokensOf, type WireDir, type WireFrame } from './wire-frame.js';
 
 export type { WireDir, WireFrame } from './wire-frame.js';
 
@@ -84,18 +84,10 @@ export async function startWireRecorder(opts: WireRecorderOptions): Promise<Wire
     tap(upstream, app, 'toApp');
   });
 
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
-  const address = server.address();
-  if (address === null || typeof address === 'string') throw new Error('wire-recorder: no TCP address');
+  const port = await listenOnLoopback(server, 'wire-recorder');
 
   return {
-    port: address.port,
+    port,
     frames: () => frames.map((f) => ({ ...f })),
     stop: () =>
       new Promise<void>((resolve) => {

@@ -10,6 +10,7 @@ import {
   describeFrame,
   encodeFrame,
   FrameParser,
+  listenOnLoopback,
   methodOf,
   startLineOf,
   statusOf,
@@ -277,18 +278,10 @@ export async function startWireReplay(opts: WireReplayOptions): Promise<WireRepl
     if (driving) void walk(sock);
   });
 
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
-  const address = server.address();
-  if (address === null || typeof address === 'string') throw new Error('wire-replay: no TCP address');
+  const port = await listenOnLoopback(server, 'wire-replay');
 
   return {
-    port: address.port,
+    port,
     received,
     done,
     stop: () =>

@@ -33,8 +33,8 @@ describe('MESSAGE routing decisions', () => {
 
   it('targets bindings by contact first, then by served AoR, else upstream; no live binding is reported as such', () => {
     const b = binding();
-    assert.deepEqual(resolveTarget({ byContact: [b], servedAor: undefined, byAor: [] }), { kind: 'bindings', bindings: [b], via: 'contact' });
-    assert.deepEqual(resolveTarget({ byContact: [], servedAor: 'sip:bob@example.test', byAor: [b] }), { kind: 'bindings', bindings: [b], via: 'aor' });
+    assert.deepEqual(resolveTarget({ byContact: [b], servedAor: undefined, byAor: [] }), { kind: 'bindings', bindings: [b], via: 'contact', aor: undefined });
+    assert.deepEqual(resolveTarget({ byContact: [], servedAor: 'sip:bob@example.test', byAor: [b] }), { kind: 'bindings', bindings: [b], via: 'aor', aor: 'sip:bob@example.test' });
     assert.deepEqual(resolveTarget({ byContact: [], servedAor: 'sip:bob@example.test', byAor: [] }), { kind: 'no-binding', aor: 'sip:bob@example.test' });
     assert.deepEqual(resolveTarget({ byContact: [], servedAor: undefined, byAor: [] }), { kind: 'upstream' });
   });
