@@ -38,9 +38,8 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
   if (store.readOnlyReason !== undefined) {
     logger.error('database cannot be written; running with a read-only replica (REGISTERs are still relayed)', { db: config.dbFile, error: store.readOnlyReason });
   }
-  const startPurge = store.readOnlyReason === undefined ? store.purgeExpired(Date.now(), Number.MAX_SAFE_INTEGER) : 0;
   const counters: ReplicaCounters = store.countStored();
-  logger.info('replica opened', { db: config.dbFile, schema: store.schemaVersion, bindings: counters.bindings, aors: counters.aors, expiredRemoved: startPurge });
+  logger.info('replica opened', { db: config.dbFile, schema: store.schemaVersion, bindings: counters.bindings, aors: counters.aors });
   const metrics = new Metrics({ registrations: () => ({ bindings: counters.bindings, aors: counters.aors }) });
 
   const engine = new SipEngine((err, req) => {
@@ -136,19 +135,22 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
   // Expired bindings are never used (lookups filter on expiry); this only reclaims the rows, in
   // small batches so one sweep never holds the event loop for long.
   let purging = false;
-  const purge = (): void => {
+  const purge = (reason: 'start' | 'timer'): void => {
     if (purging) return;
     if (store.readOnlyReason !== undefined) {
       if (!store.reopenWritable()) return;
       logger.info('database writable again', { db: config.dbFile });
     }
     purging = true;
+    let swept = 0;
     const step = (): void => {
       try {
-        const { removed, emptiedAors } = store.purgeExpiredBatch(Date.now());
-        counters.bindings -= removed;
+        const { removed, emptiedAors, bindingsRemoved } = store.purgeExpiredBatch(Date.now());
+        counters.bindings -= bindingsRemoved;
         counters.aors -= emptiedAors;
+        swept += bindingsRemoved;
         if (removed > 0) { setImmediate(step); return; }
+        if (reason === 'start' || swept > 0) logger.info('expiry sweep done', { reason, expiredRemoved: swept, bindings: counters.bindings, aors: counters.aors });
       } catch (err) {
         logger.error('expiry sweep failed', { error: err instanceof Error ? err.message : String(err) });
       }
@@ -156,8 +158,11 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
     };
     step();
   };
-  const purgeTimer = setInterval(purge, config.purgeIntervalSec * 1000);
+  const purgeTimer = setInterval(() => purge('timer'), config.purgeIntervalSec * 1000);
   purgeTimer.unref();
+  // Bindings that expired while midreg was down are never served (every lookup filters on
+  // expiry); they are deleted in the background so start-up does not wait for them.
+  setImmediate(() => purge('start'));
 
   return {
     engine,

@@ -143,9 +143,10 @@ describe('registration replica, end to end', { skip: skip ?? false, timeout: 180
     await new Promise((r) => setTimeout(r, 11_000));
     const midreg = await stack.restartMidreg();
     assert.equal(replica(stack, 'gina').length, 1, 'gina kept across restart');
+    await midreg.waitFor(/expiry sweep done/, 5000);
     const store = new LocationStore(stack.dbFile, { readonly: true });
     try { assert.deepEqual(store.stateOf('sip:hank@example.test', 'none').bindings, [], 'hank purged at start'); } finally { store.close(); }
-    assert.ok(logLines(midreg, { message: 'replica opened' }).some((l) => Number(l['expiredRemoved']) >= 1));
+    assert.ok(logLines(midreg, { message: 'expiry sweep done', reason: 'start' }).some((l) => Number(l['expiredRemoved']) >= 1));
   });
 });
 

@@ -114,7 +114,10 @@ async function startDrachtioOnce(workDir: string, ports: { sipPort: number; admi
   const template = readFileSync(join(REPO_ROOT, 'drachtio.conf.xml'), 'utf8');
   const xml = template
     .replace(/<admin port="\d+" secret="[^"]*">[^<]*<\/admin>/, `<admin port="${adminPort}" secret="${secret}">127.0.0.1</admin>`)
-    .replace(/<contact>sip:\*:5060;transport=udp,tcp<\/contact>/, `<contact>sip:127.0.0.1:${sipPort};transport=udp,tcp</contact>`);
+    .replace(/<contact>sip:\*:5060;transport=udp,tcp<\/contact>/, `<contact>sip:127.0.0.1:${sipPort};transport=udp,tcp</contact>`)
+    // Tests read drachtio-server's own log (start-up, what it sent where): keep it verbose.
+    .replace(/<sofia-loglevel>\d+<\/sofia-loglevel>/, '<sofia-loglevel>3</sofia-loglevel>')
+    .replace(/<loglevel>\w+<\/loglevel>/, '<loglevel>info</loglevel>');
   if (xml === template) throw new Error('drachtio.conf.xml no longer has the admin/contact lines the tests rewrite');
   writeFileSync(conf, xml);
   const proc = spawnProc(bin, ['-f', conf], { name: 'drachtio-server' });

@@ -1,0 +1,220 @@
+// The processes the benchmark starts: drachtio-server, Kamailio (registrar or peer), midreg and the
+// drachtio reference app. Each writes its output to a file in the run's work dir (never into this
+// process's memory: at load drachtio-server alone logs megabytes per second), listens on
+// 127.0.0.1 only, and is stopped by the bench (process groups are SIGKILLed on exit as a backstop).
+import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, existsSync, openSync, readFileSync, readSync, statSync, writeFileSync } from 'node:fs';
+import { connect } from 'node:net';
+import { join } from 'node:path';
+import { kamcmd, KAMAILIO_CFG } from '../test/support/kamailio.js';
+import { freePort, REPO_ROOT } from '../test/support/processes.js';
+
+export { freePort, REPO_ROOT, KAMAILIO_CFG };
+
+export const DRACHTIO_BIN_DEFAULT = '/opt/drachtio-src/build/drachtio';
+export const BENCH_DIR = join(REPO_ROOT, 'bench');
+
+const live = new Set<ChildProcess>();
+let hookInstalled = false;
+function track(child: ChildProcess, group: boolean): void {
+  live.add(child);
+  child.once('exit', () => live.delete(child));
+  if (hookInstalled) return;
+  hookInstalled = true;
+  process.once('exit', () => {
+    for (const c of live) {
+      if (c.pid === undefined) continue;
+      try { process.kill(group ? -c.pid : c.pid, 'SIGKILL'); } catch { c.kill('SIGKILL'); }
+    }
+  });
+}
+
+export const delay = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+export interface Service {
+  readonly name: string;
+  readonly pid: number;
+  /** The process is the leader of its own process group (Kamailio and its workers). */
+  readonly group: boolean;
+  readonly logFile: string;
+  readonly child: ChildProcess;
+  exited(): boolean;
+  /** The last `bytes` of the log file. */
+  tail(bytes?: number): string;
+  /** Resolves once the log file matches; rejects on exit or timeout. */
+  waitForLog(pattern: RegExp, timeoutMs: number): Promise<void>;
+  /** SIGTERM (the group for Kamailio), SIGKILL after `timeoutMs`. Idempotent. */
+  stop(timeoutMs?: number): Promise<void>;
+}
+
+export function spawnService(name: string, cmd: string, args: string[], opts: { env?: NodeJS.ProcessEnv; cwd?: string; logFile: string; group?: boolean }): Service {
+  const fd = openSync(opts.logFile, 'a');
+  const group = opts.group === true;
+  const child = spawn(cmd, args, { env: opts.env ?? process.env, cwd: opts.cwd ?? REPO_ROOT, stdio: ['ignore', fd, fd], detached: group });
+  closeSync(fd);
+  track(child, group);
+  let exited = false;
+  const exit = new Promise<void>((resolve) => {
+    child.once('exit', () => { exited = true; resolve(); });
+    child.once('error', () => { exited = true; resolve(); });
+  });
+  const tail = (bytes = 3000): string => {
+    if (!existsSync(opts.logFile)) return '';
+    const size = statSync(opts.logFile).size;
+    const len = Math.min(size, bytes);
+    const buf = Buffer.alloc(len);
+    const f = openSync(opts.logFile, 'r');
+    try { readSync(f, buf, 0, len, size - len); } finally { closeSync(f); }
+    return buf.toString('utf8');
+  };
+  let stopping: Promise<void> | undefined;
+  const signal = (sig: NodeJS.Signals): void => {
+    if (child.pid === undefined) return;
+    try { process.kill(group ? -child.pid : child.pid, sig); } catch { /* gone */ }
+  };
+  return {
+    name,
+    pid: child.pid ?? -1,
+    group,
+    logFile: opts.logFile,
+    child,
+    exited: () => exited,
+    tail,
+    async waitForLog(pattern, timeoutMs) {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const text = existsSync(opts.logFile) ? readFileSync(opts.logFile, 'utf8') : '';
+        if (pattern.test(text)) return;
+        if (exited) throw new Error(`${name} exited before ${pattern}:\n${text.slice(-3000)}`);
+        if (Date.now() > deadline) throw new Error(`${name}: no ${pattern} within ${timeoutMs} ms:\n${text.slice(-3000)}`);
+        await delay(50);
+      }
+    },
+    stop(timeoutMs = 5000) {
+      stopping ??= (async () => {
+        if (!exited) {
+          signal('SIGTERM');
+          const timer = setTimeout(() => signal('SIGKILL'), timeoutMs);
+          await exit;
+          clearTimeout(timer);
+        }
+        // Kamailio workers may outlive the main process for a moment
+        if (group) signal('SIGKILL');
+      })();
+      return stopping;
+    },
+  };
+}
+
+export async function waitForTcp(port: number, timeoutMs: number, svc: Service): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const sock = connect(port, '127.0.0.1');
+      sock.once('connect', () => { sock.destroy(); resolve(true); });
+      sock.once('error', () => resolve(false));
+    });
+    if (ok) return;
+    if (svc.exited()) throw new Error(`${svc.name} exited:\n${svc.tail()}`);
+    if (Date.now() > deadline) throw new Error(`${svc.name}: nothing listening on ${port} after ${timeoutMs} ms:\n${svc.tail()}`);
+    await delay(50);
+  }
+}
+
+// ---- drachtio-server ---------------------------------------------------------------------------
+
+export interface DrachtioService extends Service { sipPort: number; adminPort: number; secret: string }
+
+/**
+ * drachtio-server from the repo's own drachtio.conf.xml (what midreg ships), on loopback and free
+ * ports; `loglevel` overrides its <loglevel> (drachtio logs every SIP message in full at "info").
+ */
+export async function startDrachtio(workDir: string, opts: { loglevel?: string; sofiaLoglevel?: number } = {}): Promise<DrachtioService> {
+  const bin = process.env['DRACHTIO_BIN'] || DRACHTIO_BIN_DEFAULT;
+  const sipPort = await freePort();
+  const adminPort = await freePort();
+  const secret = 'bench-secret';
+  const template = readFileSync(join(REPO_ROOT, 'drachtio.conf.xml'), 'utf8');
+  let xml = template
+    .replace(/<admin port="\d+" secret="[^"]*">[^<]*<\/admin>/, `<admin port="${adminPort}" secret="${secret}">127.0.0.1</admin>`)
+    .replace(/<contact>[^<]*<\/contact>/, `<contact>sip:127.0.0.1:${sipPort};transport=udp,tcp</contact>`);
+  if (!xml.includes(`port="${adminPort}"`) || !xml.includes(`127.0.0.1:${sipPort}`)) {
+    throw new Error('drachtio.conf.xml no longer has the <admin> and <contact> elements the bench rewrites');
+  }
+  if (opts.loglevel) xml = xml.replace(/<loglevel>[^<]*<\/loglevel>/, `<loglevel>${opts.loglevel}</loglevel>`);
+  if (opts.sofiaLoglevel !== undefined) xml = xml.replace(/<sofia-loglevel>[^<]*<\/sofia-loglevel>/, `<sofia-loglevel>${opts.sofiaLoglevel}</sofia-loglevel>`);
+  const conf = join(workDir, 'drachtio.conf.xml');
+  writeFileSync(conf, xml);
+  const svc = spawnService('drachtio-server', bin, ['-f', conf], { logFile: join(workDir, 'drachtio.log'), cwd: workDir });
+  await waitForTcp(adminPort, 10_000, svc);
+  return Object.assign(svc, { sipPort, adminPort, secret });
+}
+
+// ---- Kamailio ----------------------------------------------------------------------------------
+
+export interface KamailioService extends Service { port: number; ctlSocket: string }
+
+/** Kamailio in the foreground (own process group), UDP on 127.0.0.1:port, output to a file. */
+export async function startKamailio(workDir: string, opts: { cfg: string; name: string; defines?: string[]; children?: number; shmMb?: number; tcp?: boolean }): Promise<KamailioService> {
+  const port = await freePort();
+  const ctlSocket = join(workDir, 'ctl.sock');
+  if (ctlSocket.length > 107) throw new Error(`work dir too long for a unix socket: ${ctlSocket}`);
+  const args = [
+    '-f', opts.cfg, '-DD', '-E',
+    '-n', String(opts.children ?? 2),
+    // shared memory holds the location table and every transaction until its wait timer ends:
+    // at 6,000 REGISTER/s with new AoRs, 512 MB runs out within a minute (tm: "out of mem")
+    '-m', String(opts.shmMb ?? 2048), '-M', '16',
+    '-l', `udp:127.0.0.1:${port}`,
+    ...(opts.tcp ? ['-l', `tcp:127.0.0.1:${port}`] : []),
+    '-Y', workDir, '-P', join(workDir, 'kamailio.pid'), '-w', workDir,
+    '-A', `CTL_SOCK="unix:${ctlSocket}"`,
+    ...(opts.defines ?? []).flatMap((d) => ['-A', d]),
+  ];
+  const svc = spawnService(opts.name, process.env['KAMAILIO_BIN'] ?? 'kamailio', args, { logFile: join(workDir, 'kamailio.log'), cwd: workDir, group: true });
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    if (svc.exited()) throw new Error(`${opts.name} exited during start-up:\n${svc.tail()}`);
+    const ok = await kamcmd(ctlSocket, ['core.version'], 2000).then((v) => v.includes('kamailio'), () => false);
+    if (ok) break;
+    if (Date.now() > deadline) { await svc.stop(); throw new Error(`${opts.name} did not answer kamcmd:\n${svc.tail()}`); }
+    await delay(100);
+  }
+  return Object.assign(svc, { port, ctlSocket });
+}
+
+// ---- Node apps ---------------------------------------------------------------------------------
+
+export interface NodeAppOptions {
+  workDir: string;
+  env: Record<string, string>;
+  /** Write a V8 CPU profile (node --cpu-prof) into this dir under this name when the app exits. */
+  cpuProfile?: { dir: string; name: string };
+}
+
+function nodeArgs(script: string, opts: NodeAppOptions): string[] {
+  return [
+    ...(opts.cpuProfile ? ['--cpu-prof', '--cpu-prof-dir', opts.cpuProfile.dir, '--cpu-prof-name', opts.cpuProfile.name] : []),
+    script,
+  ];
+}
+
+/** midreg as operators run it (`node dist/app/main.js`), configured by environment only. */
+export async function startMidreg(opts: NodeAppOptions & { logName?: string }): Promise<Service> {
+  const svc = spawnService('midreg', process.execPath, nodeArgs(join(REPO_ROOT, 'dist', 'app', 'main.js'), opts), {
+    env: { PATH: process.env['PATH'] ?? '', ...opts.env },
+    logFile: join(opts.workDir, opts.logName ?? 'midreg.log'),
+  });
+  await svc.waitForLog(/connected to drachtio-server/, 15_000);
+  return svc;
+}
+
+/** bench/reference-app.ts (compiled), relay or proxy mode. */
+export async function startReference(opts: NodeAppOptions & { mode: 'relay' | 'proxy' }): Promise<Service> {
+  const svc = spawnService(`reference-${opts.mode}`, process.execPath, nodeArgs(join(REPO_ROOT, 'dist', 'bench', 'reference-app.js'), opts), {
+    env: { PATH: process.env['PATH'] ?? '', REF_MODE: opts.mode, ...opts.env },
+    logFile: join(opts.workDir, `reference-${opts.mode}.log`),
+  });
+  await svc.waitForLog(/reference connected/, 15_000);
+  return svc;
+}

@@ -1,0 +1,344 @@
+#!/usr/bin/env node
+// Scale of the replica without SIP: fill a SQLite replica with N bindings through
+// lib/location-store.ts (LocationStore.replaceAor, one AoR per call, the way midreg writes a 2xx),
+// then measure, each in a fresh Node process so nothing of the fill is still cached in it:
+//   - start:   open + migrations + start-up purge + countStored() (what app/service.ts does at start)
+//   - lookups: liveBindings(aor, now) for random AoRs (p50/p99/max), and the process RSS
+//   - sweep:   purgeExpired(now, batch) called until done with a share of bindings expired
+//              (the cost of each call: the event loop is blocked for that long)
+//   - start with that share expired (the start-up purge removes them in one call)
+//
+// Time is simulated so that nothing is expired "now" and the expiring share is expired at
+// S = T0 + 2 h; the expiring AoRs were last seen more than an hour before S, so the sweep's
+// last call also purges their register_sequence rows (an unbounded DELETE in location-store.ts).
+//
+//   node dist/bench/scale.js [--bindings 1000000] [--lookups 100000] [--expired 0.1] [--batch 2000]
+import { execFile } from 'node:child_process';
+import { copyFileSync, existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { parseArgs } from 'node:util';
+import { LocationStore } from '../lib/location-store.js';
+import type { Binding } from '../lib/registration.js';
+
+const HOUR = 3_600_000;
+/** Batch sizes tried besides midreg's own, to find one that stays under 10 ms per call. */
+const SWEEP_BATCHES = [2000, 1000, 500, 250, 100];
+
+export interface ScaleOptions {
+  bindings: number;
+  lookups: number;
+  expiredFraction: number;
+  batch: number;
+  /** Keep the SQLite files (printed) instead of deleting them. */
+  keep?: boolean;
+  log?: (line: string) => void;
+}
+
+export interface Quantiles { p50: number; p99: number; max: number; mean: number; count: number }
+
+export interface StartMeasure {
+  totalMs: number;
+  openMs: number;
+  purgeMs: number;
+  countsMs: number;
+  purged: number;
+  bindings: number;
+  aors: number;
+  migrationsApplied: number;
+  rssMb: number;
+}
+
+export interface LookupMeasure { us: Quantiles; found: number; rssMb: number; heapMb: number }
+
+export interface BatchCost {
+  batch: number;
+  /** Calls that removed a full batch (bindings only). */
+  calls: number;
+  ms: Quantiles;
+  usPerRow: number;
+}
+
+export interface SweepMeasure {
+  /** midreg's batch (location-store.ts default): the one the 10 ms target is checked on. */
+  batch: number;
+  calls: number;
+  removed: number;
+  totalMs: number;
+  /** Per batch size, the calls that removed a full batch (sizes are interleaved, 2 calls each). */
+  batches: BatchCost[];
+  /** The last call (fewer rows left than its batch): bindings + the unbounded register_sequence purge. */
+  lastCall: { batch: number; removed: number; ms: number };
+  remainingBindings: number;
+}
+
+export interface ScaleResult {
+  bindings: number;
+  expiredFraction: number;
+  fillSec: number;
+  fillPerSec: number;
+  fileBytes: number;
+  start: StartMeasure;
+  lookups: LookupMeasure;
+  sweep: SweepMeasure;
+  startWithExpired: StartMeasure;
+  dir?: string;
+}
+
+// ---- deterministic data ------------------------------------------------------------------------
+
+/** A small seeded PRNG (mulberry32), so every run writes the same data. */
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+export function aorOf(i: number): string {
+  return `sip:user${String(i).padStart(7, '0')}@example.test`;
+}
+
+const AGENTS = ['Yealink SIP-T46S 66.86.0.15', 'Linphone/5.2.0 (belle-sip/5.2.0)', 'PolycomVVX-VVX_411-UA/6.4.3.5018', 'Zoiper rv2.10.19.5'];
+
+function makeBinding(i: number, t0: number, expiring: boolean, rand: () => number): { binding: Binding; at: number } {
+  const sweepAt = t0 + 2 * HOUR;
+  const expiresAt = expiring
+    ? t0 + HOUR + Math.floor(rand() * HOUR) // expired by S, live now
+    : sweepAt + 60_000 + Math.floor(rand() * HOUR); // live at S
+  const at = expiring ? expiresAt - HOUR : sweepAt - Math.floor(rand() * HOUR / 2);
+  const user = `user${String(i).padStart(7, '0')}`;
+  const a = 1 + (i % 250);
+  const b = 1 + ((i >> 8) % 250);
+  const port = 1024 + (i % 60000);
+  const withInstance = i % 3 === 0;
+  return {
+    at,
+    binding: {
+      aor: aorOf(i),
+      contact: `sip:${user}@198.51.${a}.${b}:${port};transport=udp${withInstance ? ';ob' : ''}`,
+      expiresAt,
+      q: i % 5 === 0 ? 0.5 : null,
+      instance: withInstance ? `"<urn:uuid:${(i * 2654435761 >>> 0).toString(16).padStart(8, '0')}-7dcc-4b30-9b8a-1d3c6f2a${String(i % 10000).padStart(4, '0')}>"` : null,
+      regId: withInstance ? 1 : null,
+      path: i % 2 === 0 ? '<sip:edge1.example.net;lr>' : null,
+      callId: `${(i * 40503 >>> 0).toString(36)}-${i.toString(36)}@198.51.${a}.${b}`,
+      cseq: 1 + (i % 97),
+      userAgent: AGENTS[i % AGENTS.length] ?? null,
+      source: { address: `203.0.${a}.${b}`, port, transport: 'udp' },
+      registeredAt: at,
+      updatedAt: at,
+    },
+  };
+}
+
+// ---- phases (each runs in its own process) -----------------------------------------------------
+
+function quantiles(values: number[]): Quantiles {
+  if (values.length === 0) return { p50: 0, p99: 0, max: 0, mean: 0, count: 0 };
+  const sorted = Float64Array.from(values).sort();
+  const at = (q: number): number => sorted[Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)] ?? 0;
+  let sum = 0;
+  for (const v of sorted) sum += v;
+  return { p50: at(0.5), p99: at(0.99), max: sorted[sorted.length - 1] ?? 0, mean: sum / sorted.length, count: sorted.length };
+}
+
+const ms = (from: bigint): number => Number(process.hrtime.bigint() - from) / 1e6;
+const mb = (bytes: number): number => Math.round(bytes / 1048576 * 10) / 10;
+
+function phaseFill(db: string, n: number, expiredFraction: number, t0: number): { fillSec: number } {
+  const store = new LocationStore(db);
+  const rand = rng(42);
+  const every = expiredFraction > 0 ? Math.round(1 / expiredFraction) : 0;
+  const started = process.hrtime.bigint();
+  for (let i = 0; i < n; i++) {
+    const { binding, at } = makeBinding(i, t0, every > 0 && i % every === 0, rand);
+    store.replaceAor(binding.aor, [binding], { callId: binding.callId ?? '', cseq: binding.cseq ?? 1, at });
+  }
+  const fillSec = ms(started) / 1000;
+  store.close();
+  return { fillSec };
+}
+
+/** What app/service.ts does at start: open (+ migrations), purge everything expired, count what is stored. */
+function measureStart(db: string, now: number): StartMeasure {
+  const t = process.hrtime.bigint();
+  const store = new LocationStore(db);
+  const openMs = ms(t);
+  const tp = process.hrtime.bigint();
+  const purged = store.purgeExpired(now, Number.MAX_SAFE_INTEGER);
+  const purgeMs = ms(tp);
+  const tc = process.hrtime.bigint();
+  const counts = store.countStored();
+  const countsMs = ms(tc);
+  const totalMs = ms(t);
+  store.close();
+  return { totalMs, openMs, purgeMs, countsMs, purged, bindings: counts.bindings, aors: counts.aors, migrationsApplied: store.migrationsApplied.length, rssMb: mb(process.memoryUsage().rss) };
+}
+
+function phaseStartAndLookups(db: string, n: number, lookups: number): { start: StartMeasure; lookups: LookupMeasure } {
+  const start = measureStart(db, Date.now());
+  const store = new LocationStore(db);
+  const rand = rng(7);
+  const now = Date.now();
+  const times: number[] = new Array<number>(lookups);
+  let found = 0;
+  for (let k = 0; k < lookups; k++) {
+    const aor = aorOf(Math.floor(rand() * n));
+    const t = process.hrtime.bigint();
+    const live = store.liveBindings(aor, now);
+    times[k] = Number(process.hrtime.bigint() - t) / 1000;
+    if (live.length > 0) found++;
+  }
+  const mem = process.memoryUsage();
+  store.close();
+  return { start, lookups: { us: quantiles(times), found, rssMb: mb(mem.rss), heapMb: mb(mem.heapUsed) } };
+}
+
+function phaseSweep(db: string, now: number, batches: number[]): SweepMeasure {
+  const store = new LocationStore(db);
+  const times = new Map<number, number[]>(batches.map((b) => [b, []]));
+  let removed = 0;
+  let calls = 0;
+  let lastCall: { batch: number; removed: number; ms: number } | undefined;
+  const started = process.hrtime.bigint();
+  outer: for (let round = 0; ; round++) {
+    for (const batch of batches) {
+      for (let k = 0; k < 2; k++) {
+        const t = process.hrtime.bigint();
+        const n = store.purgeExpired(now, batch);
+        const took = ms(t);
+        calls++;
+        removed += n;
+        if (n < batch) { lastCall = { batch, removed: n, ms: took }; break outer; }
+        times.get(batch)?.push(took);
+      }
+    }
+  }
+  const totalMs = ms(started);
+  const remaining = store.counts(0).bindings;
+  store.close();
+  return {
+    batch: batches[0] ?? 0,
+    calls,
+    removed,
+    totalMs,
+    batches: batches.map((batch) => {
+      const t = times.get(batch) ?? [];
+      const q = quantiles(t);
+      return { batch, calls: t.length, ms: q, usPerRow: (q.mean * 1000) / batch };
+    }),
+    lastCall: lastCall ?? { batch: 0, removed: 0, ms: 0 },
+    remainingBindings: remaining,
+  };
+}
+
+// ---- orchestration -----------------------------------------------------------------------------
+
+const SELF = fileURLToPath(import.meta.url);
+
+function child<T>(args: string[]): Promise<T> {
+  return new Promise((resolve, reject) => {
+    execFile(process.execPath, [SELF, ...args], { maxBuffer: 16 * 1024 * 1024, timeout: 600_000 }, (err, stdout, stderr) => {
+      if (err) { reject(new Error(`scale ${args.join(' ')} failed: ${err.message}\n${stderr}`)); return; }
+      const last = stdout.trim().split('\n').pop() ?? '';
+      try { resolve(JSON.parse(last) as T); } catch { reject(new Error(`scale ${args.join(' ')}: no result in output:\n${stdout}\n${stderr}`)); }
+    });
+  });
+}
+
+function fileBytes(db: string): number {
+  return [db, `${db}-wal`, `${db}-shm`].reduce((sum, f) => sum + (existsSync(f) ? statSync(f).size : 0), 0);
+}
+
+export async function runScale(opts: ScaleOptions): Promise<ScaleResult> {
+  const log = opts.log ?? ((line: string) => process.stdout.write(`${line}\n`));
+  const dir = mkdtempSync(join(tmpdir(), 'midreg-scale-'));
+  const db = join(dir, 'replica.sqlite');
+  const copy = join(dir, 'replica-copy.sqlite');
+  const t0 = Date.now();
+  const sweepAt = t0 + 2 * HOUR;
+  try {
+    log(`scale: filling ${opts.bindings.toLocaleString('en-US')} bindings through LocationStore.replaceAor (one transaction per AoR) …`);
+    const fill = await child<{ fillSec: number }>(['--phase', 'fill', '--db', db, '--bindings', String(opts.bindings), '--expired', String(opts.expiredFraction), '--t0', String(t0)]);
+    const bytes = fileBytes(db);
+    log(`scale: filled in ${fill.fillSec.toFixed(1)} s (${Math.round(opts.bindings / fill.fillSec).toLocaleString('en-US')}/s), file ${(bytes / 1048576).toFixed(1)} MB`);
+    copyFileSync(db, copy);
+    const sl = await child<{ start: StartMeasure; lookups: LookupMeasure }>(['--phase', 'lookups', '--db', db, '--bindings', String(opts.bindings), '--lookups', String(opts.lookups)]);
+    log(`scale: start ${sl.start.totalMs.toFixed(0)} ms; ${opts.lookups.toLocaleString('en-US')} lookups p50 ${sl.lookups.us.p50.toFixed(1)} µs p99 ${sl.lookups.us.p99.toFixed(1)} µs max ${sl.lookups.us.max.toFixed(0)} µs; RSS ${sl.lookups.rssMb} MB`);
+    const batches = [opts.batch, ...SWEEP_BATCHES.filter((b) => b !== opts.batch)];
+    const sweep = await child<SweepMeasure>(['--phase', 'sweep', '--db', db, '--now', String(sweepAt), '--batch', batches.join(',')]);
+    log(`scale: sweep of ${sweep.removed.toLocaleString('en-US')} expired in ${sweep.calls} calls (${(sweep.totalMs / 1000).toFixed(1)} s): ${sweep.batches.map((b) => `batch ${b.batch} max ${b.ms.max.toFixed(1)} ms (${b.usPerRow.toFixed(1)} µs/row)`).join(', ')}; last call (${sweep.lastCall.removed} rows + sequence purge) ${sweep.lastCall.ms.toFixed(1)} ms`);
+    const startWithExpired = await child<StartMeasure>(['--phase', 'start', '--db', copy, '--now', String(sweepAt)]);
+    log(`scale: start with ${(opts.expiredFraction * 100).toFixed(0)}% expired ${startWithExpired.totalMs.toFixed(0)} ms (start-up purge of ${startWithExpired.purged.toLocaleString('en-US')} in ${startWithExpired.purgeMs.toFixed(0)} ms)`);
+    return {
+      bindings: opts.bindings,
+      expiredFraction: opts.expiredFraction,
+      fillSec: fill.fillSec,
+      fillPerSec: opts.bindings / fill.fillSec,
+      fileBytes: bytes,
+      start: sl.start,
+      lookups: sl.lookups,
+      sweep,
+      startWithExpired,
+      ...(opts.keep ? { dir } : {}),
+    };
+  } finally {
+    if (!opts.keep) rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+// ---- command line ------------------------------------------------------------------------------
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      phase: { type: 'string' },
+      db: { type: 'string' },
+      bindings: { type: 'string', default: '1000000' },
+      lookups: { type: 'string', default: '100000' },
+      expired: { type: 'string', default: '0.1' },
+      batch: { type: 'string', default: '2000' },
+      t0: { type: 'string' },
+      now: { type: 'string' },
+      keep: { type: 'boolean', default: false },
+    },
+  });
+  const num = (v: string | undefined, name: string): number => {
+    const n = Number(v);
+    if (v === undefined || !Number.isFinite(n)) throw new Error(`--${name} must be a number`);
+    return n;
+  };
+  const out = (value: unknown): void => { process.stdout.write(`${JSON.stringify(value)}\n`); };
+  const db = values.db ?? '';
+  switch (values.phase) {
+    case 'fill': out(phaseFill(db, num(values.bindings, 'bindings'), num(values.expired, 'expired'), num(values.t0, 't0'))); return;
+    case 'lookups': out(phaseStartAndLookups(db, num(values.bindings, 'bindings'), num(values.lookups, 'lookups'))); return;
+    case 'sweep': out(phaseSweep(db, num(values.now, 'now'), (values.batch ?? '2000').split(',').map((b) => num(b, 'batch')))); return;
+    case 'start': out(measureStart(db, num(values.now, 'now'))); return;
+    case undefined: {
+      const result = await runScale({
+        bindings: num(values.bindings, 'bindings'),
+        lookups: num(values.lookups, 'lookups'),
+        expiredFraction: num(values.expired, 'expired'),
+        batch: num(values.batch, 'batch'),
+        keep: values.keep,
+      });
+      out(result);
+      return;
+    }
+    default: throw new Error(`unknown --phase ${values.phase}`);
+  }
+}
+
+if (process.argv[1] && pathToFileURL(process.argv[1]).href === import.meta.url) {
+  main().catch((err: unknown) => {
+    process.stderr.write(`${err instanceof Error ? err.stack ?? err.message : String(err)}\n`);
+    process.exit(1);
+  });
+}

@@ -1,0 +1,130 @@
+// The systems under test, each in front of its own fresh Kamailio registrar
+// (test/kamailio/kamailio.cfg, `open*` users need no auth):
+//   midreg     drachtio-server + node dist/app/main.js
+//   reference  drachtio-server + bench/reference-app.ts, REGISTER relayed as a new request
+//   proxy      drachtio-server + bench/reference-app.ts, REGISTER via srf.proxyRequest
+//   kamailio   Kamailio with bench/kamailio-peer.cfg (t_relay + save() from the reply, lookup())
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { probeGroup, probeProcess, type CpuProbe } from './cpu.js';
+import { runProbe } from './probe.js';
+import {
+  BENCH_DIR, delay, KAMAILIO_CFG, startDrachtio, startKamailio, startMidreg, startReference,
+  type DrachtioService, type KamailioService, type Service,
+} from './procs.js';
+
+export const SYSTEM_IDS = ['midreg', 'reference', 'proxy', 'kamailio'] as const;
+export type SystemId = (typeof SYSTEM_IDS)[number];
+
+export const SYSTEM_LABELS: Record<SystemId, string> = {
+  midreg: 'midreg',
+  reference: 'drachtio reference (relay)',
+  proxy: 'drachtio reference (proxy)',
+  kamailio: 'Kamailio peer',
+};
+
+export interface SystemOptions {
+  workDir: string;
+  /** Overrides drachtio.conf.xml's <loglevel> (undefined: as shipped). */
+  drachtioLoglevel?: string;
+  midregLogLevel: string;
+}
+
+export interface RunningSystem {
+  id: SystemId;
+  label: string;
+  /** 127.0.0.1:port where UAs send SIP. */
+  target: string;
+  registrar: KamailioService;
+  /** CPU probes of the system's processes (sipp is added by the bench). */
+  probes(): CpuProbe[];
+  /** midreg/reference only: restart the Node app, optionally under `node --cpu-prof`. */
+  restartApp?(cpuProfile?: { dir: string; name: string }): Promise<void>;
+  /** Paths of log files, for failure reports. */
+  logs(): string[];
+  stop(): Promise<void>;
+}
+
+export async function startSystem(id: SystemId, opts: SystemOptions): Promise<RunningSystem> {
+  const dir = join(opts.workDir, id);
+  mkdirSync(join(dir, 'reg'), { recursive: true });
+  const registrar = await startKamailio(join(dir, 'reg'), { cfg: KAMAILIO_CFG, name: 'kamailio-registrar', tcp: true });
+  const upstream = `sip:127.0.0.1:${registrar.port}`;
+  const started: Service[] = [registrar];
+  try {
+    if (id === 'kamailio') {
+      mkdirSync(join(dir, 'peer'), { recursive: true });
+      const peer = await startKamailio(join(dir, 'peer'), {
+        cfg: join(BENCH_DIR, 'kamailio-peer.cfg'), name: 'kamailio-peer', defines: [`UPSTREAM="${upstream}"`],
+      });
+      started.push(peer);
+      return {
+        id, label: SYSTEM_LABELS[id], target: `127.0.0.1:${peer.port}`, registrar,
+        probes: () => [probeGroup('kamailio-peer', peer.pid), probeGroup('kamailio-registrar', registrar.pid)],
+        logs: () => [peer.logFile, registrar.logFile],
+        stop: async () => { await peer.stop(); await registrar.stop(); },
+      };
+    }
+
+    const drachtio: DrachtioService = await startDrachtio(dir, opts.drachtioLoglevel ? { loglevel: opts.drachtioLoglevel } : {});
+    started.push(drachtio);
+    const launch = async (cpuProfile?: { dir: string; name: string }): Promise<Service> => {
+      const base = { workDir: dir, ...(cpuProfile ? { cpuProfile } : {}) };
+      if (id === 'midreg') {
+        return startMidreg({
+          ...base,
+          env: {
+            DRACHTIO_HOST: '127.0.0.1',
+            DRACHTIO_PORT: String(drachtio.adminPort),
+            DRACHTIO_SECRET: drachtio.secret,
+            MIDREG_UPSTREAM: upstream,
+            MIDREG_DOMAINS: 'example.test',
+            MIDREG_DB: join(dir, 'midreg.sqlite'),
+            MIDREG_UPSTREAM_TIMEOUT_MS: '4000',
+            MIDREG_LOG_FORMAT: 'json',
+            MIDREG_LOG_LEVEL: opts.midregLogLevel,
+            // every bench UA is on 127.0.0.1: trusted, so MESSAGE senders need no registration
+            // and the per-source flood guard does not shed the load generator
+            MIDREG_TRUSTED_PEERS: '127.0.0.1',
+          },
+        });
+      }
+      return startReference({
+        ...base,
+        mode: id === 'proxy' ? 'proxy' : 'relay',
+        env: { DRACHTIO_PORT: String(drachtio.adminPort), DRACHTIO_SECRET: drachtio.secret, REF_UPSTREAM: upstream },
+      });
+    };
+    // drachtio-srf reports "connected" before drachtio-server routes requests to it: for the
+    // first ~150 ms drachtio answers 503 itself. Ready = a REGISTER gets its 200.
+    const ready = async (): Promise<void> => {
+      const deadline = Date.now() + 10_000;
+      for (let n = 0; ; n++) {
+        const r = await runProbe({ kind: 'register', target: `127.0.0.1:${drachtio.sipPort}`, rate: 1, count: 1, domain: 'example.test', prefix: `openready${Date.now()}x${n}`, timeoutMs: 1000 });
+        if (r.ok === 1) return;
+        if (Date.now() > deadline) throw new Error(`${SYSTEM_LABELS[id]} does not answer REGISTER with 200 (${JSON.stringify(r.statuses)})`);
+        await delay(100);
+      }
+    };
+    let app = await launch();
+    await ready();
+    return {
+      id, label: SYSTEM_LABELS[id], target: `127.0.0.1:${drachtio.sipPort}`, registrar,
+      probes: () => [probeProcess('drachtio', drachtio.pid), probeProcess('node', app.pid), probeGroup('kamailio-registrar', registrar.pid)],
+      logs: () => [app.logFile, drachtio.logFile, registrar.logFile],
+      async restartApp(cpuProfile) {
+        await app.stop(10_000);
+        app = await launch(cpuProfile);
+        await ready();
+      },
+      async stop() {
+        await app.stop(10_000);
+        await drachtio.stop();
+        await registrar.stop();
+      },
+    };
+  } catch (err) {
+    for (const svc of started.reverse()) await svc.stop();
+    throw err;
+  }
+}
