@@ -22,6 +22,7 @@ import { formatProfile, summarizeProfile, type ProfileSummary } from './profile.
 import { fmt1, fmtInt, fmtPct, markdownTable, textTable, type Table } from './report.js';
 import { runScale, type ScaleResult } from './scale.js';
 import { startSystem, SYSTEM_IDS, SYSTEM_LABELS, type RunningSystem, type SystemId } from './systems.js';
+import { PURGE_BATCH } from '../lib/location-store.js';
 
 type Kind = 'register' | 'message';
 const KINDS: readonly Kind[] = ['register', 'message'];
@@ -503,9 +504,9 @@ function evaluateScaleTargets(s: ScaleResult): TargetRecord[] {
     t(`${n} bindings: lookup p99`, '< 1 ms', `${fmt1(s.lookups.us.p99)} µs (p50 ${fmt1(s.lookups.us.p50)} µs, max ${fmtInt(s.lookups.us.max)} µs)`, s.lookups.us.p99 < 1000, missedBy(s.lookups.us.p99, 1000, true)),
     t(`${n} bindings: node RSS`, '< 300 MB', `${fmt1(rss)} MB`, rss < 300, missedBy(rss, 300, true)),
     t(`${n} bindings: start (none expired)`, '< 3 s', `${fmtInt(s.start.totalMs)} ms`, s.start.totalMs < 3000, missedBy(s.start.totalMs, 3000, true)),
-    t(`${n} bindings: start (${(s.expiredFraction * 100).toFixed(0)}% expired)`, '< 3 s', `${fmtInt(s.startWithExpired.totalMs)} ms (purge ${fmtInt(s.startWithExpired.purgeMs)} ms)`, s.startWithExpired.totalMs < 3000, missedBy(s.startWithExpired.totalMs, 3000, true)),
+    t(`${n} bindings: start (${(s.expiredFraction * 100).toFixed(0)}% expired)`, '< 3 s', `${fmtInt(s.startWithExpired.totalMs)} ms (then a background sweep of ${fmtInt(s.startWithExpired.purgeMs)} ms)`, s.startWithExpired.totalMs < 3000, missedBy(s.startWithExpired.totalMs, 3000, true)),
     t(`${n} bindings: expiry sweep, worst call (batch ${s.sweep.batch})`, '≤ 10 ms', `${fmt1(sweepMax)} ms (full batches max ${fmt1(full?.ms.max ?? 0)} ms, last call ${fmt1(s.sweep.lastCall.ms)} ms)`, sweepMax <= 10,
-      `${missedBy(sweepMax, 10, true)}; ${fits ? `batch ${fits.batch} stays under 10 ms per full batch (max ${fmt1(fits.ms.max)} ms)` : 'no batch size tried stays under 10 ms'}${s.sweep.lastCall.ms > 10 ? `; the last call also deletes ${'register_sequence'} rows without a LIMIT` : ''}`),
+      `${missedBy(sweepMax, 10, true)}; ${fits ? `batch ${fits.batch} stays under 10 ms per full batch (max ${fmt1(fits.ms.max)} ms)` : 'no batch size tried stays under 10 ms'}`),
   ];
 }
 
@@ -587,8 +588,8 @@ function scaleTable(s: ScaleResult): Table {
     ['SQLite file size', `${fmt1(s.fileBytes / 1048576)} MB (${fmtInt(s.fileBytes / s.bindings)} B per binding)`],
     ['node RSS after open + lookups', `${fmt1(Math.max(s.lookups.rssMb, s.start.rssMb))} MB (V8 heap ${fmt1(s.lookups.heapMb)} MB)`],
     [`liveBindings() × ${fmtInt(s.lookups.us.count)} random AoRs`, `p50 ${fmt1(s.lookups.us.p50)} µs, p99 ${fmt1(s.lookups.us.p99)} µs, max ${fmtInt(s.lookups.us.max)} µs`],
-    ['start: open + migrations + start-up purge + countStored()', `${fmtInt(s.start.totalMs)} ms (open ${fmtInt(s.start.openMs)}, purge ${fmtInt(s.start.purgeMs)}, counts ${fmtInt(s.start.countsMs)})`],
-    [`start with ${(s.expiredFraction * 100).toFixed(0)}% expired`, `${fmtInt(s.startWithExpired.totalMs)} ms (start-up purge of ${fmtInt(s.startWithExpired.purged)} in ${fmtInt(s.startWithExpired.purgeMs)} ms, one call)`],
+    ['start: open + migrations + countStored()', `${fmtInt(s.start.totalMs)} ms (open ${fmtInt(s.start.openMs)}, counts ${fmtInt(s.start.countsMs)})`],
+    [`start with ${(s.expiredFraction * 100).toFixed(0)}% expired`, `${fmtInt(s.startWithExpired.totalMs)} ms (the ${fmtInt(s.startWithExpired.purged)} expired then swept in the background in ${fmtInt(s.startWithExpired.purgeMs)} ms, ${PURGE_BATCH} per transaction)`],
     ...s.sweep.batches.map((b) => [`expiry sweep, purgeExpired(now, ${b.batch}) × ${b.calls}`, `p50 ${fmt1(b.ms.p50)} ms, max ${fmt1(b.ms.max)} ms (${fmt1(b.usPerRow)} µs/row)`]),
     ['expiry sweep, last call (+ register_sequence purge)', `${fmt1(s.sweep.lastCall.ms)} ms (${fmtInt(s.sweep.lastCall.removed)} bindings)`],
     ['expiry sweep total', `${fmtInt(s.sweep.removed)} expired in ${s.sweep.calls} calls, ${fmt1(s.sweep.totalMs / 1000)} s`],
@@ -715,7 +716,7 @@ async function main(): Promise<void> {
   if (opts.only.has('scale') && !interrupted) {
     log(`\n== replica scale (${fmtInt(opts.scaleBindings)} bindings, no SIP)  [${clock()}]`);
     try {
-      scale = await runScale({ bindings: opts.scaleBindings, lookups: opts.quick ? 20_000 : 100_000, expiredFraction: 0.1, batch: 2000, log: (l) => log(`  ${l}`) });
+      scale = await runScale({ bindings: opts.scaleBindings, lookups: opts.quick ? 20_000 : 100_000, expiredFraction: 0.1, batch: PURGE_BATCH, log: (l) => log(`  ${l}`) });
     } catch (err) {
       const text = `scale: ${err instanceof Error ? err.message : String(err)}`;
       log(`  ERROR ${text}`);

@@ -2,11 +2,11 @@
 // Scale of the replica without SIP: fill a SQLite replica with N bindings through
 // lib/location-store.ts (LocationStore.replaceAor, one AoR per call, the way midreg writes a 2xx),
 // then measure, each in a fresh Node process so nothing of the fill is still cached in it:
-//   - start:   open + migrations + start-up purge + countStored() (what app/service.ts does at start)
+//   - start:   open + migrations + countStored() (what app/service.ts does before it serves)
 //   - lookups: liveBindings(aor, now) for random AoRs (p50/p99/max), and the process RSS
 //   - sweep:   purgeExpired(now, batch) called until done with a share of bindings expired
 //              (the cost of each call: the event loop is blocked for that long)
-//   - start with that share expired (the start-up purge removes them in one call)
+//   - start with that share expired (not waited for: the start-up sweep runs in the background)
 //
 // Time is simulated so that nothing is expired "now" and the expiring share is expired at
 // S = T0 + 2 h; the expiring AoRs were last seen more than an hour before S, so the sweep's
@@ -19,12 +19,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
-import { LocationStore } from '../lib/location-store.js';
+import { LocationStore, PURGE_BATCH } from '../lib/location-store.js';
 import type { Binding } from '../lib/registration.js';
 
 const HOUR = 3_600_000;
 /** Batch sizes tried besides midreg's own, to find one that stays under 10 ms per call. */
-const SWEEP_BATCHES = [2000, 1000, 500, 250, 100];
+/** midreg's own batch first (the target is judged on it), then others for comparison. */
+const SWEEP_BATCHES = [PURGE_BATCH, 50, 250, 1000];
 
 export interface ScaleOptions {
   bindings: number;
@@ -165,18 +166,23 @@ function phaseFill(db: string, n: number, expiredFraction: number, t0: number): 
   return { fillSec };
 }
 
-/** What app/service.ts does at start: open (+ migrations), purge everything expired, count what is stored. */
+/**
+ * What app/service.ts does before it serves: open (+ migrations) and count what is stored.
+ * Expired bindings are not served and are swept afterwards in the background (`purged` and
+ * `purgeMs` report that background sweep, done here after start is measured).
+ */
 function measureStart(db: string, now: number): StartMeasure {
   const t = process.hrtime.bigint();
   const store = new LocationStore(db);
   const openMs = ms(t);
-  const tp = process.hrtime.bigint();
-  const purged = store.purgeExpired(now, Number.MAX_SAFE_INTEGER);
-  const purgeMs = ms(tp);
   const tc = process.hrtime.bigint();
   const counts = store.countStored();
   const countsMs = ms(tc);
   const totalMs = ms(t);
+  const tp = process.hrtime.bigint();
+  let purged = 0;
+  for (let n = -1; n !== 0; purged += n) n = store.purgeExpired(now, PURGE_BATCH);
+  const purgeMs = ms(tp);
   store.close();
   return { totalMs, openMs, purgeMs, countsMs, purged, bindings: counts.bindings, aors: counts.aors, migrationsApplied: store.migrationsApplied.length, rssMb: mb(process.memoryUsage().rss) };
 }
@@ -275,7 +281,7 @@ export async function runScale(opts: ScaleOptions): Promise<ScaleResult> {
     const sweep = await child<SweepMeasure>(['--phase', 'sweep', '--db', db, '--now', String(sweepAt), '--batch', batches.join(',')]);
     log(`scale: sweep of ${sweep.removed.toLocaleString('en-US')} expired in ${sweep.calls} calls (${(sweep.totalMs / 1000).toFixed(1)} s): ${sweep.batches.map((b) => `batch ${b.batch} max ${b.ms.max.toFixed(1)} ms (${b.usPerRow.toFixed(1)} µs/row)`).join(', ')}; last call (${sweep.lastCall.removed} rows + sequence purge) ${sweep.lastCall.ms.toFixed(1)} ms`);
     const startWithExpired = await child<StartMeasure>(['--phase', 'start', '--db', copy, '--now', String(sweepAt)]);
-    log(`scale: start with ${(opts.expiredFraction * 100).toFixed(0)}% expired ${startWithExpired.totalMs.toFixed(0)} ms (start-up purge of ${startWithExpired.purged.toLocaleString('en-US')} in ${startWithExpired.purgeMs.toFixed(0)} ms)`);
+    log(`scale: start with ${(opts.expiredFraction * 100).toFixed(0)}% expired ${startWithExpired.totalMs.toFixed(0)} ms (then a background sweep of ${startWithExpired.purged.toLocaleString('en-US')} in ${startWithExpired.purgeMs.toFixed(0)} ms)`);
     return {
       bindings: opts.bindings,
       expiredFraction: opts.expiredFraction,

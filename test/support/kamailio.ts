@@ -6,6 +6,7 @@ import { createWriteStream } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { REPO_ROOT } from './sipp.js';
+import { trackChild } from './children.js';
 
 export const KAMAILIO_CFG: string = join(REPO_ROOT, 'test', 'kamailio', 'kamailio.cfg');
 export const KAMAILIO_HOST = '127.0.0.1';
@@ -70,18 +71,6 @@ export interface Kamailio {
   log(): string;
 }
 
-const live = new Set<ChildProcess>();
-let exitHookInstalled = false;
-function track(child: ChildProcess): void {
-  live.add(child);
-  child.once('exit', () => live.delete(child));
-  if (!exitHookInstalled) {
-    exitHookInstalled = true;
-    process.once('exit', () => {
-      for (const c of live) killGroup(c, 'SIGKILL');
-    });
-  }
-}
 
 function killGroup(child: ChildProcess, signal: NodeJS.Signals): void {
   if (child.pid === undefined) return;
@@ -217,7 +206,7 @@ export async function startKamailio(opts: KamailioOptions): Promise<Kamailio> {
   const command = [KAMAILIO_BIN, ...args].map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a}'`)).join(' ');
 
   const child = spawn(KAMAILIO_BIN, args, { cwd: workDir, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
-  track(child);
+  trackChild(child, (c) => killGroup(c, 'SIGKILL'));
   // a forgotten stop() must not keep the test process alive; the exit hook still kills it
   child.unref();
   const logFile = createWriteStream(join(workDir, 'kamailio.log'), { flags: 'a' });

@@ -5,6 +5,7 @@ import { accessSync, constants, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { createSocket } from 'node:dgram';
 import { join } from 'node:path';
+import { trackChild } from './children.js';
 import { REPO_ROOT } from './sipp.js';
 
 export { REPO_ROOT };
@@ -47,6 +48,7 @@ export interface Proc {
 
 export function spawnProc(cmd: string, args: string[], opts: { env?: NodeJS.ProcessEnv; cwd?: string; name: string }): Proc {
   const child = spawn(cmd, args, { env: opts.env ?? process.env, cwd: opts.cwd ?? REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  trackChild(child);
   let out = '';
   const waiters = new Set<() => void>();
   const onData = (chunk: Buffer): void => {

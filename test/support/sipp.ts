@@ -9,6 +9,7 @@ import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
 import { constants as osConstants, tmpdir } from 'node:os';
 import { dirname, isAbsolute, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { trackChild } from './children.js';
 
 function findRepoRoot(): string {
   const here = fileURLToPath(import.meta.url);
@@ -101,18 +102,6 @@ export interface SippUas {
   stop(): Promise<SippResult>;
 }
 
-const live = new Set<ChildProcess>();
-let exitHookInstalled = false;
-function track(child: ChildProcess): void {
-  live.add(child);
-  child.once('exit', () => live.delete(child));
-  if (!exitHookInstalled) {
-    exitHookInstalled = true;
-    process.once('exit', () => {
-      for (const c of live) c.kill('SIGKILL');
-    });
-  }
-}
 
 export function scenarioPath(scenario: string): string {
   if (isAbsolute(scenario)) return scenario;
@@ -189,7 +178,7 @@ async function launch(opts: SippUasOptions, tracePrefix: string): Promise<Launch
   const command = [SIPP_BIN, ...args].map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, `'\\''`)}'`)).join(' ');
   const started = Date.now();
   const child = spawn(SIPP_BIN, args, { cwd: traceDir, stdio: ['ignore', 'pipe', 'pipe'] });
-  track(child);
+  trackChild(child);
   let stdout = '';
   let stderr = '';
   child.stdout?.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
