@@ -73,7 +73,7 @@ const SETTINGS = {
       .optional(),
   },
   noBindingStatus: { env: 'MIDREG_NO_BINDING_STATUS', schema: z.union([z.literal(404), z.literal(480), z.enum(['404', '480'])]).transform((v) => (Number(v) === 480 ? 480 : 404)).default(404) },
-  // drachtio-server cannot take a request over ~12 KB from an app (see MAX_RELAY_BYTES).
+  // drachtio-server cannot take a request over ~12 KB from an app (see MAX_APP_MESSAGE_BYTES in lib/sip/drachtio.ts).
   maxMessageBytes: { env: 'MIDREG_MAX_MESSAGE_BYTES', schema: z.coerce.number().int().min(1).max(10_000, 'must be at most 10000: drachtio-server v0.9.10 drops app messages over 12,228 bytes').default(8192) },
   rateLimitPerSec: { env: 'MIDREG_RATE_LIMIT', schema: z.coerce.number().min(0).max(1_000_000).default(20) },
   rateLimitBurst: { env: 'MIDREG_RATE_BURST', schema: z.coerce.number().int().min(1).max(1_000_000).default(40) },

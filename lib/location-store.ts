@@ -131,8 +131,6 @@ function prepareStatements(db: Database.Database) {
       'SELECT 1 AS n FROM binding WHERE aor = ? AND source_address = ? AND source_port = ? AND expires_at > ? LIMIT 1'),
     countLive: db.prepare<[number], { bindings: number; aors: number }>(
       'SELECT count(*) AS bindings, count(DISTINCT aor) AS aors FROM binding WHERE expires_at > ?'),
-    listLive: db.prepare<[number, string, number], BindingRow>(
-      'SELECT * FROM binding WHERE expires_at > ? AND aor >= ? ORDER BY aor, contact LIMIT ?'),
     // `+expires_at` keeps the planner on the primary key, so a page is a short range read
     // and never a sort of every live binding.
     listLiveAfter: db.prepare<[string, string, number, number], BindingRow>(
@@ -275,14 +273,9 @@ export class LocationStore {
     return this.stmt.liveFromSource.get(aor, address, port, now) !== undefined;
   }
 
-  /** One page of live bindings ordered by AoR, starting at `fromAor`. */
-  listLive(now: number, fromAor = '', limit = 1000): Binding[] {
-    return this.stmt.listLive.all(now, fromAor, limit).map(fromRow);
-  }
-
   /**
    * One page of live bindings strictly after `after` in (AoR, contact) order, optionally only of
-   * AoRs starting with `aorPrefix`. Unlike listLive, a page that ends inside an AoR is resumed
+   * AoRs starting with `aorPrefix`. Paging by (AoR, contact), a page that ends inside an AoR is resumed
    * without repeating or skipping a binding, however many contacts the AoR has.
    */
   listLiveAfter(now: number, opts: { after?: { aor: string; contact: string }; aorPrefix?: string; limit: number }): Binding[] {

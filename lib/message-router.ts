@@ -4,7 +4,7 @@ import type { LocationStore } from './location-store.js';
 import type { Logger } from './logger.js';
 import { branchFor, chooseFinal, classifySender, locate, type Branch } from './routing.js';
 import { parseUri, type RequestHandler, type SipReply, type SipRequest } from './sip/drachtio.js';
-import { askUpstream, nextMaxForwards, replyHeaders, upstreamHeaders, type RequestSender, type UpstreamOutcome, type UpstreamTarget } from './upstream.js';
+import { askUpstream, nextMaxForwards, outboundBytes, replyHeaders, upstreamHeaders, type RequestSender, type UpstreamOutcome, type UpstreamTarget } from './upstream.js';
 
 export type MessageOutcome = 'delivered' | 'not_found' | 'forbidden' | 'too_large' | 'failed' | 'relayed';
 
@@ -39,11 +39,6 @@ function senderAor(req: SipRequest): string | undefined {
   } catch {
     return undefined;
   }
-}
-
-function approximateSize(req: SipRequest): number {
-  return req.headers().reduce((sum, [name, value]) => sum + name.length + value.length + 4, 0)
-    + Buffer.byteLength(req.body, 'utf8') + 200; // start line, Via and Max-Forwards drachtio adds
 }
 
 export function createMessageHandler(deps: MessageRouterDeps): RequestHandler {
@@ -97,7 +92,7 @@ export function createMessageHandler(deps: MessageRouterDeps): RequestHandler {
       return;
     }
 
-    const size = approximateSize(req);
+    const size = outboundBytes({ method: 'MESSAGE', uri: req.uri, headers: branchHeaders(req, hops.value, undefined), body: req.body });
     const branches: Branch[] = target.bindings.map((b) => branchFor(b, size));
     const sendable = branches.filter((b): b is Extract<Branch, { kind: 'send' }> => b.kind === 'send');
     if (sendable.length === 0) {

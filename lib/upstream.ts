@@ -1,6 +1,6 @@
 // Talking to the main registrar/platform: which headers cross in each direction, and a bounded
 // wait for its answer (drachtio-server's own timer F can leave a transaction unsettled).
-import type { OutboundRequest, SipReply } from './sip/drachtio.js';
+import { MAX_APP_MESSAGE_BYTES, type OutboundRequest, type SipReply } from './sip/drachtio.js';
 
 export interface UpstreamTarget {
   /** Next hop for everything relayed upstream, as a SIP URI. */
@@ -8,13 +8,6 @@ export interface UpstreamTarget {
   timeoutMs: number;
 }
 
-/**
- * The largest request midreg hands drachtio-server. drachtio-server (v0.9.10, client.cpp) reads
- * what an app sends into a 12,228-byte circular buffer: a bigger frame overwrites its own start
- * and every later frame on that connection is lost, so one large request would silence midreg.
- * The margin covers the frame prefix (message id, transaction id, next hop).
- */
-export const MAX_RELAY_BYTES = 11_000;
 
 /** The size of the request drachtio-server would be handed, in bytes. */
 export function outboundBytes(out: OutboundRequest): number {
@@ -89,7 +82,7 @@ export function replyHeaders(reply: SipReply): Record<string, string> {
 export async function askUpstream(sender: RequestSender, out: OutboundRequest, timeoutMs: number, clock: () => number = Date.now): Promise<UpstreamOutcome> {
   const started = clock();
   const bytes = outboundBytes(out);
-  if (bytes > MAX_RELAY_BYTES) return { kind: 'too-large', bytes, elapsedMs: 0 };
+  if (bytes > MAX_APP_MESSAGE_BYTES) return { kind: 'too-large', bytes, elapsedMs: 0 };
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<UpstreamOutcome>((resolve) => {
     timer = setTimeout(() => resolve({ kind: 'timeout', elapsedMs: clock() - started }), timeoutMs);

@@ -69,8 +69,13 @@ const parseRegistration = registrationParser as unknown as RawMiddleware;
 import sipStatus from 'sip-status';
 const KNOWN_STATUS = sipStatus as unknown as Record<number, string>;
 
-/** drachtio-server reads app frames into a 12,228-byte buffer; keep every response well below. */
-const MAX_RESPONSE_BYTES = 11_000;
+/**
+ * The largest SIP message midreg hands drachtio-server, request or response. drachtio-server
+ * (v0.9.10, client.cpp) reads what an app sends into a 12,228-byte circular buffer: a bigger
+ * frame overwrites its own start and every later frame on that connection is lost, so one large
+ * message would silence midreg. The margin covers the frame prefix (ids, next hop).
+ */
+export const MAX_APP_MESSAGE_BYTES = 11_000;
 
 // ---- the typed surface the rest of midreg sees ------------------------------------------------
 
@@ -268,8 +273,7 @@ function wrapResponder(res: RawServerResponse): SipResponder {
       if (opts.body) payload.body = opts.body;
       const bytes = Object.entries(opts.headers ?? {}).reduce((n, [k, v]) => n + k.length + Buffer.byteLength(v, 'utf8') + 4, 0)
         + Buffer.byteLength(opts.body ?? '', 'utf8');
-      if (bytes > MAX_RESPONSE_BYTES) {
-        // Larger frames wedge drachtio-server's connection to us (see MAX_RELAY_BYTES in upstream.ts).
+      if (bytes > MAX_APP_MESSAGE_BYTES) {
         res.send(500, 'Response Too Large To Relay', {});
         return;
       }

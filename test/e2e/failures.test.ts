@@ -4,11 +4,11 @@ import { spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { LocationStore } from '../../lib/location-store.js';
 import { startKamailio } from '../support/kamailio.js';
 import { e2eSkipReason, freePort, logLines, startDrachtio } from '../support/processes.js';
 import { receivedResponses, runSipp, type SippResult } from '../support/sipp.js';
 import { startStack, type Stack } from '../support/stack.js';
+import { allLiveBindings } from '../support/replica.js';
 
 const skip = e2eSkipReason();
 if (skip) console.log(`# e2e failures suite SKIPPED: ${skip}`);
@@ -21,12 +21,8 @@ async function register(stack: Stack, user: string, expires = '120'): Promise<Si
 const finals = (r: SippResult): number[] => receivedResponses(r.messages).map((x) => x.status).filter((s) => s >= 200);
 
 function replicaContacts(dbFile: string, aor?: string): string[] {
-  const store = new LocationStore(dbFile, { readonly: true });
-  try {
-    const now = Date.now();
-    const all = aor ? store.liveBindings(aor, now) : store.listLive(now, '', 1_000_000);
-    return all.map((b) => `${b.aor} ${b.contact}`).sort();
-  } finally { store.close(); }
+  const all = allLiveBindings(dbFile).filter((b) => aor === undefined || b.aor === aor);
+  return all.map((b) => `${b.aor} ${b.contact}`).sort();
 }
 
 describe('dependency failures, end to end', { skip: skip ?? false, timeout: 180_000 }, () => {

@@ -15,6 +15,7 @@ import { e2eSkipReason, freePort, type Proc } from '../support/processes.js';
 import { exchange, headerOf, sendAndCollect, SipPeer, type Exchange } from '../support/raw-sip.js';
 import { runSipp } from '../support/sipp.js';
 import { startStack, type Stack } from '../support/stack.js';
+import { allLiveBindings } from '../support/replica.js';
 
 const skip = e2eSkipReason();
 if (skip) console.log(`# e2e hostile-input suite SKIPPED: ${skip}`);
@@ -27,8 +28,7 @@ const alive = (p: Proc): boolean => p.child.exitCode === null && p.child.signalC
 const finalsOf = (ex: Exchange): number[] => ex.statuses.filter((s) => s >= 200);
 
 function replica(stack: Stack): Binding[] {
-  const store = new LocationStore(stack.dbFile, { readonly: true });
-  try { return store.listLive(Date.now(), '', 100_000); } finally { store.close(); }
+  return allLiveBindings(stack.dbFile);
 }
 const keyOf = (b: Binding): string => JSON.stringify([b.aor, b.contact, b.expiresAt, b.callId, b.cseq]);
 

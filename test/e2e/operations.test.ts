@@ -5,10 +5,10 @@ import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
-import { LocationStore } from '../../lib/location-store.js';
 import { e2eSkipReason, freePort, logLines, REPO_ROOT, startDrachtio } from '../support/processes.js';
 import { runSipp } from '../support/sipp.js';
 import { startStack, type Stack } from '../support/stack.js';
+import { allLiveBindings } from '../support/replica.js';
 
 const skip = e2eSkipReason();
 if (skip) console.log(`# e2e operations suite SKIPPED: ${skip}`);
@@ -79,9 +79,7 @@ describe('SIGTERM under REGISTER load', { skip: skip ?? false, timeout: 180_000 
       const code = await stack.midreg.stop('SIGTERM', 10_000);
       assert.equal(code, 0, 'clean exit');
       await load;
-      const store = new LocationStore(stack.dbFile, { readonly: true });
-      const replica = new Set(store.listLive(Date.now(), '', 1_000_000).map((b) => `${b.aor} ${b.contact}`));
-      store.close();
+      const replica = new Set(allLiveBindings(stack.dbFile).map((b) => `${b.aor} ${b.contact}`));
       assert.ok(replica.size > 100, `load reached the replica (${replica.size})`);
       // Every AoR the registrar holds from this load must be in the replica with the same contact.
       const missing: string[] = [];

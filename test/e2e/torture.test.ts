@@ -21,6 +21,7 @@ import {
 } from '../support/raw-sip.js';
 import { runSipp } from '../support/sipp.js';
 import { startStack, type Stack } from '../support/stack.js';
+import { allLiveBindings } from '../support/replica.js';
 
 const skip = e2eSkipReason();
 if (skip) console.log(`# e2e RFC 4475 torture suite SKIPPED: ${skip}`);
@@ -220,8 +221,7 @@ function outcomeOf(stack: Stack, ex: Exchange, callId: string | undefined, midre
 }
 
 function replicaAll(stack: Stack): Binding[] {
-  const store = new LocationStore(stack.dbFile, { readonly: true });
-  try { return store.listLive(Date.now(), '', 10_000); } finally { store.close(); }
+  return allLiveBindings(stack.dbFile);
 }
 
 describe('RFC 4475 torture messages through drachtio-server → midreg → Kamailio', { skip: skip ?? false, timeout: 180_000 }, () => {
