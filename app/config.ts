@@ -27,6 +27,8 @@ export interface Config {
   rateLimitBurst: number;
   /** REGISTER+MESSAGE transactions in flight at once before 503 (0 = unlimited). */
   maxInFlight: number;
+  /** Shed load while even the fastest REGISTER/MESSAGE of each 100 ms took longer than this (0 = off). */
+  overloadQueueMs: number;
   maxBindingsPerAor: number;
   maxAors: number;
   /** How long SIGTERM waits for transactions in flight. */
@@ -77,7 +79,8 @@ const SETTINGS = {
   maxMessageBytes: { env: 'MIDREG_MAX_MESSAGE_BYTES', schema: z.coerce.number().int().min(1).max(10_000, 'must be at most 10000: drachtio-server v0.9.10 drops app messages over 12,228 bytes').default(8192) },
   rateLimitPerSec: { env: 'MIDREG_RATE_LIMIT', schema: z.coerce.number().min(0).max(1_000_000).default(20) },
   rateLimitBurst: { env: 'MIDREG_RATE_BURST', schema: z.coerce.number().int().min(1).max(1_000_000).default(40) },
-  maxInFlight: { env: 'MIDREG_MAX_IN_FLIGHT', schema: z.coerce.number().int().min(0).max(1_000_000).default(256) },
+  maxInFlight: { env: 'MIDREG_MAX_IN_FLIGHT', schema: z.coerce.number().int().min(0).max(1_000_000).default(2000) },
+  overloadQueueMs: { env: 'MIDREG_OVERLOAD_QUEUE_MS', schema: z.coerce.number().int().min(0).max(10_000).default(50) },
   maxBindingsPerAor: { env: 'MIDREG_MAX_BINDINGS_PER_AOR', schema: z.coerce.number().int().min(1).max(10_000).default(32) },
   maxAors: { env: 'MIDREG_MAX_AORS', schema: z.coerce.number().int().min(1).max(100_000_000).default(5_000_000) },
   stopTimeoutMs: { env: 'MIDREG_STOP_TIMEOUT_MS', schema: z.coerce.number().int().min(0).max(60_000).default(5000) },
@@ -149,6 +152,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     rateLimitPerSec: v.rateLimitPerSec,
     rateLimitBurst: v.rateLimitBurst,
     maxInFlight: v.maxInFlight,
+    overloadQueueMs: v.overloadQueueMs,
     maxBindingsPerAor: v.maxBindingsPerAor,
     maxAors: v.maxAors,
     stopTimeoutMs: v.stopTimeoutMs,

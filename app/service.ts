@@ -33,7 +33,13 @@ export function pathUriFrom(sipAddresses: string[]): string | undefined {
 }
 
 export function startMidreg(config: Config, logger: Logger): Midreg {
-  const store = new LocationStore(config.dbFile, { fallbackToReadonly: true });
+  const store = new LocationStore(config.dbFile, {
+    fallbackToReadonly: true,
+    onCheckpointStatus: (error) => {
+      if (error === undefined) logger.info('database checkpoints work again', { db: config.dbFile });
+      else logger.warn('database checkpoint failed; the WAL file grows until it works', { db: config.dbFile, error });
+    },
+  });
   for (const name of store.migrationsApplied) logger.info('database migration applied', { migration: name, db: config.dbFile });
   if (store.readOnlyReason !== undefined) {
     logger.error('database cannot be written; running with a read-only replica (REGISTERs are still relayed)', { db: config.dbFile, error: store.readOnlyReason });
@@ -50,6 +56,7 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
     perSourceRate: config.rateLimitPerSec,
     perSourceBurst: config.rateLimitBurst,
     maxInFlight: config.maxInFlight,
+    queueTargetMs: config.overloadQueueMs,
     exempt: (address, port) => isTrustedPeer({ address, port }, config.trustedPeers),
   });
   let draining = false;
@@ -145,10 +152,10 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
     let swept = 0;
     const step = (): void => {
       try {
-        const { removed, emptiedAors, bindingsRemoved } = store.purgeExpiredBatch(Date.now());
-        counters.bindings -= bindingsRemoved;
+        const { removed, emptiedAors } = store.purgeExpiredBatch(Date.now());
+        counters.bindings -= removed;
         counters.aors -= emptiedAors;
-        swept += bindingsRemoved;
+        swept += removed;
         if (removed > 0) { setImmediate(step); return; }
         if (reason === 'start' || swept > 0) logger.info('expiry sweep done', { reason, expiredRemoved: swept, bindings: counters.bindings, aors: counters.aors });
       } catch (err) {

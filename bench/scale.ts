@@ -9,8 +9,8 @@
 //   - start with that share expired (not waited for: the start-up sweep runs in the background)
 //
 // Time is simulated so that nothing is expired "now" and the expiring share is expired at
-// S = T0 + 2 h; the expiring AoRs were last seen more than an hour before S, so the sweep's
-// last call also purges their register_sequence rows (an unbounded DELETE in location-store.ts).
+// S = T0 + 2 h. The store's checkpoint thread runs as in midreg, so a sweep call's time is its
+// own transaction, not a WAL checkpoint that happened to fall into it.
 //
 //   node dist/bench/scale.js [--bindings 1000000] [--lookups 100000] [--expired 0.1] [--batch 2000]
 import { execFile } from 'node:child_process';
@@ -69,7 +69,7 @@ export interface SweepMeasure {
   totalMs: number;
   /** Per batch size, the calls that removed a full batch (sizes are interleaved, 2 calls each). */
   batches: BatchCost[];
-  /** The last call (fewer rows left than its batch): bindings + the unbounded register_sequence purge. */
+  /** The last call (fewer rows left than its batch). */
   lastCall: { batch: number; removed: number; ms: number };
   remainingBindings: number;
 }
@@ -158,8 +158,8 @@ function phaseFill(db: string, n: number, expiredFraction: number, t0: number): 
   const every = expiredFraction > 0 ? Math.round(1 / expiredFraction) : 0;
   const started = process.hrtime.bigint();
   for (let i = 0; i < n; i++) {
-    const { binding, at } = makeBinding(i, t0, every > 0 && i % every === 0, rand);
-    store.replaceAor(binding.aor, [binding], { callId: binding.callId ?? '', cseq: binding.cseq ?? 1, at });
+    const { binding } = makeBinding(i, t0, every > 0 && i % every === 0, rand);
+    store.replaceAor(binding.aor, [binding]);
   }
   const fillSec = ms(started) / 1000;
   store.close();
@@ -279,7 +279,7 @@ export async function runScale(opts: ScaleOptions): Promise<ScaleResult> {
     log(`scale: start ${sl.start.totalMs.toFixed(0)} ms; ${opts.lookups.toLocaleString('en-US')} lookups p50 ${sl.lookups.us.p50.toFixed(1)} µs p99 ${sl.lookups.us.p99.toFixed(1)} µs max ${sl.lookups.us.max.toFixed(0)} µs; RSS ${sl.lookups.rssMb} MB`);
     const batches = [opts.batch, ...SWEEP_BATCHES.filter((b) => b !== opts.batch)];
     const sweep = await child<SweepMeasure>(['--phase', 'sweep', '--db', db, '--now', String(sweepAt), '--batch', batches.join(',')]);
-    log(`scale: sweep of ${sweep.removed.toLocaleString('en-US')} expired in ${sweep.calls} calls (${(sweep.totalMs / 1000).toFixed(1)} s): ${sweep.batches.map((b) => `batch ${b.batch} max ${b.ms.max.toFixed(1)} ms (${b.usPerRow.toFixed(1)} µs/row)`).join(', ')}; last call (${sweep.lastCall.removed} rows + sequence purge) ${sweep.lastCall.ms.toFixed(1)} ms`);
+    log(`scale: sweep of ${sweep.removed.toLocaleString('en-US')} expired in ${sweep.calls} calls (${(sweep.totalMs / 1000).toFixed(1)} s): ${sweep.batches.map((b) => `batch ${b.batch} max ${b.ms.max.toFixed(1)} ms (${b.usPerRow.toFixed(1)} µs/row)`).join(', ')}; last call (${sweep.lastCall.removed} rows) ${sweep.lastCall.ms.toFixed(1)} ms`);
     const startWithExpired = await child<StartMeasure>(['--phase', 'start', '--db', copy, '--now', String(sweepAt)]);
     log(`scale: start with ${(opts.expiredFraction * 100).toFixed(0)}% expired ${startWithExpired.totalMs.toFixed(0)} ms (then a background sweep of ${startWithExpired.purged.toLocaleString('en-US')} in ${startWithExpired.purgeMs.toFixed(0)} ms)`);
     return {

@@ -4,11 +4,12 @@
 import { canonicalAor, isServedDomain } from './aor.js';
 import type { LocationStore } from './location-store.js';
 import type { Logger } from './logger.js';
+import { RegisterSequence } from './register-sequence.js';
 import { limitPlan, planReplicaUpdate, type RegisterAttempt, type ReplicaLimits, type ReplicaPlan } from './registration.js';
 import { parseUri, SipParseError, type RequestHandler, type SipRequest, type SipResponder } from './sip/drachtio.js';
 import { askUpstream, nextMaxForwards, replyHeaders, upstreamHeaders, type RequestSender, type UpstreamTarget } from './upstream.js';
 
-export type ReplicaStore = Pick<LocationStore, 'stateOf' | 'replaceAor'>;
+export type ReplicaStore = Pick<LocationStore, 'bindingsOf' | 'replaceAor'>;
 
 /** Counted as rows change, so nothing on a hot path (or a metrics scrape) runs a COUNT over the table. */
 export interface ReplicaCounters { bindings: number; aors: number }
@@ -98,6 +99,15 @@ function registerKind(req: SipRequest, contacts: RegisterAttempt['contacts']): s
   return parsed.kind === 'parsed' ? parsed.type : 'register';
 }
 
+/** The highest CSeq of this Call-ID already applied: remembered in memory, or carried by a stored binding. */
+function lastAppliedCseq(bindings: readonly { callId: string | null; cseq: number | null }[], attempt: RegisterAttempt, remembered: number | undefined): number | undefined {
+  let highest = remembered;
+  for (const b of bindings) {
+    if (b.callId === attempt.callId && b.cseq !== null && (highest === undefined || b.cseq > highest)) highest = b.cseq;
+  }
+  return highest;
+}
+
 /** After a failed replica write, writes pause this long so a locked or full database costs one lock wait a second, not one per REGISTER. */
 export const REPLICA_RETRY_MS = 1000;
 
@@ -105,6 +115,8 @@ export function createRegisterHandler(deps: RegistrationRelayDeps): RequestHandl
   const clock = deps.clock ?? Date.now;
   const log = deps.logger;
   let replicaPausedUntil = 0;
+  // A reply can cross an older one only while midreg's client transaction still waits for it.
+  const sequence = new RegisterSequence(deps.upstream.timeoutMs + 5000);
 
   const refuse = (req: SipRequest, res: SipResponder, refusal: Refusal): void => {
     log.info('REGISTER refused', { event: 'register', decision: 'refused', status: refusal.status, why: refusal.why, source: `${req.source.transport}:${req.source.address}:${req.source.port}` });
@@ -157,7 +169,8 @@ export function createRegisterHandler(deps: RegistrationRelayDeps): RequestHandl
     try {
       const now = clock();
       if (now < replicaPausedUntil && reply.status >= 200 && reply.status < 300) throw new Error('replica writes paused after a database error');
-      const state = deps.store.stateOf(attempt.aor, attempt.callId);
+      const bindings = deps.store.bindingsOf(attempt.aor);
+      const state = { bindings, lastCseq: lastAppliedCseq(bindings, attempt, sequence.lastApplied(attempt.aor, attempt.callId, now)) };
       plan = planReplicaUpdate(attempt, {
         status: reply.status,
         contacts: reply.status >= 200 && reply.status < 300 ? reply.contacts() : [],
@@ -171,7 +184,8 @@ export function createRegisterHandler(deps: RegistrationRelayDeps): RequestHandl
         } else {
           if (bounded.kind === 'trimmed') limited = { why: `more than ${deps.limits.maxBindingsPerAor} bindings (MIDREG_MAX_BINDINGS_PER_AOR)`, dropped: bounded.dropped };
           plan = bounded.plan;
-          deps.store.replaceAor(plan.aor, plan.bindings, { callId: attempt.callId, cseq: attempt.cseq, at: now });
+          deps.store.replaceAor(plan.aor, plan.bindings);
+          sequence.record(attempt.aor, attempt.callId, attempt.cseq, now);
           deps.counters.bindings += plan.bindings.length - state.bindings.length;
           deps.counters.aors += (plan.bindings.length > 0 ? 1 : 0) - (hadBindings ? 1 : 0);
           deps.onReplicaWritten?.();

@@ -5,6 +5,7 @@
 import Srf from 'drachtio-srf';
 import registrationParser from 'drachtio-mw-registration-parser';
 import { EventEmitter } from 'node:events';
+import { Socket } from 'node:net';
 
 // ---- the runtime shapes of drachtio-srf objects, as far as midreg touches them ----------------
 
@@ -287,6 +288,36 @@ export interface EngineEvents {
   disconnect: [reason: string];
 }
 
+/** Where drachtio-srf 5.0 keeps its connections to drachtio-server (srf → app → agent → sockets). */
+interface SrfInternals { _app?: { client?: { mapServer?: Map<unknown, unknown> } } }
+const batchedSockets = new WeakSet<Socket>();
+
+/**
+ * drachtio-srf writes every message to drachtio-server with its own socket.write, one syscall
+ * each; on loopback that syscall also delivers the segment to drachtio-server, about 25 µs apiece
+ * and two per relayed REGISTER (bench/results). Corking the socket until the event loop has run
+ * every callback that is ready hands the kernel all of them in one writev. Nothing waits longer
+ * than the work already queued in front of it, and the byte stream is unchanged.
+ */
+function batchWrites(socket: Socket): void {
+  if (batchedSockets.has(socket)) return;
+  batchedSockets.add(socket);
+  const write = socket.write.bind(socket) as (...args: unknown[]) => boolean;
+  let corked = false;
+  const flush = (): void => {
+    corked = false;
+    if (!socket.destroyed) socket.uncork();
+  };
+  socket.write = ((...args: unknown[]): boolean => {
+    if (!corked && !socket.destroyed) {
+      corked = true;
+      socket.cork();
+      setImmediate(flush);
+    }
+    return write(...args);
+  }) as Socket['write'];
+}
+
 /**
  * The SIP engine: one drachtio-srf connection to drachtio-server. drachtio-srf reconnects by
  * itself when the server goes away; this class reports each state change as an event.
@@ -303,6 +334,9 @@ export class SipEngine extends EventEmitter<EngineEvents> {
         return;
       }
       this.connectedHostport = hostport;
+      for (const socket of (this.srf as unknown as SrfInternals)._app?.client?.mapServer?.keys() ?? []) {
+        if (socket instanceof Socket) batchWrites(socket);
+      }
       this.emit('connect', hostport);
     });
     this.srf.on('close', () => {

@@ -105,7 +105,7 @@ describe('database failures: REGISTERs still relayed, replica resynchronised aft
 
   it('a database held locked by another process: relayed regardless, without stalling, and the replica catches up', async () => {
     const locker = spawn('sqlite3', [db()], { stdio: ['pipe', 'ignore', 'ignore'] });
-    locker.stdin.write('BEGIN EXCLUSIVE; INSERT INTO register_sequence VALUES (\'lock\', \'lock\', 0, 0);\n');
+    locker.stdin.write('BEGIN EXCLUSIVE; INSERT INTO binding (aor, contact, expires_at, registered_at, updated_at) VALUES (\'lock\', \'lock\', 0, 0, 0);\n');
     await new Promise((r) => setTimeout(r, 300));
     try {
       const started = Date.now();

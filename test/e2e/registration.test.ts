@@ -145,7 +145,7 @@ describe('registration replica, end to end', { skip: skip ?? false, timeout: 180
     assert.equal(replica(stack, 'gina').length, 1, 'gina kept across restart');
     await midreg.waitFor(/expiry sweep done/, 5000);
     const store = new LocationStore(stack.dbFile, { readonly: true });
-    try { assert.deepEqual(store.stateOf('sip:hank@example.test', 'none').bindings, [], 'hank purged at start'); } finally { store.close(); }
+    try { assert.deepEqual(store.bindingsOf('sip:hank@example.test'), [], 'hank purged at start'); } finally { store.close(); }
     assert.ok(logLines(midreg, { message: 'expiry sweep done', reason: 'start' }).some((l) => Number(l['expiredRemoved']) >= 1));
   });
 });

@@ -220,7 +220,7 @@ describe('admin API', () => {
       metrics.messageOutcome('not_found');
       metrics.replicaWriteFailed();
       metrics.drachtioConnected(true);
-      store.replaceAor('sip:dave@example.test', [binding('sip:dave@example.test', 'sip:dave@192.0.2.40', NOW + 60_000)], { callId: 'd', cseq: 1, at: NOW });
+      store.replaceAor('sip:dave@example.test', [binding('sip:dave@example.test', 'sip:dave@192.0.2.40', NOW + 60_000)]);
 
       const text = await scrape();
       for (const line of [
@@ -255,7 +255,7 @@ describe('admin API', () => {
         message: { delivered: 2, not_found: 1, forbidden: 0, too_large: 0, failed: 0, relayed: 0 },
         replica_write_failures: 1,
       });
-      store.replaceAor('sip:dave@example.test', [], { callId: 'd', cseq: 2, at: NOW });
+      store.replaceAor('sip:dave@example.test', []);
     });
 
     it('keeps its counters to itself: a second Metrics starts from zero', () => {

@@ -17,7 +17,7 @@ after(() => {
 });
 const NOW = Date.now();
 const save = (aor: string, contacts: string[], expiresAt = NOW + 60_000): void =>
-  store.replaceAor(aor, contacts.map((c) => binding(aor, c, expiresAt)), { callId: aor, cseq: 1, at: NOW });
+  store.replaceAor(aor, contacts.map((c) => binding(aor, c, expiresAt)));
 
 save('sip:a@example.test', ['sip:a@h1']);
 save('sip:al@example.test', Array.from({ length: 7 }, (_, i) => `sip:al@10.0.0.${i}`));

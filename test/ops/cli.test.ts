@@ -69,13 +69,13 @@ describe('midreg CLI', () => {
       assert.equal(one.stdout.split('\n').filter((l) => l.startsWith('sip:')).length, 3);
       assert.ok(!one.stdout.includes('sip:carol@'));
 
-      store.replaceAor('sip:erin@example.test', [binding('sip:erin@example.test', 'sip:erin@192.0.2.50', Date.now() + 60_000)], { callId: 'e', cseq: 1, at: Date.now() });
+      store.replaceAor('sip:erin@example.test', [binding('sip:erin@example.test', 'sip:erin@192.0.2.50', Date.now() + 60_000)]);
       try {
         const fresh = await midreg(['registrations', 'sip:erin@example.test', '--db', file]);
         assert.equal(fresh.code, 0, fresh.stderr);
         assert.match(fresh.stdout, /sip:erin@192\.0\.2\.50/);
       } finally {
-        store.replaceAor('sip:erin@example.test', [], { callId: 'e', cseq: 2, at: Date.now() });
+        store.replaceAor('sip:erin@example.test', []);
       }
     });
 

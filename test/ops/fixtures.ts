@@ -25,7 +25,7 @@ export const ALICE_PHONE: Partial<Binding> = {
 };
 
 export function fillReplica(store: LocationStore, now: number): void {
-  const save = (aor: string, bindings: Binding[]): void => store.replaceAor(aor, bindings, { callId: `${aor}-call`, cseq: 1, at: now });
+  const save = (aor: string, bindings: Binding[]): void => store.replaceAor(aor, bindings);
   save('sip:alice@example.test', [
     binding('sip:alice@example.test', 'sip:alice@198.51.100.7:5062', now + 3_600_000, ALICE_PHONE),
     binding('sip:alice@example.test', 'sip:alice@203.0.113.9:40000;transport=tcp', now + 600_000, {

@@ -37,6 +37,69 @@ describe('flood guard', () => {
     assert.equal(guard.admit('198.51.100.3', 1).kind, 'admit');
   });
 
+  it('rides out a busy moment: slow transactions beside fast ones shed nothing', () => {
+    let now = 0;
+    const guard = new FloodGuard({ perSourceRate: 0, perSourceBurst: 1, maxInFlight: 0, queueTargetMs: 50, exempt: () => false }, () => now);
+    // 300 in flight at once, as a 150 ms hiccup at 2,000/s leaves them, but some finish fast.
+    const held = Array.from({ length: 300 }, () => guard.admit('198.51.100.1', 1));
+    for (let interval = 0; interval < 5; interval++) {
+      for (let i = 0; i < 20; i++) {
+        const quick = guard.admit('198.51.100.2', 1);
+        assert.equal(quick.kind, 'admit', `interval ${interval}: nothing is shed`);
+        now += 2;
+        if (quick.kind === 'admit') quick.release();
+        const slow = held.pop();
+        now += 3;
+        if (slow?.kind === 'admit') slow.release();
+      }
+    }
+    assert.equal(guard.queued, false);
+  });
+
+  it('sheds while a queue stands in front of every transaction, and stops once it drains', () => {
+    let now = 0;
+    const guard = new FloodGuard({ perSourceRate: 0, perSourceBurst: 1, maxInFlight: 0, queueTargetMs: 50, exempt: () => false }, () => now);
+    // 200 requests a second arrive, each answered 300 ms later: a standing queue.
+    const pending: { at: number; release: () => void }[] = [];
+    const statuses: string[] = [];
+    for (let t = 0; t < 1000; t += 5) {
+      now = t;
+      while (pending.length > 0 && (pending[0]?.at ?? Infinity) <= now) pending.shift()?.release();
+      const a = guard.admit('198.51.100.1', 1);
+      statuses.push(a.kind === 'admit' ? 'admit' : a.why);
+      if (a.kind === 'admit') pending.push({ at: now + 300, release: a.release });
+    }
+    assert.ok(statuses.slice(100).includes('queue'), 'sheds once the queue has stood for an interval');
+    assert.ok(statuses.slice(0, 60).every((s) => s === 'admit'), 'not before any transaction has completed');
+    assert.ok(guard.active <= 80, `in flight bounded by the throughput the target allows (${guard.active})`);
+    // The registrar is fast again: the queue drains and admission resumes.
+    now += 400;
+    while (pending.length > 0) pending.shift()?.release();
+    for (let i = 0; i < 30; i++) {
+      now += 5;
+      const a = guard.admit('198.51.100.1', 1);
+      if (a.kind === 'admit') { now += 1; a.release(); }
+    }
+    assert.equal(guard.queued, false, 'no queue any more');
+    assert.equal(guard.admit('198.51.100.1', 1).kind, 'admit');
+  });
+
+  it('never keeps shedding without evidence: transactions stuck in flight do not lock admission', () => {
+    let now = 0;
+    const guard = new FloodGuard({ perSourceRate: 0, perSourceBurst: 1, maxInFlight: 0, queueTargetMs: 50, exempt: () => false }, () => now);
+    // A burst of slow transactions sets the limit…
+    const slow = Array.from({ length: 40 }, () => guard.admit('198.51.100.1', 1));
+    now = 300;
+    for (const a of slow.slice(0, 20)) if (a.kind === 'admit') a.release();
+    now = 401;
+    assert.equal(guard.queued, true);
+    // …then the other 20 hang (a registrar that never answers) and new requests are shed. One
+    // interval later there is no evidence of a queue any more, and requests get in again.
+    now = 520;
+    assert.equal(guard.admit('198.51.100.1', 1).kind, 'admit');
+    assert.equal(guard.active, 21);
+  });
+
   it('keeps a bounded number of source buckets', () => {
     const guard = new FloodGuard({ perSourceRate: 1, perSourceBurst: 1, maxInFlight: 0, exempt: () => false, maxTrackedSources: 10 });
     assert.equal(guard.admit('10.0.0.0', 1).kind, 'admit');

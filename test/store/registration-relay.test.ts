@@ -1,0 +1,109 @@
+// The REGISTER relay against a real SQLite replica, with the registrar's replies under the test's
+// control: two REGISTERs of one Call-ID in flight whose replies cross. The SIP engine is replaced
+// by plain objects of the boundary's types; the store, the plan and the in-memory sequence are real.
+import { strict as assert } from 'node:assert';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { LocationStore } from '../../lib/location-store.js';
+import { createLogger } from '../../lib/logger.js';
+import { createRegisterHandler } from '../../lib/registration-relay.js';
+import type { NameAddr, OutboundRequest, SipReply, SipRequest, SipResponder } from '../../lib/sip/drachtio.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'midreg-relay-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+const AOR = 'sip:carol@example.test';
+
+function register(cseq: number, contact: string): SipRequest {
+  const headers: Record<string, string> = {
+    'call-id': 'carol-call-1', 'max-forwards': '70', expires: '300', contact: `<${contact}>`,
+    from: `<${AOR}>;tag=c1`, to: `<${AOR}>`, cseq: `${cseq} REGISTER`,
+  };
+  return {
+    method: 'REGISTER', uri: 'sip:example.test', body: '',
+    source: { address: '192.0.2.7', port: 5060 + cseq, transport: 'udp' },
+    header: (name) => headers[name.toLowerCase()],
+    headers: () => Object.entries(headers),
+    nameAddr: () => ({ uri: AOR, params: {} }),
+    contacts: () => [{ uri: contact, params: {} }],
+    cseq: () => ({ seq: cseq, method: 'REGISTER' }),
+    registration: () => ({ kind: 'parsed', type: 'register', expires: 300 }),
+    proxyTo: () => Promise.reject(new Error('not proxied')),
+  };
+}
+
+function ok(contacts: NameAddr[]): SipReply {
+  return { status: 200, reason: 'OK', body: '', header: (name) => (name.toLowerCase() === 'expires' ? '300' : undefined), headers: () => [], contacts: () => contacts };
+}
+
+function responder(): SipResponder & { sent: number[] } {
+  const sent: number[] = [];
+  return { sent, get finalSent() { return sent.length > 0; }, send(status) { sent.push(status); } };
+}
+
+describe('REGISTER relay and the replica', () => {
+  it('a reply to an older CSeq that arrives after a newer one was applied does not overwrite the replica', async () => {
+    const store = new LocationStore(join(dir, 'crossing.sqlite'));
+    const pending: { out: OutboundRequest; answer: (reply: SipReply) => void }[] = [];
+    const handler = createRegisterHandler({
+      sender: { request: (out) => new Promise((resolve) => { pending.push({ out, answer: resolve }); }) },
+      store,
+      upstream: { uri: 'sip:127.0.0.1:5080', timeoutMs: 2000 },
+      domains: ['example.test'],
+      pathUri: () => undefined,
+      logger: createLogger({ level: 'error', format: 'json' }),
+      limits: { maxBindingsPerAor: 32, maxAors: 1000 },
+      counters: { bindings: 0, aors: 0 },
+    });
+    try {
+      const [older, newer] = [responder(), responder()];
+      const first = handler(register(1, 'sip:carol@192.0.2.7:5061'), older);
+      const second = handler(register(2, 'sip:carol@192.0.2.7:5062'), newer);
+      assert.equal(pending.length, 2, 'both REGISTERs relayed');
+      assert.equal(pending[0]?.out.headers['cseq'], '1 REGISTER', 'the registrar sees the UA\'s own CSeq');
+
+      // The registrar processed CSeq 2 last: its answer lists only the newer contact.
+      pending[1]?.answer(ok([{ uri: 'sip:carol@192.0.2.7:5062', params: { expires: '300' } }]));
+      await second;
+      pending[0]?.answer(ok([{ uri: 'sip:carol@192.0.2.7:5061', params: { expires: '300' } }]));
+      await first;
+
+      assert.deepEqual([older.sent, newer.sent], [[200], [200]], 'both UAs get the registrar\'s answer unchanged');
+      const live = store.liveBindings(AOR, Date.now());
+      assert.deepEqual(live.map((b) => [b.contact, b.cseq, b.source?.port]), [['sip:carol@192.0.2.7:5062', 2, 5062]],
+        'the replica keeps what the newest REGISTER left');
+    } finally {
+      store.close();
+    }
+  });
+
+  it('after a restart, a stale reply is still caught by the CSeq the stored binding carries', async () => {
+    const file = join(dir, 'restart.sqlite');
+    const logger = createLogger({ level: 'error', format: 'json' });
+    const deps = (store: LocationStore, answer: (out: OutboundRequest) => SipReply) => createRegisterHandler({
+      sender: { request: (out) => Promise.resolve(answer(out)) },
+      store,
+      upstream: { uri: 'sip:127.0.0.1:5080', timeoutMs: 2000 },
+      domains: ['example.test'],
+      pathUri: () => undefined,
+      logger,
+      limits: { maxBindingsPerAor: 32, maxAors: 1000 },
+      counters: { bindings: 0, aors: 0 },
+    });
+    const before = new LocationStore(file);
+    await deps(before, () => ok([{ uri: 'sip:carol@192.0.2.7:5065', params: { expires: '300' } }]))(register(5, 'sip:carol@192.0.2.7:5065'), responder());
+    before.close();
+
+    const after = new LocationStore(file);
+    try {
+      const res = responder();
+      await deps(after, () => ok([{ uri: 'sip:carol@192.0.2.7:5064', params: { expires: '300' } }]))(register(4, 'sip:carol@192.0.2.7:5064'), res);
+      assert.deepEqual(res.sent, [200]);
+      assert.deepEqual(after.liveBindings(AOR, Date.now()).map((b) => b.contact), ['sip:carol@192.0.2.7:5065']);
+    } finally {
+      after.close();
+    }
+  });
+});
