@@ -270,7 +270,7 @@ export class LocationStore {
     }
   }
 
-  /** Stop the checkpoint thread, waiting (synchronously, bounded) for a checkpoint in progress. */
+  /** Stop the checkpoint thread before close, waiting (synchronously, bounded) for a checkpoint in progress. */
   private stopCheckpointer(): void {
     const running = this.checkpointer;
     if (!running) return;
@@ -282,7 +282,6 @@ export class LocationStore {
       Atomics.wait(running.state, 0, CHECKPOINT_BUSY, Math.max(1, deadline - Date.now()));
     }
     void running.worker.terminate();
-    if (this.db.open && !this.db.readonly) this.db.pragma('wal_autocheckpoint = 1000');
   }
 
   private openDb(readonly: boolean): Database.Database {
