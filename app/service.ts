@@ -2,6 +2,7 @@
 import type { Config } from './config.js';
 import { startAdminServer, type AdminServer } from '../lib/admin.js';
 import { FloodGuard } from '../lib/flood-guard.js';
+import { ExpirySweeper, sweepExpired } from '../lib/expiry-sweep.js';
 import { LocationStore } from '../lib/location-store.js';
 import type { Logger } from '../lib/logger.js';
 import { createMessageHandler } from '../lib/message-router.js';
@@ -140,30 +141,29 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
     });
 
   // Expired bindings are never used (lookups filter on expiry); this only reclaims the rows, in
-  // small batches so one sweep never holds the event loop for long.
+  // transactions sized to stay well under SWEEP_BUDGET_MS each, paced (lib/expiry-sweep.ts).
+  const sweeper = new ExpirySweeper(store);
   let purging = false;
+  let stopping = false;
   const purge = (reason: 'start' | 'timer'): void => {
-    if (purging) return;
+    if (purging || stopping) return;
     if (store.readOnlyReason !== undefined) {
       if (!store.reopenWritable()) return;
       logger.info('database writable again', { db: config.dbFile });
     }
     purging = true;
-    let swept = 0;
-    const step = (): void => {
-      try {
-        const { removed, emptiedAors } = store.purgeExpiredBatch(Date.now());
+    sweepExpired(sweeper, {
+      now: Date.now,
+      stopped: () => stopping,
+      onStep: ({ removed, emptiedAors }) => {
         counters.bindings -= removed;
         counters.aors -= emptiedAors;
-        swept += removed;
-        if (removed > 0) { setImmediate(step); return; }
-        if (reason === 'start' || swept > 0) logger.info('expiry sweep done', { reason, expiredRemoved: swept, bindings: counters.bindings, aors: counters.aors });
-      } catch (err) {
-        logger.error('expiry sweep failed', { error: err instanceof Error ? err.message : String(err) });
-      }
-      purging = false;
-    };
-    step();
+      },
+    }).then((swept) => {
+      if (reason === 'start' || swept > 0) logger.info('expiry sweep done', { reason, expiredRemoved: swept, bindings: counters.bindings, aors: counters.aors });
+    }, (err: unknown) => {
+      logger.error('expiry sweep failed', { error: err instanceof Error ? err.message : String(err) });
+    }).finally(() => { purging = false; });
   };
   const purgeTimer = setInterval(() => purge('timer'), config.purgeIntervalSec * 1000);
   purgeTimer.unref();
@@ -182,6 +182,7 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
       // First, so health checks fail at once and load balancers stop sending while we drain.
       await admin.then((server) => server?.close(), () => undefined);
       clearInterval(purgeTimer);
+      stopping = true;
       const deadline = Date.now() + config.stopTimeoutMs;
       while (guard.active > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
       const abandoned = guard.active;

@@ -4,34 +4,31 @@
 // then measure, each in a fresh Node process so nothing of the fill is still cached in it:
 //   - start:   open + migrations + countStored() (what app/service.ts does before it serves)
 //   - lookups: liveBindings(aor, now) for random AoRs (p50/p99/max), and the process RSS
-//   - sweep:   purgeExpired(now, batch) called until done with a share of bindings expired
-//              (the cost of each call: the event loop is blocked for that long)
+//   - sweep:   midreg's sweep (lib/expiry-sweep.ts: sized steps, SWEEP_PAUSE_MS apart) until done
+//              with a share of bindings expired (each step's time: SIP waits that long)
 //   - start with that share expired (not waited for: the start-up sweep runs in the background)
 //
 // Time is simulated so that nothing is expired "now" and the expiring share is expired at
-// S = T0 + 2 h. The store's checkpoint thread runs as in midreg, so a sweep call's time is its
-// own transaction, not a WAL checkpoint that happened to fall into it.
+// S = T0 + 2 h. SQLite's automatic WAL checkpoint runs as in midreg, inside whichever step's
+// COMMIT crosses 1000 pages: a step's time includes it when it falls there, as it would in midreg.
 //
-//   node dist/bench/scale.js [--bindings 1000000] [--lookups 100000] [--expired 0.1] [--batch 2000]
+//   node dist/bench/scale.js [--bindings 1000000] [--lookups 100000] [--expired 0.1]
 import { execFile } from 'node:child_process';
 import { copyFileSync, existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
-import { LocationStore, PURGE_BATCH } from '../lib/location-store.js';
+import { ExpirySweeper, FIRST_BATCH, sweepExpired } from '../lib/expiry-sweep.js';
+import { LocationStore } from '../lib/location-store.js';
 import type { Binding } from '../lib/registration.js';
 
 const HOUR = 3_600_000;
-/** Batch sizes tried besides midreg's own, to find one that stays under 10 ms per call. */
-/** midreg's own batch first (the target is judged on it), then others for comparison. */
-const SWEEP_BATCHES = [PURGE_BATCH, 50, 250, 1000];
 
 export interface ScaleOptions {
   bindings: number;
   lookups: number;
   expiredFraction: number;
-  batch: number;
   /** Keep the SQLite files (printed) instead of deleting them. */
   keep?: boolean;
   log?: (line: string) => void;
@@ -53,24 +50,17 @@ export interface StartMeasure {
 
 export interface LookupMeasure { us: Quantiles; found: number; rssMb: number; heapMb: number }
 
-export interface BatchCost {
-  batch: number;
-  /** Calls that removed a full batch (bindings only). */
-  calls: number;
-  ms: Quantiles;
-  usPerRow: number;
-}
-
 export interface SweepMeasure {
-  /** midreg's batch (location-store.ts default): the one the 10 ms target is checked on. */
-  batch: number;
+  /** Steps of midreg's ExpirySweeper until nothing expired was left (each one transaction). */
   calls: number;
   removed: number;
   totalMs: number;
-  /** Per batch size, the calls that removed a full batch (sizes are interleaved, 2 calls each). */
-  batches: BatchCost[];
-  /** The last call (fewer rows left than its batch). */
-  lastCall: { batch: number; removed: number; ms: number };
+  /** Time of each step, the last (short) one included. */
+  callMs: Quantiles;
+  /** The first step, on a cold cache: the one a fixed batch size got wrong. */
+  firstCall: { batch: number; removed: number; ms: number };
+  /** Smallest and largest batch the sweeper chose. */
+  batchRange: { min: number; max: number };
   remainingBindings: number;
 }
 
@@ -171,7 +161,7 @@ function phaseFill(db: string, n: number, expiredFraction: number, t0: number): 
  * Expired bindings are not served and are swept afterwards in the background (`purged` and
  * `purgeMs` report that background sweep, done here after start is measured).
  */
-function measureStart(db: string, now: number): StartMeasure {
+async function measureStart(db: string, now: number): Promise<StartMeasure> {
   const t = process.hrtime.bigint();
   const store = new LocationStore(db);
   const openMs = ms(t);
@@ -180,15 +170,14 @@ function measureStart(db: string, now: number): StartMeasure {
   const countsMs = ms(tc);
   const totalMs = ms(t);
   const tp = process.hrtime.bigint();
-  let purged = 0;
-  for (let n = -1; n !== 0; purged += n) n = store.purgeExpired(now, PURGE_BATCH);
+  const purged = await sweepExpired(new ExpirySweeper(store), { now: () => now });
   const purgeMs = ms(tp);
   store.close();
   return { totalMs, openMs, purgeMs, countsMs, purged, bindings: counts.bindings, aors: counts.aors, migrationsApplied: store.migrationsApplied.length, rssMb: mb(process.memoryUsage().rss) };
 }
 
-function phaseStartAndLookups(db: string, n: number, lookups: number): { start: StartMeasure; lookups: LookupMeasure } {
-  const start = measureStart(db, Date.now());
+async function phaseStartAndLookups(db: string, n: number, lookups: number): Promise<{ start: StartMeasure; lookups: LookupMeasure }> {
+  const start = await measureStart(db, Date.now());
   const store = new LocationStore(db);
   const rand = rng(7);
   const now = Date.now();
@@ -206,42 +195,26 @@ function phaseStartAndLookups(db: string, n: number, lookups: number): { start: 
   return { start, lookups: { us: quantiles(times), found, rssMb: mb(mem.rss), heapMb: mb(mem.heapUsed) } };
 }
 
-function phaseSweep(db: string, now: number, batches: number[]): SweepMeasure {
+async function phaseSweep(db: string, now: number): Promise<SweepMeasure> {
   const store = new LocationStore(db);
-  const times = new Map<number, number[]>(batches.map((b) => [b, []]));
-  let removed = 0;
-  let calls = 0;
-  let lastCall: { batch: number; removed: number; ms: number } | undefined;
+  const times: number[] = [];
+  let firstCall: SweepMeasure['firstCall'] | undefined;
+  const batchRange = { min: FIRST_BATCH, max: FIRST_BATCH };
   const started = process.hrtime.bigint();
-  outer: for (let round = 0; ; round++) {
-    for (const batch of batches) {
-      for (let k = 0; k < 2; k++) {
-        const t = process.hrtime.bigint();
-        const n = store.purgeExpired(now, batch);
-        const took = ms(t);
-        calls++;
-        removed += n;
-        if (n < batch) { lastCall = { batch, removed: n, ms: took }; break outer; }
-        times.get(batch)?.push(took);
-      }
-    }
-  }
+  // As app/service.ts runs it: steps paced SWEEP_PAUSE_MS apart, each timed.
+  const removed = await sweepExpired(new ExpirySweeper(store), {
+    now: () => now,
+    onStep: (step) => {
+      times.push(step.ms);
+      firstCall ??= { batch: step.batch, removed: step.removed, ms: step.ms };
+      batchRange.min = Math.min(batchRange.min, step.batch);
+      batchRange.max = Math.max(batchRange.max, step.batch);
+    },
+  });
   const totalMs = ms(started);
   const remaining = store.counts(0).bindings;
   store.close();
-  return {
-    batch: batches[0] ?? 0,
-    calls,
-    removed,
-    totalMs,
-    batches: batches.map((batch) => {
-      const t = times.get(batch) ?? [];
-      const q = quantiles(t);
-      return { batch, calls: t.length, ms: q, usPerRow: (q.mean * 1000) / batch };
-    }),
-    lastCall: lastCall ?? { batch: 0, removed: 0, ms: 0 },
-    remainingBindings: remaining,
-  };
+  return { calls: times.length, removed, totalMs, callMs: quantiles(times), firstCall: firstCall ?? { batch: 0, removed: 0, ms: 0 }, batchRange, remainingBindings: remaining };
 }
 
 // ---- orchestration -----------------------------------------------------------------------------
@@ -277,9 +250,8 @@ export async function runScale(opts: ScaleOptions): Promise<ScaleResult> {
     copyFileSync(db, copy);
     const sl = await child<{ start: StartMeasure; lookups: LookupMeasure }>(['--phase', 'lookups', '--db', db, '--bindings', String(opts.bindings), '--lookups', String(opts.lookups)]);
     log(`scale: start ${sl.start.totalMs.toFixed(0)} ms; ${opts.lookups.toLocaleString('en-US')} lookups p50 ${sl.lookups.us.p50.toFixed(1)} µs p99 ${sl.lookups.us.p99.toFixed(1)} µs max ${sl.lookups.us.max.toFixed(0)} µs; RSS ${sl.lookups.rssMb} MB`);
-    const batches = [opts.batch, ...SWEEP_BATCHES.filter((b) => b !== opts.batch)];
-    const sweep = await child<SweepMeasure>(['--phase', 'sweep', '--db', db, '--now', String(sweepAt), '--batch', batches.join(',')]);
-    log(`scale: sweep of ${sweep.removed.toLocaleString('en-US')} expired in ${sweep.calls} calls (${(sweep.totalMs / 1000).toFixed(1)} s): ${sweep.batches.map((b) => `batch ${b.batch} max ${b.ms.max.toFixed(1)} ms (${b.usPerRow.toFixed(1)} µs/row)`).join(', ')}; last call (${sweep.lastCall.removed} rows) ${sweep.lastCall.ms.toFixed(1)} ms`);
+    const sweep = await child<SweepMeasure>(['--phase', 'sweep', '--db', db, '--now', String(sweepAt)]);
+    log(`scale: sweep of ${sweep.removed.toLocaleString('en-US')} expired in ${sweep.calls} steps (${(sweep.totalMs / 1000).toFixed(1)} s): step p50 ${sweep.callMs.p50.toFixed(1)} ms, p99 ${sweep.callMs.p99.toFixed(1)} ms, max ${sweep.callMs.max.toFixed(1)} ms; first step ${sweep.firstCall.removed} rows in ${sweep.firstCall.ms.toFixed(1)} ms; batches ${sweep.batchRange.min}–${sweep.batchRange.max}`);
     const startWithExpired = await child<StartMeasure>(['--phase', 'start', '--db', copy, '--now', String(sweepAt)]);
     log(`scale: start with ${(opts.expiredFraction * 100).toFixed(0)}% expired ${startWithExpired.totalMs.toFixed(0)} ms (then a background sweep of ${startWithExpired.purged.toLocaleString('en-US')} in ${startWithExpired.purgeMs.toFixed(0)} ms)`);
     return {
@@ -309,7 +281,6 @@ async function main(): Promise<void> {
       bindings: { type: 'string', default: '1000000' },
       lookups: { type: 'string', default: '100000' },
       expired: { type: 'string', default: '0.1' },
-      batch: { type: 'string', default: '2000' },
       t0: { type: 'string' },
       now: { type: 'string' },
       keep: { type: 'boolean', default: false },
@@ -324,15 +295,14 @@ async function main(): Promise<void> {
   const db = values.db ?? '';
   switch (values.phase) {
     case 'fill': out(phaseFill(db, num(values.bindings, 'bindings'), num(values.expired, 'expired'), num(values.t0, 't0'))); return;
-    case 'lookups': out(phaseStartAndLookups(db, num(values.bindings, 'bindings'), num(values.lookups, 'lookups'))); return;
-    case 'sweep': out(phaseSweep(db, num(values.now, 'now'), (values.batch ?? '2000').split(',').map((b) => num(b, 'batch')))); return;
-    case 'start': out(measureStart(db, num(values.now, 'now'))); return;
+    case 'lookups': out(await phaseStartAndLookups(db, num(values.bindings, 'bindings'), num(values.lookups, 'lookups'))); return;
+    case 'sweep': out(await phaseSweep(db, num(values.now, 'now'))); return;
+    case 'start': out(await measureStart(db, num(values.now, 'now'))); return;
     case undefined: {
       const result = await runScale({
         bindings: num(values.bindings, 'bindings'),
         lookups: num(values.lookups, 'lookups'),
         expiredFraction: num(values.expired, 'expired'),
-        batch: num(values.batch, 'batch'),
         keep: values.keep,
       });
       out(result);

@@ -9,8 +9,8 @@ import { isMainThread, parentPort, Worker, workerData } from 'node:worker_thread
 import type { Binding } from './registration.js';
 
 const SQL_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'sql');
-/** Rows deleted per sweep transaction: about 4 ms at 1M bindings, so a sweep never holds up SIP for long (bench/scale.ts). */
-export const PURGE_BATCH = 100;
+/** Rows per purge transaction when the caller sets no batch (midreg's sweep sizes its own by time: lib/expiry-sweep.ts). */
+const PURGE_BATCH = 100;
 
 interface BindingRow {
   aor: string;
@@ -109,8 +109,19 @@ export interface OpenOptions {
 
 /** How often the checkpoint thread copies the WAL back into the database file. */
 export const CHECKPOINT_INTERVAL_MS = 200;
+/** How soon the next checkpoint runs after one that found new frames to copy. */
+const CHECKPOINT_CATCH_UP_MS = 20;
 /** After a checkpoint the WAL is rewound, not shrunk; past this size it is truncated. */
 const WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024;
+/**
+ * Only a writer rewinds the WAL, and only when a checkpoint has caught up with every frame. The
+ * checkpoint thread never catches up while REGISTERs keep coming (each pass ends with two fsyncs),
+ * and the WAL grew by about 20 KB per REGISTER without bound: half a gigabyte in 12 s at 2,000/s.
+ * So the writer still checkpoints itself once the WAL holds this many pages (64 MiB): by then the
+ * thread has copied all but its last interval's frames, so the inline pass copies little, though
+ * it pays the two fsyncs (10 to 20 ms on the bench's disk) once per 64 MiB written.
+ */
+const WAL_INLINE_CHECKPOINT_PAGES = 16_384;
 
 const CHECKPOINTER_ROLE = 'midreg-checkpointer';
 /** States of the word the main thread and the checkpoint thread share. */
@@ -123,14 +134,16 @@ type CheckpointReport = { ok: true; walFrames: number; copied: number; ms: numbe
 
 /**
  * The checkpoint thread. SQLite's automatic checkpoint runs inside the COMMIT that crosses 1000
- * WAL pages: on the one thread that also answers SIP, it cost every REGISTER about 40 µs on
- * average and one in a hundred 3 to 14 ms (bench/results). Here a PASSIVE checkpoint, which
- * never blocks the writer (https://sqlite.org/wal.html#checkpointing), runs on its own thread.
+ * WAL pages: on the one thread that also answers SIP, one REGISTER in about two hundred waited
+ * 15 to 20 ms for it, most of that two fsyncs (bench/results). Here a PASSIVE checkpoint, which
+ * never blocks the writer (https://sqlite.org/wal.html#checkpointing), runs on its own thread and
+ * copies nearly everything; the writer finishes the job rarely (WAL_INLINE_CHECKPOINT_PAGES).
  * The connection is opened per checkpoint so that an idle thread holds nothing that would stop
  * the main connection from leaving WAL mode on close.
  */
 function runCheckpointer(data: CheckpointerData): void {
   const state = new Int32Array(data.state);
+  let lastCopied = -1;
   const tick = (): void => {
     if (Atomics.compareExchange(state, 0, CHECKPOINT_IDLE, CHECKPOINT_BUSY) !== CHECKPOINT_IDLE) return;
     let report: CheckpointReport;
@@ -152,7 +165,11 @@ function runCheckpointer(data: CheckpointerData): void {
       Atomics.notify(state, 0);
     }
     parentPort?.postMessage(report);
-    setTimeout(tick, data.intervalMs);
+    // While the writer keeps adding frames, come back soon: the less is left uncopied, the less
+    // the writer's own rare checkpoint (WAL_INLINE_CHECKPOINT_PAGES) has to copy.
+    const advanced = report.ok && report.copied !== lastCopied && report.copied > 0;
+    lastCopied = report.ok ? report.copied : lastCopied;
+    setTimeout(tick, advanced ? CHECKPOINT_CATCH_UP_MS : data.intervalMs);
   };
   setTimeout(tick, data.intervalMs);
 }
@@ -256,7 +273,7 @@ export class LocationStore {
       if (this.db.open) this.db.pragma('wal_autocheckpoint = 1000');
       this.reportCheckpoint({ ok: false, error: `checkpoint thread failed, checkpointing inline: ${err.message}` });
     });
-    this.db.pragma('wal_autocheckpoint = 0');
+    this.db.pragma(`wal_autocheckpoint = ${WAL_INLINE_CHECKPOINT_PAGES}`);
     this.checkpointer = { worker, state };
   }
 
