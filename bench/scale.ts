@@ -9,8 +9,8 @@
 //   - start with that share expired (not waited for: the start-up sweep runs in the background)
 //
 // Time is simulated so that nothing is expired "now" and the expiring share is expired at
-// S = T0 + 2 h. SQLite's automatic WAL checkpoint runs as in midreg, inside whichever step's
-// COMMIT crosses 1000 pages: a step's time includes it when it falls there, as it would in midreg.
+// S = T0 + 2 h. The store checkpoints as in midreg (its thread, and the writer's own pass when the
+// WAL reaches 64 MiB): a step's time includes that pass when it falls there, as it would in midreg.
 //
 //   node dist/bench/scale.js [--bindings 1000000] [--lookups 100000] [--expired 0.1]
 import { execFile } from 'node:child_process';

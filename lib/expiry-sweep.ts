@@ -44,7 +44,7 @@ export class ExpirySweeper {
     const { removed, emptiedAors } = this.store.purgeExpiredBatch(now, batch);
     const ms = this.clock() - started;
     const done = removed < batch;
-    // A short batch ran out of rows: its time says nothing about a full one.
+    // A short batch ran out of rows, so it only ever shrinks the next one (when it was slow).
     if (!done) this.batch = nextBatchSize(batch, ms, this.budgetMs);
     else if (ms > this.budgetMs * TARGET_SHARE) this.batch = nextBatchSize(Math.max(removed, 1), ms, this.budgetMs);
     return { removed, emptiedAors, ms, batch, done };
