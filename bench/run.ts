@@ -333,19 +333,27 @@ async function waitForQuiet(maxWaitMs = 15_000): Promise<number> {
 // ---- sweeps ------------------------------------------------------------------------------------
 
 async function registerMessageUsers(ctx: RunContext, sys: RunningSystem, msg: MessageSetup): Promise<string | undefined> {
-  const receivers = await runLoad({
-    scenario: join(SIPP_DIR, 'register.xml'), target: sys.target, localPort: msg.uasPort, rate: 500, calls: RECEIVERS, limit: 500,
-    vars: { prefix: 'openrcv', domain: DOMAIN, expires: '300' }, dir: join(ctx.workDir, sys.id, `receivers-${Date.now()}`), recvTimeoutMs: 4000,
-  });
-  const sender = await runLoad({
-    scenario: join(SIPP_DIR, 'register.xml'), target: sys.target, localPort: msg.senderPort, rate: 10, calls: 1, limit: 1,
-    vars: { prefix: 'opensender', domain: DOMAIN, expires: '300' }, dir: join(ctx.workDir, sys.id, `sender-${Date.now()}`), recvTimeoutMs: 4000,
-  });
-  msg.registeredAt = Date.now();
-  if (receivers.successful < RECEIVERS || sender.successful < 1) {
-    return `registering the MESSAGE users failed: ${receivers.successful}/${RECEIVERS} receivers, ${sender.successful}/1 sender (${[...describeFailure(receivers), ...describeFailure(sender)].join('; ')})`;
+  // This runs right after the REGISTER overload step, whose retransmissions and upstream
+  // timeouts take seconds to die out: registering into that measured the last step, not this
+  // one. So wait for the machine to be quiet, and register again once if some still failed,
+  // as a real UA would after its Retry-After (REGISTER is idempotent).
+  let failure: string | undefined;
+  for (let attempt = 1; attempt <= 2; attempt++) {
+    await waitForQuiet();
+    const receivers = await runLoad({
+      scenario: join(SIPP_DIR, 'register.xml'), target: sys.target, localPort: msg.uasPort, rate: 500, calls: RECEIVERS, limit: 500,
+      vars: { prefix: 'openrcv', domain: DOMAIN, expires: '300' }, dir: join(ctx.workDir, sys.id, `receivers-${Date.now()}`), recvTimeoutMs: 4000,
+    });
+    const sender = await runLoad({
+      scenario: join(SIPP_DIR, 'register.xml'), target: sys.target, localPort: msg.senderPort, rate: 10, calls: 1, limit: 1,
+      vars: { prefix: 'opensender', domain: DOMAIN, expires: '300' }, dir: join(ctx.workDir, sys.id, `sender-${Date.now()}`), recvTimeoutMs: 4000,
+    });
+    msg.registeredAt = Date.now();
+    if (receivers.successful === RECEIVERS && sender.successful === 1) return undefined;
+    failure = `registering the MESSAGE users failed${attempt > 1 ? ' twice' : ''}: ${receivers.successful}/${RECEIVERS} receivers, ${sender.successful}/1 sender (${[...describeFailure(receivers), ...describeFailure(sender)].join('; ')})`;
+    ctx.log(`  ${failure}${attempt === 1 ? ' — registering them again' : ''}`);
   }
-  return undefined;
+  return failure;
 }
 
 async function prepareMessage(ctx: RunContext, sys: RunningSystem): Promise<{ setup: MessageSetup } | { skip: string }> {

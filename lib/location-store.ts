@@ -9,8 +9,6 @@ import { isMainThread, parentPort, Worker, workerData } from 'node:worker_thread
 import type { Binding } from './registration.js';
 
 const SQL_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'sql');
-/** Rows per purge transaction when the caller sets no batch (midreg's sweep sizes its own by time: lib/expiry-sweep.ts). */
-const PURGE_BATCH = 100;
 
 interface BindingRow {
   aor: string;
@@ -224,7 +222,7 @@ type Statements = ReturnType<typeof prepareStatements>;
 export class LocationStore {
   private db!: Database.Database;
   private stmt!: Statements;
-  private replaceTx!: (aor: string, rows: BindingRow[]) => void;
+  private replaceTx!: (aor: string, rows: BindingRow[], stored: readonly string[] | undefined) => void;
   private purgeTx!: (now: number, limit: number) => { removed: number; emptiedAors: number };
 
   private checkpointer: { worker: Worker; state: Int32Array } | undefined;
@@ -326,10 +324,10 @@ export class LocationStore {
     this.db = db;
     const stmt = prepareStatements(db);
     this.stmt = stmt;
-    this.replaceTx = db.transaction((aor: string, rows: BindingRow[]) => {
+    this.replaceTx = db.transaction((aor: string, rows: BindingRow[], stored: readonly string[] | undefined) => {
       // Only what changed is written: each page touched is one more 4 KiB frame in the WAL.
       const kept = new Set(rows.map((row) => row.contact));
-      for (const { contact } of stmt.contactsOf.all(aor)) if (!kept.has(contact)) stmt.deleteBinding.run(aor, contact);
+      for (const contact of stored ?? stmt.contactsOf.all(aor).map((row) => row.contact)) if (!kept.has(contact)) stmt.deleteBinding.run(aor, contact);
       for (const row of rows) if (stmt.update.run(row).changes === 0) stmt.insert.run(row);
     });
     this.purgeTx = db.transaction((now: number, limit: number) => {
@@ -379,11 +377,15 @@ export class LocationStore {
     return this.stmt.bindingsOf.all(aor).map(fromRow);
   }
 
-  /** Replace the AoR's bindings with exactly `bindings`, in one transaction. */
-  replaceAor(aor: string, bindings: Binding[]): void {
-    const stray = bindings.find((b) => b.aor !== aor);
+  /**
+   * Replace the AoR's bindings with exactly `bindings`, in one transaction. `stored` may name the
+   * contacts `bindingsOf(aor)` returned earlier in the same synchronous turn (nothing can have
+   * written in between), which spares reading them again.
+   */
+  replaceAor(aor: string, bindings: Binding[], stored?: readonly Binding[]): void {
+    const stray = bindings.find((b) => b.aor !== aor) ?? stored?.find((b) => b.aor !== aor);
     if (stray) throw new StoreError(`binding of ${stray.aor} given for ${aor}`);
-    this.replaceTx(aor, bindings.map(toRow));
+    this.replaceTx(aor, bindings.map(toRow), stored?.map((b) => b.contact));
   }
 
   /** Bindings still live at `now`, highest q first. */
@@ -421,23 +423,12 @@ export class LocationStore {
     return this.stmt.countLive.get(now) ?? { bindings: 0, aors: 0 };
   }
 
-  /** Delete up to `limit` expired bindings; returns how many went. Small batches keep each call short. */
-  purgeExpired(now: number, limit = PURGE_BATCH): number {
-    let removed = 0;
-    for (let batch = Math.min(limit, PURGE_BATCH); removed < limit; ) {
-      const step = this.purgeExpiredBatch(now, Math.min(batch, limit - removed)).removed;
-      removed += step;
-      if (step < batch) break;
-    }
-    return removed;
-  }
-
   /**
    * Delete up to `limit` expired bindings in one transaction and say how many AoRs that left
    * empty, so callers keep their counts without a COUNT over the table. Fewer than `limit`
    * removed means nothing is left to sweep.
    */
-  purgeExpiredBatch(now: number, limit = PURGE_BATCH): { removed: number; emptiedAors: number } {
+  purgeExpiredBatch(now: number, limit: number): { removed: number; emptiedAors: number } {
     return this.purgeTx(now, limit);
   }
 

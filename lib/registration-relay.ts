@@ -6,7 +6,7 @@ import type { LocationStore } from './location-store.js';
 import type { Logger } from './logger.js';
 import { RegisterSequence } from './register-sequence.js';
 import { limitPlan, planReplicaUpdate, type RegisterAttempt, type ReplicaLimits, type ReplicaPlan } from './registration.js';
-import { parseUri, SipParseError, type RequestHandler, type SipRequest, type SipResponder } from './sip/drachtio.js';
+import { parseUri, SipParseError, type RequestHandler, type SipRequest, type SipResponder, type SipUri } from './sip/drachtio.js';
 import { askUpstream, nextMaxForwards, replyHeaders, upstreamHeaders, type RequestSender, type UpstreamTarget } from './upstream.js';
 
 export type ReplicaStore = Pick<LocationStore, 'bindingsOf' | 'replaceAor'>;
@@ -40,8 +40,7 @@ type Refusal = { status: number; reason: string; why: string };
 
 type Validated = { kind: 'relay'; attempt: RegisterAttempt; maxForwards: number } | ({ kind: 'refuse' } & Refusal);
 
-function validate(req: SipRequest): Validated {
-  const ruri = parseUri(req.uri);
+function validate(req: SipRequest, ruri: SipUri | undefined): Validated {
   if (!ruri) return { kind: 'refuse', status: 400, reason: 'Bad Request-URI', why: 'unparsable Request-URI' };
   const maxForwards = nextMaxForwards(req.header('Max-Forwards'));
   if (maxForwards.kind === 'too-many-hops') return { kind: 'refuse', status: 483, reason: 'Too Many Hops', why: 'Max-Forwards is 0' };
@@ -130,7 +129,7 @@ export function createRegisterHandler(deps: RegistrationRelayDeps): RequestHandl
       refuse(req, res, { status: 403, reason: 'Domain Not Served', why: `domain ${ruri.host} is not served` });
       return;
     }
-    const checked = validate(req);
+    const checked = validate(req, ruri);
     if (checked.kind === 'refuse') { refuse(req, res, checked); return; }
     const { attempt } = checked;
 
@@ -184,7 +183,7 @@ export function createRegisterHandler(deps: RegistrationRelayDeps): RequestHandl
         } else {
           if (bounded.kind === 'trimmed') limited = { why: `more than ${deps.limits.maxBindingsPerAor} bindings (MIDREG_MAX_BINDINGS_PER_AOR)`, dropped: bounded.dropped };
           plan = bounded.plan;
-          deps.store.replaceAor(plan.aor, plan.bindings);
+          deps.store.replaceAor(plan.aor, plan.bindings, state.bindings);
           sequence.record(attempt.aor, attempt.callId, attempt.cseq, now);
           deps.counters.bindings += plan.bindings.length - state.bindings.length;
           deps.counters.aors += (plan.bindings.length > 0 ? 1 : 0) - (hadBindings ? 1 : 0);

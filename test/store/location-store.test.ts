@@ -50,6 +50,11 @@ describe('location store on a SQLite file', () => {
     store.replaceAor(aor, [binding(aor, 'sip:b1@h', now + 1000), binding(aor, 'sip:b2@h', now + 1000)]);
     store.replaceAor(aor, [binding(aor, 'sip:b2@h', now + 5000)]);
     assert.deepEqual(store.liveBindings(aor, now).map((b) => [b.contact, b.expiresAt]), [['sip:b2@h', now + 5000]]);
+    // The relay hands over what it just read instead of letting the store read it again.
+    store.replaceAor(aor, [binding(aor, 'sip:b3@h', now + 5000)], store.bindingsOf(aor));
+    assert.deepEqual(store.bindingsOf(aor).map((b) => b.contact), ['sip:b3@h'], 'the binding the registrar dropped is gone');
+    assert.throws(() => store.replaceAor(aor, [], [binding('sip:eve@example.test', 'sip:e@h', now)]), /binding of sip:eve@example.test/);
+    assert.deepEqual(store.bindingsOf(aor).map((b) => b.contact), ['sip:b3@h'], 'a refused call changes nothing');
     store.close();
   });
 
@@ -62,11 +67,15 @@ describe('location store on a SQLite file', () => {
     }
     assert.deepEqual(store.liveBindings('sip:u0@example.test', now), []);
     assert.equal(store.counts(now).bindings, 5);
-    assert.equal(store.purgeExpired(now, 8), 8);
-    assert.equal(store.purgeExpired(now, 8), 8);
-    assert.equal(store.purgeExpired(now, 8), 4);
-    assert.equal(store.purgeExpired(now, 8), 0);
+    assert.deepEqual(store.purgeExpiredBatch(now, 8), { removed: 8, emptiedAors: 8 });
+    assert.deepEqual(store.purgeExpiredBatch(now, 8), { removed: 8, emptiedAors: 8 });
+    assert.deepEqual(store.purgeExpiredBatch(now, 8), { removed: 4, emptiedAors: 4 });
+    assert.deepEqual(store.purgeExpiredBatch(now, 8), { removed: 0, emptiedAors: 0 });
     assert.equal(store.counts(now).bindings, 5);
+    const two = 'sip:two@example.test';
+    store.replaceAor(two, [binding(two, 'sip:old@h', now - 1), binding(two, 'sip:new@h', now + 60_000)]);
+    assert.deepEqual(store.purgeExpiredBatch(now, 8), { removed: 1, emptiedAors: 0 }, 'an AoR with a live binding left is not emptied');
+    assert.deepEqual(store.bindingsOf(two).map((b) => b.contact), ['sip:new@h']);
     store.close();
   });
 
@@ -78,7 +87,7 @@ describe('location store on a SQLite file', () => {
     first.close();
     const later = now + 1000;
     const second = new LocationStore(file);
-    assert.equal(second.purgeExpired(later, Number.MAX_SAFE_INTEGER), 1);
+    assert.equal(second.purgeExpiredBatch(later, 1000).removed, 1);
     assert.deepEqual(second.bindingsOf('sip:c@example.test'), []);
     second.close();
   });
