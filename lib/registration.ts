@@ -161,13 +161,13 @@ export function planReplicaUpdate(
     }
   }
 
-  const bindings = [...next.values()];
+  const kept = [...next];
   return {
     kind: 'save',
     aor: attempt.aor,
-    bindings,
-    added: bindings.filter((b) => !existing.has(contactKey(b.contact))).map((b) => b.contact),
-    refreshed: bindings.filter((b) => existing.has(contactKey(b.contact))).map((b) => b.contact),
+    bindings: kept.map(([, b]) => b),
+    added: kept.filter(([key]) => !existing.has(key)).map(([, b]) => b.contact),
+    refreshed: kept.filter(([key]) => existing.has(key)).map(([, b]) => b.contact),
     removed: [...existing].filter(([key]) => !next.has(key)).map(([, b]) => b.contact),
   };
 }
