@@ -49,14 +49,17 @@ export function bindingView(b: Binding, now: number): BindingView {
 export function aorLookupKey(input: string): string {
   let text = input.trim();
   if (text.startsWith('<') && text.endsWith('>')) text = text.slice(1, -1);
-  text = text.toLowerCase();
-  return /^(sips?|tel):/.test(text) ? text : `sip:${text}`;
+  return withScheme(text.toLowerCase());
 }
 
 /** What an `aor` search matches: AoRs starting with it, `sip:` assumed when no scheme is given. */
 export function aorSearchPrefix(input: string): string {
   const text = input.trim().toLowerCase();
-  if (text === '') return '';
+  return text === '' ? '' : withScheme(text);
+}
+
+/** An operator's AoR (lower-cased already) with `sip:` added unless it names its scheme. */
+function withScheme(text: string): string {
   return /^(sips?|tel):/.test(text) ? text : `sip:${text}`;
 }
 

@@ -2,11 +2,10 @@
 import { canonicalAor } from './aor.js';
 import type { LocationStore } from './location-store.js';
 import type { Logger } from './logger.js';
+import type { MessageOutcome } from './metrics.js';
 import { branchFor, chooseFinal, classifySender, locate, type Branch } from './routing.js';
 import { parseUri, type RequestHandler, type SipReply, type SipRequest } from './sip/drachtio.js';
 import { askUpstream, nextMaxForwards, outboundBytes, replyHeaders, upstreamHeaders, type RequestSender, type UpstreamOutcome, type UpstreamTarget } from './upstream.js';
-
-export type MessageOutcome = 'delivered' | 'not_found' | 'forbidden' | 'too_large' | 'failed' | 'relayed';
 
 export interface MessageRouterDeps {
   sender: RequestSender;

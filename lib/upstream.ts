@@ -1,6 +1,6 @@
 // Talking to the main registrar/platform: which headers cross in each direction, and a bounded
 // wait for its answer (drachtio-server's own timer F can leave a transaction unsettled).
-import { MAX_APP_MESSAGE_BYTES, type OutboundRequest, type SipReply } from './sip/drachtio.js';
+import { headerAndBodyBytes, MAX_APP_MESSAGE_BYTES, type OutboundRequest, type SipReply } from './sip/drachtio.js';
 
 export interface UpstreamTarget {
   /** Next hop for everything relayed upstream, as a SIP URI. */
@@ -8,12 +8,9 @@ export interface UpstreamTarget {
   timeoutMs: number;
 }
 
-
-/** The size of the request drachtio-server would be handed, in bytes. */
+/** The size of the request drachtio-server would be handed, in bytes (200 for the start line, Via and Max-Forwards it adds). */
 export function outboundBytes(out: OutboundRequest): number {
-  let bytes = out.method.length + out.uri.length + 200 + (out.nextHop?.length ?? 0);
-  for (const [name, value] of Object.entries(out.headers)) bytes += name.length + Buffer.byteLength(value, 'utf8') + 4;
-  return bytes + Buffer.byteLength(out.body ?? '', 'utf8');
+  return out.method.length + out.uri.length + 200 + (out.nextHop?.length ?? 0) + headerAndBodyBytes(out.headers, out.body);
 }
 
 export type UpstreamOutcome =

@@ -78,6 +78,13 @@ const KNOWN_STATUS = sipStatus as unknown as Record<number, string>;
  */
 export const MAX_APP_MESSAGE_BYTES = 11_000;
 
+/** Bytes the header fields and body add to a message midreg hands drachtio-server ("name: value\r\n" each). */
+export function headerAndBodyBytes(headers: Record<string, string>, body: string | undefined): number {
+  let bytes = Buffer.byteLength(body ?? '', 'utf8');
+  for (const [name, value] of Object.entries(headers)) bytes += name.length + Buffer.byteLength(value, 'utf8') + 4;
+  return bytes;
+}
+
 // ---- the typed surface the rest of midreg sees ------------------------------------------------
 
 export interface SipUri {
@@ -272,9 +279,7 @@ function wrapResponder(res: RawServerResponse): SipResponder {
       const payload: { headers?: Record<string, string>; body?: string } = {};
       if (opts.headers) payload.headers = opts.headers;
       if (opts.body) payload.body = opts.body;
-      const bytes = Object.entries(opts.headers ?? {}).reduce((n, [k, v]) => n + k.length + Buffer.byteLength(v, 'utf8') + 4, 0)
-        + Buffer.byteLength(opts.body ?? '', 'utf8');
-      if (bytes > MAX_APP_MESSAGE_BYTES) {
+      if (headerAndBodyBytes(opts.headers ?? {}, opts.body) > MAX_APP_MESSAGE_BYTES) {
         res.send(500, 'Response Too Large To Relay', {});
         return;
       }
