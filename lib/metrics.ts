@@ -19,7 +19,7 @@ export interface MetricsSnapshot {
 }
 
 export interface MetricsOptions {
-  /** Live bindings and AoRs in the replica; called once per scrape. */
+  /** Bindings and AoRs in the replica (the writers' counters); called once per scrape. */
   registrations: () => { bindings: number; aors: number };
   now?: () => number;
 }
@@ -60,8 +60,8 @@ export class Metrics {
     });
     this.messageTotal = new Counter({ name: 'midreg_message_total', help: 'MESSAGE requests handled, by outcome', labelNames: ['outcome'] as const, registers });
     this.replicaFailures = new Counter({ name: 'midreg_replica_write_failures_total', help: 'Registrar 2xx replies that could not be written to the replica', registers });
-    this.bindingsGauge = new Gauge({ name: 'midreg_bindings', help: 'Live bindings in the replica', registers });
-    this.aorsGauge = new Gauge({ name: 'midreg_aors', help: 'AoRs with at least one live binding in the replica', registers });
+    this.bindingsGauge = new Gauge({ name: 'midreg_bindings', help: 'Bindings in the replica (an expired one counts until the next expiry sweep)', registers });
+    this.aorsGauge = new Gauge({ name: 'midreg_aors', help: 'AoRs with at least one binding in the replica (likewise)', registers });
     this.drachtioGauge = new Gauge({ name: 'midreg_drachtio_connected', help: '1 while connected to drachtio-server, else 0', registers });
     collectDefaultMetrics({ register: this.registry });
 
