@@ -80,7 +80,7 @@ const SETTINGS = {
   rateLimitPerSec: { env: 'MIDREG_RATE_LIMIT', schema: z.coerce.number().min(0).max(1_000_000).default(20) },
   rateLimitBurst: { env: 'MIDREG_RATE_BURST', schema: z.coerce.number().int().min(1).max(1_000_000).default(40) },
   maxInFlight: { env: 'MIDREG_MAX_IN_FLIGHT', schema: z.coerce.number().int().min(0).max(1_000_000).default(2000) },
-  overloadQueueMs: { env: 'MIDREG_OVERLOAD_QUEUE_MS', schema: z.coerce.number().int().min(0).max(10_000).default(50) },
+  overloadQueueMs: { env: 'MIDREG_OVERLOAD_QUEUE_MS', schema: z.coerce.number().int().min(0).max(10_000).default(0) },
   maxBindingsPerAor: { env: 'MIDREG_MAX_BINDINGS_PER_AOR', schema: z.coerce.number().int().min(1).max(10_000).default(32) },
   maxAors: { env: 'MIDREG_MAX_AORS', schema: z.coerce.number().int().min(1).max(100_000_000).default(5_000_000) },
   stopTimeoutMs: { env: 'MIDREG_STOP_TIMEOUT_MS', schema: z.coerce.number().int().min(0).max(60_000).default(5000) },

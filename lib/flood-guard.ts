@@ -6,12 +6,19 @@
 //
 // Overload is a standing queue, not a busy moment. A fixed cap on transactions in flight cannot
 // tell them apart: 256 in flight is a 130 ms hiccup at 2,000 REGISTER/s, which a healthy system
-// rides out, and the bench saw midreg shed hundreds of requests at rates it sustains. So, as
-// CoDel does for packets (RFC 8289 §3), the guard watches the *shortest* time a transaction took
-// over each interval: one slow UA or registrar branch cannot raise it, a queue in front of every
-// transaction does. While it stays above the target, midreg admits only as many transactions as
-// the recent throughput drains within the target (Little's law) and sheds the rest. The
-// absolute cap stays, as a bound on memory.
+// rides out. So, as CoDel does for packets (RFC 8289 §3), the guard watches the *shortest* time a
+// transaction took over each interval: one slow UA or registrar branch cannot raise it, a queue
+// in front of every transaction does. That shortest time is compared with the shortest seen over
+// the last few seconds (the baseline), not with zero: a registrar 150 ms away is a round trip,
+// not a queue, and reading its distance as one made the guard shed steadily at any load. While
+// the queue (shortest minus baseline) stays above the target, midreg admits only as many
+// transactions as the recent throughput drains in baseline plus target (Little's law) and sheds
+// the rest. A queue that stands longer than the baseline window becomes the baseline, so
+// shedding cannot outlast it either. The absolute cap stays, as a bound on memory.
+//
+// Off by default (MIDREG_OVERLOAD_QUEUE_MS=0): on the bench the queue forms in drachtio-server,
+// whose thread a 503 from node relieves only half as much as it costs, and shedding completed
+// fewer requests than not shedding (README, Performance).
 
 export interface FloodGuardOptions {
   /** Sustained requests per second allowed from one source IP (0 disables the per-source limit). */
@@ -24,6 +31,8 @@ export interface FloodGuardOptions {
   queueTargetMs?: number;
   /** The interval over which the fastest transaction is taken (default 100 ms). */
   queueIntervalMs?: number;
+  /** The baseline is the shortest of the fastest transactions of the last this-many-ms worth of busy intervals (default 10 s). */
+  baselineWindowMs?: number;
   /** Sources never limited (the platform). */
   exempt: (address: string, port: number) => boolean;
   /** How many source buckets are kept at most; the least recently seen go first. */
@@ -48,10 +57,14 @@ export class FloodGuard {
   private window = { start: 0, fastestMs: Infinity, completed: 0 };
   /** While a standing queue is seen: how many may be in flight; undefined when there is none. */
   private queueLimit: number | undefined;
+  /** The fastest transaction of each of the last intervals (Infinity: none completed), oldest overwritten first. */
+  private readonly recentFastest: Float64Array;
+  private recentIndex = 0;
 
   constructor(private readonly opts: FloodGuardOptions, private readonly clock: () => number = Date.now) {
     this.maxTracked = opts.maxTrackedSources ?? 100_000;
     this.intervalMs = opts.queueIntervalMs ?? 100;
+    this.recentFastest = new Float64Array(Math.max(1, Math.ceil((opts.baselineWindowMs ?? 10_000) / this.intervalMs))).fill(Infinity);
     this.window.start = clock();
   }
 
@@ -98,11 +111,19 @@ export class FloodGuard {
     if (target <= 0 || now - this.window.start < this.intervalMs) return;
     const { fastestMs, completed } = this.window;
     const elapsed = now - this.window.start;
+    // The current interval counts towards its own baseline, so a first interval, or a registrar
+    // that was always this far away, never reads as a queue.
+    if (completed >= MIN_EVIDENCE) {
+      this.recentFastest[this.recentIndex] = fastestMs;
+      this.recentIndex = (this.recentIndex + 1) % this.recentFastest.length;
+    }
+    let baselineMs = Infinity;
+    for (const ms of this.recentFastest) if (ms < baselineMs) baselineMs = ms;
     // Each interval decides afresh. Too few completions say nothing about a queue (an idle
     // interval, one slow UA, or everything shed): then nothing is shed, so shedding can never
     // outlive the evidence for it.
-    this.queueLimit = completed >= MIN_EVIDENCE && fastestMs > target
-      ? Math.max(MIN_EVIDENCE, Math.floor((completed / elapsed) * target))
+    this.queueLimit = completed >= MIN_EVIDENCE && fastestMs - baselineMs > target
+      ? Math.max(MIN_EVIDENCE, Math.floor((completed / elapsed) * (baselineMs + target)))
       : undefined;
     this.window = { start: now, fastestMs: Infinity, completed: 0 };
   }

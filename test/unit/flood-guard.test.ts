@@ -56,46 +56,62 @@ describe('flood guard', () => {
     assert.equal(guard.queued, false);
   });
 
-  it('sheds while a queue stands in front of every transaction, and stops once it drains', () => {
-    let now = 0;
-    const guard = new FloodGuard({ perSourceRate: 0, perSourceBurst: 1, maxInFlight: 0, queueTargetMs: 50, exempt: () => false }, () => now);
-    // 200 requests a second arrive, each answered 300 ms later: a standing queue.
-    const pending: { at: number; release: () => void }[] = [];
+  /** 200 requests a second for `ms`, each answered `latencyMs` after it was admitted; what each got. */
+  const drive = (guard: FloodGuard, clock: { now: number }, pending: { at: number; release: () => void }[], ms: number, latencyMs: number): string[] => {
     const statuses: string[] = [];
-    for (let t = 0; t < 1000; t += 5) {
-      now = t;
-      while (pending.length > 0 && (pending[0]?.at ?? Infinity) <= now) pending.shift()?.release();
+    for (const end = clock.now + ms; clock.now < end; clock.now += 5) {
+      while (pending.length > 0 && (pending[0]?.at ?? Infinity) <= clock.now) pending.shift()?.release();
       const a = guard.admit('198.51.100.1', 1);
       statuses.push(a.kind === 'admit' ? 'admit' : a.why);
-      if (a.kind === 'admit') pending.push({ at: now + 300, release: a.release });
+      if (a.kind === 'admit') pending.push({ at: clock.now + latencyMs, release: a.release });
     }
+    return statuses;
+  };
+
+  it('sheds while a queue stands in front of every transaction, and stops once it drains', () => {
+    const clock = { now: 0 };
+    const guard = new FloodGuard({ perSourceRate: 0, perSourceBurst: 1, maxInFlight: 0, queueTargetMs: 50, exempt: () => false }, () => clock.now);
+    const pending: { at: number; release: () => void }[] = [];
+    assert.ok(drive(guard, clock, pending, 1000, 2).every((s) => s === 'admit'), 'a registrar 2 ms away: nothing shed');
+    // Then every transaction waits 300 ms: a queue has formed in front of all of them.
+    const statuses = drive(guard, clock, pending, 1000, 300);
+    assert.ok(statuses.slice(0, 60).every((s) => s === 'admit'), 'not before a slow transaction has completed');
     assert.ok(statuses.slice(100).includes('queue'), 'sheds once the queue has stood for an interval');
-    assert.ok(statuses.slice(0, 60).every((s) => s === 'admit'), 'not before any transaction has completed');
     assert.ok(guard.active <= 80, `in flight bounded by the throughput the target allows (${guard.active})`);
     // The registrar is fast again: the queue drains and admission resumes.
-    now += 400;
+    clock.now += 400;
     while (pending.length > 0) pending.shift()?.release();
-    for (let i = 0; i < 30; i++) {
-      now += 5;
-      const a = guard.admit('198.51.100.1', 1);
-      if (a.kind === 'admit') { now += 1; a.release(); }
-    }
+    assert.ok(drive(guard, clock, pending, 300, 1).slice(-20).every((s) => s === 'admit'), 'admits again');
     assert.equal(guard.queued, false, 'no queue any more');
-    assert.equal(guard.admit('198.51.100.1', 1).kind, 'admit');
+  });
+
+  it('does not read a far registrar as a queue: a steady 150 ms round trip sheds nothing', () => {
+    const clock = { now: 0 };
+    const guard = new FloodGuard({ perSourceRate: 0, perSourceBurst: 1, maxInFlight: 0, queueTargetMs: 50, exempt: () => false }, () => clock.now);
+    const statuses = drive(guard, clock, [], 5000, 150);
+    assert.deepEqual([...new Set(statuses)], ['admit'], 'all 1,000 admitted');
+    assert.equal(guard.queued, false);
   });
 
   it('never keeps shedding without evidence: transactions stuck in flight do not lock admission', () => {
     let now = 0;
     const guard = new FloodGuard({ perSourceRate: 0, perSourceBurst: 1, maxInFlight: 0, queueTargetMs: 50, exempt: () => false }, () => now);
-    // A burst of slow transactions sets the limit…
+    // An interval of fast transactions sets the baseline…
+    for (let i = 0; i < 20; i++) {
+      const a = guard.admit('198.51.100.1', 1);
+      now += 1;
+      if (a.kind === 'admit') a.release();
+    }
+    now = 100;
+    // …a burst of slow transactions sets the limit…
     const slow = Array.from({ length: 40 }, () => guard.admit('198.51.100.1', 1));
-    now = 300;
+    now = 400;
     for (const a of slow.slice(0, 20)) if (a.kind === 'admit') a.release();
-    now = 401;
+    now = 501;
     assert.equal(guard.queued, true);
     // …then the other 20 hang (a registrar that never answers) and new requests are shed. One
     // interval later there is no evidence of a queue any more, and requests get in again.
-    now = 520;
+    now = 620;
     assert.equal(guard.admit('198.51.100.1', 1).kind, 'admit');
     assert.equal(guard.active, 21);
   });
