@@ -49,6 +49,10 @@ const HELP = `usage: npm run bench -- [options]
   --scale-bindings <n>    replica size for the scale part (default 1000000, quick 100000)
   --drachtio-loglevel <l> override drachtio.conf.xml's <loglevel> (as shipped: info, which logs every SIP message)
   --midreg-log-level <l>  MIDREG_LOG_LEVEL for midreg (default info, as shipped)
+  --upstream-transport <t> tcp (default) | udp: how midreg and the drachtio references reach their
+                          registrar (the Kamailio peer stays on UDP); over UDP drachtio-server's
+                          socket drops the registrar's replies in bursts (README, finding D4)
+  --midreg-env <K=V>      extra environment for midreg, e.g. MIDREG_OVERLOAD_QUEUE_MS=0 (repeatable)
   --profile               always capture midreg CPU profiles (default: only when a target is missed)
   --keep                  keep the work dir (logs, sipp statistics)
   --help`;
@@ -62,6 +66,8 @@ interface Options {
   scaleBindings: number;
   drachtioLoglevel: string | undefined;
   midregLogLevel: string;
+  upstreamTransport: 'udp' | 'tcp';
+  midregEnv: Record<string, string>;
   profile: boolean;
   keep: boolean;
 }
@@ -78,6 +84,8 @@ function parseOptions(argv: string[]): Options {
       'scale-bindings': { type: 'string' },
       'drachtio-loglevel': { type: 'string' },
       'midreg-log-level': { type: 'string', default: 'info' },
+      'upstream-transport': { type: 'string', default: 'tcp' },
+      'midreg-env': { type: 'string', multiple: true },
       profile: { type: 'boolean', default: false },
       keep: { type: 'boolean', default: false },
       help: { type: 'boolean', default: false },
@@ -102,6 +110,14 @@ function parseOptions(argv: string[]): Options {
   const rates = values.rates
     ? numbers(values.rates, '--rates').sort((a, b) => a - b)
     : quick ? [500, 1000, 2000, 3000, 4500, 6500] : [500, 1000, 1500, 2000, 2500, 3000, 4000, 5000, 6500, 8000, 10000];
+  const upstreamTransport = values['upstream-transport'];
+  if (upstreamTransport !== 'udp' && upstreamTransport !== 'tcp') throw new Error(`--upstream-transport: "${upstreamTransport}" is neither udp nor tcp`);
+  const midregEnv: Record<string, string> = {};
+  for (const pair of values['midreg-env'] ?? []) {
+    const m = /^([A-Z][A-Z0-9_]*)=(.*)$/.exec(pair);
+    if (!m?.[1] || m[2] === undefined) throw new Error(`--midreg-env: "${pair}" is not NAME=value`);
+    midregEnv[m[1]] = m[2];
+  }
   const [stepSec] = numbers(values['step-seconds'] ?? (quick ? '2.5' : '3'), '--step-seconds');
   const [scaleBindings] = numbers(values['scale-bindings'] ?? (quick ? '100000' : '1000000'), '--scale-bindings');
   return {
@@ -113,9 +129,16 @@ function parseOptions(argv: string[]): Options {
     scaleBindings: Math.round(scaleBindings ?? 1_000_000),
     drachtioLoglevel: values['drachtio-loglevel'],
     midregLogLevel: values['midreg-log-level'],
+    upstreamTransport,
+    midregEnv,
     profile: values.profile,
     keep: values.keep,
   };
+}
+
+function envText(env: Record<string, string>): string {
+  const pairs = Object.entries(env).map(([k, v]) => `${k}=${v}`);
+  return pairs.length > 0 ? `; midreg with ${pairs.join(' ')}` : '';
 }
 
 // ---- records -----------------------------------------------------------------------------------
@@ -670,7 +693,7 @@ async function main(): Promise<void> {
     git: version('git', ['-C', REPO_ROOT, 'describe', '--always', '--dirty']),
   };
   log(`midreg bench ${stamp}: ${meta.host.cpus} × ${meta.host.model}, load average ${meta.host.loadavg.map((l) => l.toFixed(2)).join(' ')}; node ${meta.node}, drachtio ${meta.drachtio}, ${meta.kamailio.replace(/^version: /, '')}, ${meta.sipp}`);
-  log(`options: ${opts.quick ? 'quick, ' : ''}${[...opts.only].join('+')}, systems ${opts.systems.join(',')}, rates ${opts.rates.join(',')}/s, ${opts.stepSec} s per step, drachtio loglevel ${opts.drachtioLoglevel ?? 'as shipped'}, midreg log level ${opts.midregLogLevel}; work dir ${workDir}`);
+  log(`options: ${opts.quick ? 'quick, ' : ''}${[...opts.only].join('+')}, systems ${opts.systems.join(',')}, rates ${opts.rates.join(',')}/s, ${opts.stepSec} s per step, drachtio loglevel ${opts.drachtioLoglevel ?? 'as shipped'}, midreg log level ${opts.midregLogLevel}, upstream over ${opts.upstreamTransport}${envText(opts.midregEnv)}; work dir ${workDir}`);
 
   const sweeps: SweepRecord[] = [];
   const profiles: ProfileSummary[] = [];
@@ -688,7 +711,7 @@ async function main(): Promise<void> {
         log(`\n== ${SYSTEM_LABELS[id]}  [${clock()}]`);
         let sys: RunningSystem | undefined;
         try {
-          sys = await startSystem(id, { workDir, midregLogLevel: opts.midregLogLevel, ...(opts.drachtioLoglevel ? { drachtioLoglevel: opts.drachtioLoglevel } : {}) });
+          sys = await startSystem(id, { workDir, midregLogLevel: opts.midregLogLevel, upstreamTransport: opts.upstreamTransport, midregEnv: opts.midregEnv, ...(opts.drachtioLoglevel ? { drachtioLoglevel: opts.drachtioLoglevel } : {}) });
           running.add(sys);
           for (const kind of sipKinds) {
             const rec = await sweep(ctx, sys, kind);
@@ -752,7 +775,7 @@ async function main(): Promise<void> {
     '',
     `${meta.host.cpus} × ${meta.host.model} · node ${meta.node} · drachtio ${meta.drachtio} · ${meta.kamailio.replace(/^version: /, '')} · ${meta.sipp} · git ${meta.git}`,
     '',
-    `Options: ${opts.quick ? '--quick, ' : ''}${[...opts.only].join('+')}; rates ${opts.rates.join(', ')}/s, ${opts.stepSec} s per step; drachtio loglevel ${opts.drachtioLoglevel ?? 'as shipped (drachtio.conf.xml)'}; midreg log level ${opts.midregLogLevel}. Took ${(durationSec / 60).toFixed(1)} min.`,
+    `Options: ${opts.quick ? '--quick, ' : ''}${[...opts.only].join('+')}; rates ${opts.rates.join(', ')}/s, ${opts.stepSec} s per step; drachtio loglevel ${opts.drachtioLoglevel ?? 'as shipped (drachtio.conf.xml)'}; midreg log level ${opts.midregLogLevel}; registrar reached over ${opts.upstreamTransport.toUpperCase()} by the drachtio systems${envText(opts.midregEnv)}. Took ${(durationSec / 60).toFixed(1)} min.`,
     '',
     ...tables.flatMap(markdownTable),
     ...(profiles.length > 0 ? ['### midreg CPU profiles', '', '```', ...profiles.flatMap((p) => formatProfile(p, 'midreg CPU profile')), '```', ''] : []),

@@ -28,6 +28,10 @@ export interface SystemOptions {
   /** Overrides drachtio.conf.xml's <loglevel> (undefined: as shipped). */
   drachtioLoglevel?: string;
   midregLogLevel: string;
+  /** How the drachtio systems reach their registrar (the Kamailio peer stays on UDP). */
+  upstreamTransport: 'udp' | 'tcp';
+  /** Extra environment for midreg (a setting under test, e.g. MIDREG_OVERLOAD_QUEUE_MS=0). */
+  midregEnv: Record<string, string>;
 }
 
 export interface RunningSystem {
@@ -49,13 +53,13 @@ export async function startSystem(id: SystemId, opts: SystemOptions): Promise<Ru
   const dir = join(opts.workDir, id);
   mkdirSync(join(dir, 'reg'), { recursive: true });
   const registrar = await startKamailio(join(dir, 'reg'), { cfg: KAMAILIO_CFG, name: 'kamailio-registrar', tcp: true });
-  const upstream = `sip:127.0.0.1:${registrar.port}`;
+  const udpUpstream = `sip:127.0.0.1:${registrar.port}`;
   const started: Service[] = [registrar];
   try {
     if (id === 'kamailio') {
       mkdirSync(join(dir, 'peer'), { recursive: true });
       const peer = await startKamailio(join(dir, 'peer'), {
-        cfg: join(BENCH_DIR, 'kamailio-peer.cfg'), name: 'kamailio-peer', defines: [`UPSTREAM="${upstream}"`],
+        cfg: join(BENCH_DIR, 'kamailio-peer.cfg'), name: 'kamailio-peer', defines: [`UPSTREAM="${udpUpstream}"`],
       });
       started.push(peer);
       return {
@@ -66,6 +70,7 @@ export async function startSystem(id: SystemId, opts: SystemOptions): Promise<Ru
       };
     }
 
+    const upstream = opts.upstreamTransport === 'tcp' ? `${udpUpstream};transport=tcp` : udpUpstream;
     const drachtio: DrachtioService = await startDrachtio(dir, opts.drachtioLoglevel ? { loglevel: opts.drachtioLoglevel } : {});
     started.push(drachtio);
     const launch = async (cpuProfile?: { dir: string; name: string }): Promise<Service> => {
@@ -86,6 +91,7 @@ export async function startSystem(id: SystemId, opts: SystemOptions): Promise<Ru
             // every bench UA is on 127.0.0.1: trusted, so MESSAGE senders need no registration
             // and the per-source flood guard does not shed the load generator
             MIDREG_TRUSTED_PEERS: '127.0.0.1',
+            ...opts.midregEnv,
           },
         });
       }
