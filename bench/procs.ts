@@ -206,7 +206,7 @@ export async function startMidreg(opts: NodeAppOptions & { logName?: string }): 
     logFile: join(opts.workDir, opts.logName ?? 'midreg.log'),
   });
   // The line is logged at info; at warn or error the caller's REGISTER probe is the only sign.
-  if (!['warn', 'error'].includes(opts.env?.['MIDREG_LOG_LEVEL'] ?? 'info')) await svc.waitForLog(/connected to drachtio-server/, 15_000);
+  if (!['warn', 'error'].includes(opts.env['MIDREG_LOG_LEVEL'] ?? 'info')) await svc.waitForLog(/connected to drachtio-server/, 15_000);
   return svc;
 }
 
