@@ -181,15 +181,18 @@ function prepareStatements(db: Database.Database) {
     bindingsOf: db.prepare<[string], BindingRow>('SELECT * FROM binding WHERE aor = ? ORDER BY contact'),
     liveOf: db.prepare<[string, number], BindingRow>(
       'SELECT * FROM binding WHERE aor = ? AND expires_at > ? ORDER BY q DESC NULLS LAST, updated_at DESC'),
-    insert: db.prepare<BindingRow>(`INSERT INTO binding (aor, contact, expires_at, q, instance, reg_id, path,
+    // One statement for a new binding and a refresh. On a refresh the row is rewritten in place:
+    // the contact index is left alone, only the expiry index moves. Against UPDATE-then-INSERT
+    // it spares each new binding a search of the primary key that finds nothing.
+    upsert: db.prepare<BindingRow>(`INSERT INTO binding (aor, contact, expires_at, q, instance, reg_id, path,
       call_id, cseq, user_agent, source_address, source_port, transport, registered_at, updated_at)
       VALUES (@aor, @contact, @expires_at, @q, @instance, @reg_id, @path, @call_id, @cseq, @user_agent,
-      @source_address, @source_port, @transport, @registered_at, @updated_at)`),
-    // A refresh rewrites the row in place: the contact index is left alone, only the expiry index moves.
-    update: db.prepare<BindingRow>(`UPDATE binding SET expires_at = @expires_at, q = @q, instance = @instance, reg_id = @reg_id,
-      path = @path, call_id = @call_id, cseq = @cseq, user_agent = @user_agent, source_address = @source_address,
-      source_port = @source_port, transport = @transport, registered_at = @registered_at, updated_at = @updated_at
-      WHERE aor = @aor AND contact = @contact`),
+      @source_address, @source_port, @transport, @registered_at, @updated_at)
+      ON CONFLICT (aor, contact) DO UPDATE SET expires_at = excluded.expires_at, q = excluded.q,
+      instance = excluded.instance, reg_id = excluded.reg_id, path = excluded.path, call_id = excluded.call_id,
+      cseq = excluded.cseq, user_agent = excluded.user_agent, source_address = excluded.source_address,
+      source_port = excluded.source_port, transport = excluded.transport, registered_at = excluded.registered_at,
+      updated_at = excluded.updated_at`),
     contactsOf: db.prepare<[string], { contact: string }>('SELECT contact FROM binding WHERE aor = ?'),
     expiredBatch: db.prepare<[number, number], { aor: string; contact: string }>(
       'SELECT aor, contact FROM binding WHERE expires_at <= ? LIMIT ?'),
@@ -328,7 +331,7 @@ export class LocationStore {
       // Only what changed is written: each page touched is one more 4 KiB frame in the WAL.
       const kept = new Set(rows.map((row) => row.contact));
       for (const contact of stored ?? stmt.contactsOf.all(aor).map((row) => row.contact)) if (!kept.has(contact)) stmt.deleteBinding.run(aor, contact);
-      for (const row of rows) if (stmt.update.run(row).changes === 0) stmt.insert.run(row);
+      for (const row of rows) stmt.upsert.run(row);
     });
     this.purgeTx = db.transaction((now: number, limit: number) => {
       const expired = stmt.expiredBatch.all(now, limit);
