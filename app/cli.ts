@@ -166,7 +166,8 @@ export function formatStats(stats: ServiceStats, source: string): string {
     ['service', source],
     ['started at', `${stats.started_at} (up ${duration(stats.uptime_seconds)})`],
     ['drachtio-server', stats.drachtio],
-    ['bindings', `${stats.bindings} live, ${stats.aors} AoR${stats.aors === 1 ? '' : 's'}`],
+    // The service counts what the replica stores; an expired binding stays until the next sweep.
+    ['bindings', `${stats.bindings} stored, ${stats.aors} AoR${stats.aors === 1 ? '' : 's'}`],
     ['REGISTER answered', tally(stats.register)],
     ['MESSAGE', tally(stats.message)],
     ['replica write failures', String(stats.replica_write_failures)],

@@ -171,7 +171,7 @@ describe('midreg CLI', () => {
       const text = await midreg(['stats', '--url', url, '--token', token]);
       assert.equal(text.code, 0, text.stderr);
       assert.match(text.stdout, /^drachtio-server\s+connected$/m);
-      assert.match(text.stdout, new RegExp(`^bindings\\s+${LIVE_BINDINGS} live, ${LIVE_AORS} AoRs$`, 'm'));
+      assert.match(text.stdout, new RegExp(`^bindings\\s+${LIVE_BINDINGS} stored, ${LIVE_AORS} AoRs$`, 'm'));
       assert.match(text.stdout, /^REGISTER answered\s+2xx 1, 3xx 0, 4xx 2, 5xx 0, 6xx 0$/m);
       assert.match(text.stdout, /^MESSAGE\s+delivered 1, not_found 0/m);
 
