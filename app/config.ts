@@ -27,7 +27,7 @@ export interface Config {
   rateLimitBurst: number;
   /** REGISTER+MESSAGE transactions in flight at once before 503 (0 = unlimited). */
   maxInFlight: number;
-  /** Shed load while even the fastest REGISTER/MESSAGE of each 100 ms took longer than this (0 = off). */
+  /** Shed load while even the fastest REGISTER/MESSAGE of each 100 ms took this much longer than the fastest of the last 10 s (0 = off). */
   overloadQueueMs: number;
   maxBindingsPerAor: number;
   maxAors: number;

@@ -27,7 +27,7 @@ export interface FloodGuardOptions {
   perSourceBurst: number;
   /** Transactions waiting on the upstream or a UA at once (0 disables the cap). */
   maxInFlight: number;
-  /** Shed when even the fastest transaction of an interval took longer than this (0 disables). */
+  /** Shed when even the fastest transaction of an interval took this much longer than the baseline (0 disables). */
   queueTargetMs?: number;
   /** The interval over which the fastest transaction is taken (default 100 ms). */
   queueIntervalMs?: number;
