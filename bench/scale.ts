@@ -97,7 +97,7 @@ export function aorOf(i: number): string {
 
 const AGENTS = ['Yealink SIP-T46S 66.86.0.15', 'Linphone/5.2.0 (belle-sip/5.2.0)', 'PolycomVVX-VVX_411-UA/6.4.3.5018', 'Zoiper rv2.10.19.5'];
 
-function makeBinding(i: number, t0: number, expiring: boolean, rand: () => number): { binding: Binding; at: number } {
+function makeBinding(i: number, t0: number, expiring: boolean, rand: () => number): Binding {
   const sweepAt = t0 + 2 * HOUR;
   const expiresAt = expiring
     ? t0 + HOUR + Math.floor(rand() * HOUR) // expired by S, live now
@@ -109,22 +109,19 @@ function makeBinding(i: number, t0: number, expiring: boolean, rand: () => numbe
   const port = 1024 + (i % 60000);
   const withInstance = i % 3 === 0;
   return {
-    at,
-    binding: {
-      aor: aorOf(i),
-      contact: `sip:${user}@198.51.${a}.${b}:${port};transport=udp${withInstance ? ';ob' : ''}`,
-      expiresAt,
-      q: i % 5 === 0 ? 0.5 : null,
-      instance: withInstance ? `"<urn:uuid:${(i * 2654435761 >>> 0).toString(16).padStart(8, '0')}-7dcc-4b30-9b8a-1d3c6f2a${String(i % 10000).padStart(4, '0')}>"` : null,
-      regId: withInstance ? 1 : null,
-      path: i % 2 === 0 ? '<sip:edge1.example.net;lr>' : null,
-      callId: `${(i * 40503 >>> 0).toString(36)}-${i.toString(36)}@198.51.${a}.${b}`,
-      cseq: 1 + (i % 97),
-      userAgent: AGENTS[i % AGENTS.length] ?? null,
-      source: { address: `203.0.${a}.${b}`, port, transport: 'udp' },
-      registeredAt: at,
-      updatedAt: at,
-    },
+    aor: aorOf(i),
+    contact: `sip:${user}@198.51.${a}.${b}:${port};transport=udp${withInstance ? ';ob' : ''}`,
+    expiresAt,
+    q: i % 5 === 0 ? 0.5 : null,
+    instance: withInstance ? `"<urn:uuid:${(i * 2654435761 >>> 0).toString(16).padStart(8, '0')}-7dcc-4b30-9b8a-1d3c6f2a${String(i % 10000).padStart(4, '0')}>"` : null,
+    regId: withInstance ? 1 : null,
+    path: i % 2 === 0 ? '<sip:edge1.example.net;lr>' : null,
+    callId: `${(i * 40503 >>> 0).toString(36)}-${i.toString(36)}@198.51.${a}.${b}`,
+    cseq: 1 + (i % 97),
+    userAgent: AGENTS[i % AGENTS.length] ?? null,
+    source: { address: `203.0.${a}.${b}`, port, transport: 'udp' },
+    registeredAt: at,
+    updatedAt: at,
   };
 }
 
@@ -148,7 +145,7 @@ function phaseFill(db: string, n: number, expiredFraction: number, t0: number): 
   const every = expiredFraction > 0 ? Math.round(1 / expiredFraction) : 0;
   const started = process.hrtime.bigint();
   for (let i = 0; i < n; i++) {
-    const { binding } = makeBinding(i, t0, every > 0 && i % every === 0, rand);
+    const binding = makeBinding(i, t0, every > 0 && i % every === 0, rand);
     store.replaceAor(binding.aor, [binding]);
   }
   const fillSec = ms(started) / 1000;
