@@ -14,7 +14,7 @@
 //
 //   node dist/bench/scale.js [--bindings 1000000] [--lookups 100000] [--expired 0.1]
 import { execFile } from 'node:child_process';
-import { copyFileSync, existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -61,6 +61,11 @@ export interface SweepMeasure {
   firstCall: { batch: number; removed: number; ms: number };
   /** Smallest and largest batch the sweeper chose. */
   batchRange: { min: number; max: number };
+  /**
+   * The slowest step, split (Linux) into the thread's time on a CPU and its time runnable but
+   * waiting for one: SIP waits for both, only the first is the sweep's own work.
+   */
+  worstStep: { ms: number; batch: number; cpuMs?: number; waitMs?: number };
   remainingBindings: number;
 }
 
@@ -192,29 +197,62 @@ async function phaseStartAndLookups(db: string, n: number, lookups: number): Pro
   return { start, lookups: { us: quantiles(times), found, rssMb: mb(mem.rss), heapMb: mb(mem.heapUsed) } };
 }
 
+/** This thread's time on a CPU and time runnable but not running so far, in ms (undefined off Linux). */
+function threadSchedMs(): { cpuMs: number; waitMs: number } | undefined {
+  try {
+    const [cpuNs, waitNs] = readFileSync('/proc/thread-self/schedstat', 'utf8').split(' ').map(Number);
+    return cpuNs === undefined || waitNs === undefined ? undefined : { cpuMs: cpuNs / 1e6, waitMs: waitNs / 1e6 };
+  } catch {
+    return undefined;
+  }
+}
+
 async function phaseSweep(db: string, now: number): Promise<SweepMeasure> {
   const store = new LocationStore(db);
   const times: number[] = [];
   let firstCall: SweepMeasure['firstCall'] | undefined;
   const batchRange = { min: FIRST_BATCH, max: FIRST_BATCH };
+  let worstStep: SweepMeasure['worstStep'] = { ms: 0, batch: 0 };
+  // The split is read just around the transaction, inside the time the sweeper measures.
+  let lastSplit: { cpuMs: number; waitMs: number } | undefined;
+  const splitStore: Pick<LocationStore, 'purgeExpiredBatch'> = {
+    purgeExpiredBatch: (at, limit) => {
+      const before = threadSchedMs();
+      const result = store.purgeExpiredBatch(at, limit);
+      const after = threadSchedMs();
+      lastSplit = before && after ? { cpuMs: after.cpuMs - before.cpuMs, waitMs: after.waitMs - before.waitMs } : undefined;
+      return result;
+    },
+  };
   const started = process.hrtime.bigint();
   // As app/service.ts runs it: steps paced SWEEP_PAUSE_MS apart, each timed.
-  const removed = await sweepExpired(new ExpirySweeper(store), {
+  const removed = await sweepExpired(new ExpirySweeper(splitStore), {
     now: () => now,
     onStep: (step) => {
       times.push(step.ms);
       firstCall ??= { batch: step.batch, removed: step.removed, ms: step.ms };
       batchRange.min = Math.min(batchRange.min, step.batch);
       batchRange.max = Math.max(batchRange.max, step.batch);
+      if (step.ms > worstStep.ms) worstStep = { ms: step.ms, batch: step.batch, ...lastSplit };
     },
   });
   const totalMs = ms(started);
   const remaining = store.counts(0).bindings;
   store.close();
-  return { calls: times.length, removed, totalMs, callMs: quantiles(times), firstCall: firstCall ?? { batch: 0, removed: 0, ms: 0 }, batchRange, remainingBindings: remaining };
+  return { calls: times.length, removed, totalMs, callMs: quantiles(times), firstCall: firstCall ?? { batch: 0, removed: 0, ms: 0 }, batchRange, worstStep, remainingBindings: remaining };
 }
 
 // ---- orchestration -----------------------------------------------------------------------------
+
+/**
+ * " (worst: 2.0 ms on a CPU, 3.6 ms waiting for one, 6.4 ms neither)" for the worst step, when the
+ * split was read; "neither" is the thread asleep in the kernel (I/O, writeback throttling, a lock).
+ */
+export function worstSplit(worst: SweepMeasure['worstStep']): string {
+  if (worst.cpuMs === undefined || worst.waitMs === undefined) return '';
+  const asleep = Math.max(0, worst.ms - worst.cpuMs - worst.waitMs);
+  return ` (worst: ${worst.cpuMs.toFixed(1)} ms on a CPU, ${worst.waitMs.toFixed(1)} ms waiting for one, ${asleep.toFixed(1)} ms neither)`;
+}
 
 const SELF = fileURLToPath(import.meta.url);
 
@@ -248,7 +286,7 @@ export async function runScale(opts: ScaleOptions): Promise<ScaleResult> {
     const sl = await child<{ start: StartMeasure; lookups: LookupMeasure }>(['--phase', 'lookups', '--db', db, '--bindings', String(opts.bindings), '--lookups', String(opts.lookups)]);
     log(`scale: start ${sl.start.totalMs.toFixed(0)} ms; ${opts.lookups.toLocaleString('en-US')} lookups p50 ${sl.lookups.us.p50.toFixed(1)} µs p99 ${sl.lookups.us.p99.toFixed(1)} µs max ${sl.lookups.us.max.toFixed(0)} µs; RSS ${sl.lookups.rssMb} MB`);
     const sweep = await child<SweepMeasure>(['--phase', 'sweep', '--db', db, '--now', String(sweepAt)]);
-    log(`scale: sweep of ${sweep.removed.toLocaleString('en-US')} expired in ${sweep.calls} steps (${(sweep.totalMs / 1000).toFixed(1)} s): step p50 ${sweep.callMs.p50.toFixed(1)} ms, p99 ${sweep.callMs.p99.toFixed(1)} ms, max ${sweep.callMs.max.toFixed(1)} ms; first step ${sweep.firstCall.removed} rows in ${sweep.firstCall.ms.toFixed(1)} ms; batches ${sweep.batchRange.min}–${sweep.batchRange.max}`);
+    log(`scale: sweep of ${sweep.removed.toLocaleString('en-US')} expired in ${sweep.calls} steps (${(sweep.totalMs / 1000).toFixed(1)} s): step p50 ${sweep.callMs.p50.toFixed(1)} ms, p99 ${sweep.callMs.p99.toFixed(1)} ms, max ${sweep.callMs.max.toFixed(1)} ms${worstSplit(sweep.worstStep)}; first step ${sweep.firstCall.removed} rows in ${sweep.firstCall.ms.toFixed(1)} ms; batches ${sweep.batchRange.min}–${sweep.batchRange.max}`);
     const startWithExpired = await child<StartMeasure>(['--phase', 'start', '--db', copy, '--now', String(sweepAt)]);
     log(`scale: start with ${(opts.expiredFraction * 100).toFixed(0)}% expired ${startWithExpired.totalMs.toFixed(0)} ms (then a background sweep of ${startWithExpired.purged.toLocaleString('en-US')} in ${startWithExpired.purgeMs.toFixed(0)} ms)`);
     return {

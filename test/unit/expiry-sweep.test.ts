@@ -28,7 +28,9 @@ describe('expiry sweep (batches sized by time, not by row count)', () => {
     // 16 rows in 40 ms (a cold cache): 2.5 ms per row, so one row more would already break 10 ms.
     assert.equal(nextBatchSize(16, 40), 1);
     const next = nextBatchSize(100, 20);
-    assert.ok(next * (20 / 100) <= SWEEP_BUDGET_MS / 2, `next batch ${next} stays well under the budget at the last cost per row`);
+    // A step's time on the clock also holds waits for a CPU that do not shrink with the batch
+    // (3 to 4.5 ms on the bench), so the work itself aims at a fifth of the budget.
+    assert.ok(next * (20 / 100) <= SWEEP_BUDGET_MS / 5, `next batch ${next} leaves room under the budget at the last cost per row`);
   });
 
   it('keeps every step under the budget when the first rows are cold and the rest warm', () => {
@@ -46,9 +48,9 @@ describe('expiry sweep (batches sized by time, not by row count)', () => {
     assert.equal(left(), 0, 'every expired row was reclaimed');
     const worst = Math.max(...steps.map((s) => s.ms));
     assert.ok(worst <= SWEEP_BUDGET_MS, `worst step ${worst.toFixed(1)} ms`);
-    // At 0.02 ms a row the batch settles near 200 rows (4 ms): 5000 rows take a few dozen steps, not 300 of 16.
-    assert.ok(steps.length < 60, `${steps.length} steps: batches grew once rows were cheap`);
-    assert.ok(Math.max(...steps.map((s) => s.batch)) > 100);
+    // At 0.02 ms a row the batch settles near 100 rows (2 ms): 5000 rows take a few dozen steps, not 300 of 16.
+    assert.ok(steps.length < 80, `${steps.length} steps: batches grew once rows were cheap`);
+    assert.ok(Math.max(...steps.map((s) => s.batch)) >= 90);
     assert.ok(steps.at(-1)!.removed < steps.at(-1)!.batch, 'the last step is the one that found fewer rows than asked');
   });
 
