@@ -119,6 +119,12 @@ describe('location store on a SQLite file', () => {
     // A pass that met the writer's own checkpoint reports -1 (busy): wait for one that copied.
     while ((store.lastCheckpoint?.copied ?? 0) <= 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     assert.ok((store.lastCheckpoint?.copied ?? 0) > 0, 'the checkpoint thread copied WAL frames back into the database');
+    // Once the writes stop, the thread catches up with every frame on its own: the database file
+    // holds everything and the next write can rewind the WAL.
+    const caughtUp = (): boolean => store.lastCheckpoint !== undefined && store.lastCheckpoint.walFrames > 0 && store.lastCheckpoint.copied === store.lastCheckpoint.walFrames;
+    const idleDeadline = Date.now() + 3000;
+    while (!caughtUp() && Date.now() < idleDeadline) await new Promise((r) => setTimeout(r, 50));
+    assert.ok(caughtUp(), `idle, the checkpoint caught up with the WAL: ${JSON.stringify(store.lastCheckpoint)}`);
     store.close();
     assert.equal(existsSync(`${file}-wal`), false, 'closed in rollback mode: no WAL left behind');
     const reopened = new LocationStore(file, { readonly: true });
