@@ -6,7 +6,8 @@ import tseslint from 'typescript-eslint';
 
 const DRACHTIO = { name: 'drachtio-srf', message: 'only lib/sip/drachtio.ts imports drachtio-srf (typed boundary)' };
 const SQLITE = { name: 'better-sqlite3', message: 'only lib/location-store.ts imports better-sqlite3' };
-const restrict = (...paths) => ({ 'no-restricted-imports': ['error', { paths }] });
+// `paths` matches the package name only; `patterns` also catches its files (drachtio-srf/lib/…).
+const restrict = (...paths) => ({ 'no-restricted-imports': ['error', { paths, patterns: paths.map(({ name, message }) => ({ group: [`${name}/*`], message })) }] });
 
 export default tseslint.config(
   { ignores: ['dist/**', 'node_modules/**'] },
