@@ -63,7 +63,8 @@ export interface SweepMeasure {
   batchRange: { min: number; max: number };
   /**
    * The slowest step, split (Linux) into the thread's time on a CPU and its time runnable but
-   * waiting for one: SIP waits for both, only the first is the sweep's own work.
+   * waiting for one; the rest of `ms` it was asleep in the kernel. SIP waits for all of it, only
+   * the time on a CPU is the sweep's own work.
    */
   worstStep: { ms: number; batch: number; cpuMs?: number; waitMs?: number };
   remainingBindings: number;
