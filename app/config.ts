@@ -2,7 +2,9 @@
 // once at start. A bad value stops start-up with one line per problem naming the setting.
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
+import { isIP } from 'node:net';
 import { isLoopback } from '../lib/admin.js';
+import { isIpLiteral } from '../lib/own-address.js';
 
 export interface Config {
   drachtio: { host: string; port: number; secret: string };
@@ -38,7 +40,7 @@ export interface Config {
 }
 
 /** Each setting: its environment variable, its key in the JSON file, and its rule. */
-const SETTINGS = {
+export const SETTINGS = {
   drachtioHost: { env: 'DRACHTIO_HOST', schema: z.string().min(1).default('127.0.0.1') },
   drachtioPort: { env: 'DRACHTIO_PORT', schema: z.coerce.number().int().min(1).max(65535).default(9022) },
   drachtioSecret: { env: 'DRACHTIO_SECRET', schema: z.string({ error: 'is required' }).min(1, 'is required') },
@@ -50,8 +52,12 @@ const SETTINGS = {
   domains: {
     env: 'MIDREG_DOMAINS',
     schema: z.union([z.string(), z.array(z.string())], { error: 'is required (comma-separated SIP domains)' })
-      .transform((v) => (Array.isArray(v) ? v : v.split(',')).map((d) => d.trim().toLowerCase()).filter((d) => d !== ''))
-      .pipe(z.array(z.string().regex(/^[a-z0-9.-]+$|^\[[0-9a-f:]+\]$/, 'must be host names or IP addresses')).min(1, 'must name at least one domain')),
+      .transform((v) => (Array.isArray(v) ? v : v.split(',')).map((d) => servedDomain(d.trim().toLowerCase())).filter((d) => d !== ''))
+      .pipe(z.array(z.string().refine((d) => /^[a-z0-9.-]+$/.test(d) || isIpLiteral(d), {
+        error: (issue) => (/^[^[\]]*:\d+$|\]:\d+$/.test(String(issue.input))
+          ? `"${String(issue.input)}": give the domain without a port (a phone provisioned by IP writes midreg's address as the domain: list that address)`
+          : `"${String(issue.input)}" is neither a host name nor an IP address (IPv6 may be written in brackets)`),
+      })).min(1, 'must name at least one domain')),
   },
   dbFile: { env: 'MIDREG_DB', schema: z.string().min(1).default('./data/midreg.sqlite') },
   logLevel: { env: 'MIDREG_LOG_LEVEL', schema: z.enum(['error', 'warn', 'info', 'debug']).default('info') },
@@ -91,6 +97,9 @@ const SETTINGS = {
 
 type SettingKey = keyof typeof SETTINGS;
 
+/** The variable naming the optional JSON file the settings are read from (under the environment). */
+export const CONFIG_FILE_ENV = 'MIDREG_CONFIG';
+
 export class ConfigError extends Error {
   constructor(readonly problems: string[]) {
     super(`invalid configuration:\n${problems.map((p) => `  - ${p}`).join('\n')}`);
@@ -101,7 +110,7 @@ export class ConfigError extends Error {
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const problems: string[] = [];
   let fileValues: Record<string, unknown> = {};
-  const configFile = env['MIDREG_CONFIG'];
+  const configFile = env[CONFIG_FILE_ENV];
   if (configFile) {
     try {
       const parsed: unknown = JSON.parse(readFileSync(configFile, 'utf8'));
@@ -158,6 +167,14 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     stopTimeoutMs: v.stopTimeoutMs,
     admin: { port: v.adminPort, host: v.adminHost, token: v.adminToken },
   };
+}
+
+/**
+ * A served domain as Request-URIs write it: an IPv6 address in brackets (RFC 3261 §19.1.1,
+ * `IPv6reference`), so `2001:db8::5` and `[2001:db8::5]` are the same domain.
+ */
+function servedDomain(entry: string): string {
+  return isIP(entry) === 6 ? `[${entry}]` : entry;
 }
 
 /**

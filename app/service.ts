@@ -83,6 +83,7 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
     store,
     upstream,
     domains: config.domains,
+    sipAddresses: () => engine.sipAddresses,
     pathUri: () => (config.addPath ? config.pathUri ?? pathUriFrom(engine.sipAddresses) : undefined),
     logger,
     limits: { maxBindingsPerAor: config.maxBindingsPerAor, maxAors: config.maxAors },
@@ -95,6 +96,7 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
     store,
     upstream,
     domains: config.domains,
+    sipAddresses: () => engine.sipAddresses,
     trustedPeers: config.trustedPeers,
     noBindingStatus: config.noBindingStatus,
     maxBodyBytes: config.maxMessageBytes,
@@ -107,7 +109,7 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
     domains: config.domains,
     trustedPeers: config.trustedPeers,
     noBindingStatus: config.noBindingStatus,
-    ownHosts: () => engine.sipAddresses.map((a) => a.replace(/^\w+\//, '').replace(/:\d+$/, '').toLowerCase()),
+    sipAddresses: () => engine.sipAddresses,
     logger,
   });
   for (const method of PROXIED_METHODS) engine.handle(method, proxy);

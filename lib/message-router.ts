@@ -3,6 +3,7 @@ import { canonicalAor } from './aor.js';
 import type { LocationStore } from './location-store.js';
 import type { Logger } from './logger.js';
 import type { MessageOutcome } from './metrics.js';
+import { namesMidreg, retargetToUpstream } from './own-address.js';
 import { branchFor, chooseFinal, classifySender, locate, type Branch } from './routing.js';
 import { parseUri, type RequestHandler, type SipReply, type SipRequest } from './sip/drachtio.js';
 import { askUpstream, nextMaxForwards, outboundBytes, replyHeaders, upstreamHeaders, type RequestSender, type UpstreamOutcome, type UpstreamTarget } from './upstream.js';
@@ -12,6 +13,8 @@ export interface MessageRouterDeps {
   store: Pick<LocationStore, 'liveBindings' | 'liveBindingsByContact' | 'isLiveSource'>;
   upstream: UpstreamTarget;
   domains: readonly string[];
+  /** drachtio-server's SIP addresses as announced (`udp/127.0.0.1:5060`); [] until connected. */
+  sipAddresses(): readonly string[];
   trustedPeers: readonly string[];
   /** 404 (default) or 480 (RFC 3261 §21.4.18: known user, no current location). */
   noBindingStatus: 404 | 480;
@@ -82,12 +85,17 @@ export function createMessageHandler(deps: MessageRouterDeps): RequestHandler {
       return;
     }
     if (target.kind === 'upstream') {
+      // Not a served AoR: the platform decides. A Request-URI naming midreg itself (a phone
+      // provisioned by IP writing to a user of a domain midreg does not serve) gets the
+      // registrar's address with the user kept (lib/own-address.ts); drachtio-server would refuse it.
+      const ruri = parseUri(req.uri);
+      const uri = ruri && namesMidreg(ruri, { sipAddresses: deps.sipAddresses(), domains: deps.domains }) ? retargetToUpstream(ruri, deps.upstream.uri) : req.uri;
       const outcome = await askUpstream(deps.sender, {
-        method: 'MESSAGE', uri: req.uri, headers: branchHeaders(req, hops.value, undefined), body: req.body, nextHop: deps.upstream.uri,
+        method: 'MESSAGE', uri, headers: branchHeaders(req, hops.value, undefined), body: req.body, nextHop: deps.upstream.uri,
       }, deps.upstream.timeoutMs, clock);
       const answered = answerFrom([outcome]);
       sendAnswer(res, answered);
-      finish('relayed', answered.status, { to: 'upstream' });
+      finish('relayed', answered.status, { to: 'upstream', ...(uri !== req.uri ? { upstreamRuri: uri } : {}) });
       return;
     }
 

@@ -4,6 +4,7 @@
 import { canonicalAor, isServedDomain } from './aor.js';
 import type { LocationStore } from './location-store.js';
 import type { Logger } from './logger.js';
+import { namesMidreg, ownHosts, retargetToUpstream } from './own-address.js';
 import { RegisterSequence } from './register-sequence.js';
 import { limitPlan, planReplicaUpdate, type RegisterAttempt, type ReplicaLimits, type ReplicaPlan } from './registration.js';
 import { parseUri, SipParseError, type RequestHandler, type SipRequest, type SipResponder, type SipUri } from './sip/drachtio.js';
@@ -26,6 +27,8 @@ export interface RegistrationRelayDeps extends RegisterEvents {
   store: ReplicaStore;
   upstream: UpstreamTarget;
   domains: readonly string[];
+  /** drachtio-server's SIP addresses as announced (`udp/127.0.0.1:5060`); [] until connected. */
+  sipAddresses(): readonly string[];
   /** Our Path URI, or undefined when Path is off or drachtio-server has not told us its address yet. */
   pathUri(): string | undefined;
   logger: Logger;
@@ -125,23 +128,34 @@ export function createRegisterHandler(deps: RegistrationRelayDeps): RequestHandl
 
   return async (req, res) => {
     const ruri = parseUri(req.uri);
+    const own = { sipAddresses: deps.sipAddresses(), domains: deps.domains };
     if (ruri && !isServedDomain(ruri.host, deps.domains)) {
-      refuse(req, res, { status: 403, reason: 'Domain Not Served', why: `domain ${ruri.host} is not served` });
+      const hint = ownHosts(own).includes(ruri.host.toLowerCase()) || ruri.host.toLowerCase() === 'localhost'
+        ? ` (it is midreg's own address: list ${ruri.host} in MIDREG_DOMAINS to serve phones provisioned by IP)` : '';
+      refuse(req, res, { status: 403, reason: 'Domain Not Served', why: `domain ${ruri.host} is not served${hint}` });
       return;
     }
     const checked = validate(req, ruri);
     if (checked.kind === 'refuse') { refuse(req, res, checked); return; }
     const { attempt } = checked;
+    // A phone provisioned by IP names midreg itself; the registrar gets its own URI instead
+    // (lib/own-address.ts). To, From, Call-ID, CSeq, Contact and Authorization stay as the phone
+    // sent them, so the AoR is unchanged and the digest `uri` still names what the phone signed.
+    const upstreamUri = ruri && namesMidreg(ruri, own) ? retargetToUpstream(ruri, deps.upstream.uri) : req.uri;
 
     const outcome = await askUpstream(deps.sender, {
       method: 'REGISTER',
-      uri: req.uri,
+      uri: upstreamUri,
       headers: upstreamHeaders(req.headers(), { maxForwards: checked.maxForwards, pathUri: deps.pathUri() }),
       body: req.body,
       nextHop: deps.upstream.uri,
     }, deps.upstream.timeoutMs, clock);
 
-    const base = { event: 'register', aor: attempt.aor, callId: attempt.callId, cseq: attempt.cseq, kind: registerKind(req, attempt.contacts), source: `${attempt.source.transport}:${attempt.source.address}:${attempt.source.port}` };
+    const base = {
+      event: 'register', aor: attempt.aor, callId: attempt.callId, cseq: attempt.cseq, kind: registerKind(req, attempt.contacts),
+      source: `${attempt.source.transport}:${attempt.source.address}:${attempt.source.port}`,
+      ...(upstreamUri !== req.uri ? { ruri: req.uri, upstreamRuri: upstreamUri } : {}),
+    };
 
     if (outcome.kind === 'too-large') {
       // RFC 3261 §21.5.9: 513 "the message length exceeded its capabilities".

@@ -3,8 +3,9 @@
 import { isServedDomain } from './aor.js';
 import type { LocationStore } from './location-store.js';
 import type { Logger } from './logger.js';
+import { namesMidreg, ownHosts, retargetToUpstream, type OwnAddresses } from './own-address.js';
 import { branchFor, isTrustedPeer, locate } from './routing.js';
-import { parseUri, type RequestHandler, type SipRequest } from './sip/drachtio.js';
+import { parseUri, type RequestHandler, type SipUri } from './sip/drachtio.js';
 import { nextMaxForwards } from './upstream.js';
 
 /** Methods proxied this way (drachtio-server handles ACK, CANCEL and in-dialog requests it record-routed). */
@@ -17,16 +18,16 @@ export interface RequestProxyDeps {
   domains: readonly string[];
   trustedPeers: readonly string[];
   noBindingStatus: 404 | 480;
-  /** SIP hosts of midreg itself (drachtio-server's addresses), for OPTIONS pings to it. */
-  ownHosts(): string[];
+  /** drachtio-server's SIP addresses as announced (`udp/127.0.0.1:5060`); [] until connected. */
+  sipAddresses(): readonly string[];
   logger: Logger;
   clock?: () => number;
 }
 
-function addressedToMidreg(req: SipRequest, deps: RequestProxyDeps): boolean {
-  const ruri = parseUri(req.uri);
+/** An OPTIONS ping to midreg itself: no user part, and a served domain or one of midreg's own hosts. */
+function pingsMidreg(ruri: SipUri | undefined, own: OwnAddresses): boolean {
   if (!ruri || ruri.user !== undefined) return false;
-  return isServedDomain(ruri.host, deps.domains) || deps.ownHosts().includes(ruri.host.toLowerCase());
+  return isServedDomain(ruri.host, own.domains) || ownHosts(own).includes(ruri.host.toLowerCase());
 }
 
 export function createProxyHandler(deps: RequestProxyDeps): RequestHandler {
@@ -35,8 +36,10 @@ export function createProxyHandler(deps: RequestProxyDeps): RequestHandler {
   return async (req, res) => {
     const source = `${req.source.transport}:${req.source.address}:${req.source.port}`;
     const base = { event: 'proxy', method: req.method, ruri: req.uri, callId: req.header('Call-ID'), source };
+    const ruri = parseUri(req.uri);
+    const own = { sipAddresses: deps.sipAddresses(), domains: deps.domains };
 
-    if (req.method === 'OPTIONS' && addressedToMidreg(req, deps)) {
+    if (req.method === 'OPTIONS' && pingsMidreg(ruri, own)) {
       res.send(200, { headers: { Allow: ALLOW, Accept: 'application/sdp, text/plain' } });
       log.info('OPTIONS answered', { ...base, status: 200 });
       return;
@@ -71,7 +74,10 @@ export function createProxyHandler(deps: RequestProxyDeps): RequestHandler {
       destination = branch.kind === 'send' ? branch.nextHop ?? branch.requestUri : branch.binding.contact;
       direction = 'to-user';
     } else {
-      destination = deps.upstreamUri;
+      // drachtio-server's proxy replaces a Request-URI that names itself by the destination, so
+      // for a phone provisioned by IP (`INVITE sip:1001@<midreg>`) the destination carries the
+      // user part: the platform gets `sip:1001@<registrar>` instead of a bare address (→ 404).
+      destination = ruri && namesMidreg(ruri, own) ? retargetToUpstream(ruri, deps.upstreamUri) : deps.upstreamUri;
       direction = 'to-platform';
     }
 

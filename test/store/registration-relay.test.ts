@@ -52,6 +52,7 @@ describe('REGISTER relay and the replica', () => {
       store,
       upstream: { uri: 'sip:127.0.0.1:5080', timeoutMs: 2000 },
       domains: ['example.test'],
+      sipAddresses: () => ['udp/127.0.0.1:5060'],
       pathUri: () => undefined,
       logger: createLogger({ level: 'error', format: 'json' }),
       limits: { maxBindingsPerAor: 32, maxAors: 1000 },
@@ -87,6 +88,7 @@ describe('REGISTER relay and the replica', () => {
       store,
       upstream: { uri: 'sip:127.0.0.1:5080', timeoutMs: 2000 },
       domains: ['example.test'],
+      sipAddresses: () => ['udp/127.0.0.1:5060'],
       pathUri: () => undefined,
       logger,
       limits: { maxBindingsPerAor: 32, maxAors: 1000 },
@@ -104,6 +106,52 @@ describe('REGISTER relay and the replica', () => {
       assert.deepEqual(after.liveBindings(AOR, Date.now()).map((b) => b.contact), ['sip:carol@192.0.2.7:5065']);
     } finally {
       after.close();
+    }
+  });
+
+  it('a phone provisioned by IP (REGISTER sip:<midreg>:<port>) is relayed to the registrar\'s URI with every end-to-end header unchanged', async () => {
+    const store = new LocationStore(join(dir, 'by-ip.sqlite'));
+    const aor = 'sip:dora@203.0.113.5';
+    const headers: Record<string, string> = {
+      'call-id': 'dora-1', 'max-forwards': '70', expires: '300', contact: '<sip:dora@192.0.2.9:5062>',
+      from: `<${aor}:5060>;tag=d1`, to: `<${aor}:5060>`, cseq: '2 REGISTER',
+      authorization: 'Digest username="dora", realm="203.0.113.5", nonce="n1", uri="sip:203.0.113.5:5060", response="0123456789abcdef0123456789abcdef"',
+    };
+    const req: SipRequest = {
+      method: 'REGISTER', uri: 'sip:203.0.113.5:5060', body: '',
+      source: { address: '192.0.2.9', port: 5062, transport: 'udp' },
+      header: (name) => headers[name.toLowerCase()],
+      headers: () => Object.entries(headers),
+      nameAddr: (name) => ({ uri: `${aor}:5060`, params: name === 'From' ? { tag: 'd1' } : ({} as Record<string, string>) }),
+      contacts: () => [{ uri: 'sip:dora@192.0.2.9:5062', params: {} }],
+      cseq: () => ({ seq: 2, method: 'REGISTER' }),
+      registration: () => ({ kind: 'parsed', type: 'register', expires: 300 }),
+      proxyTo: () => Promise.reject(new Error('not proxied')),
+    };
+    const sent: OutboundRequest[] = [];
+    const handler = createRegisterHandler({
+      sender: { request: (out) => { sent.push(out); return Promise.resolve(ok([{ uri: 'sip:dora@192.0.2.9:5062', params: { expires: '120' } }])); } },
+      store,
+      upstream: { uri: 'sip:10.0.0.5:5080;transport=tcp', timeoutMs: 2000 },
+      domains: ['example.test', '203.0.113.5'],
+      // drachtio-server listens on a private address; phones know midreg by its public one.
+      sipAddresses: () => ['udp/10.0.0.2:5060', 'tcp/10.0.0.2:5060'],
+      pathUri: () => undefined,
+      logger: createLogger({ level: 'error', format: 'json' }),
+      limits: { maxBindingsPerAor: 32, maxAors: 1000 },
+      counters: { bindings: 0, aors: 0 },
+    });
+    try {
+      const res = responder();
+      await handler(req, res);
+      assert.deepEqual(res.sent, [200]);
+      assert.equal(sent[0]?.uri, 'sip:10.0.0.5:5080;transport=tcp', 'the registrar gets its own URI, not midreg\'s address');
+      for (const name of ['to', 'from', 'call-id', 'cseq', 'contact', 'authorization', 'expires']) {
+        assert.equal(sent[0]?.headers[name], headers[name], `${name} unchanged`);
+      }
+      assert.deepEqual(store.liveBindings(aor, Date.now()).map((b) => b.contact), ['sip:dora@192.0.2.9:5062'], 'the AoR stays user@<midreg IP>');
+    } finally {
+      store.close();
     }
   });
 });

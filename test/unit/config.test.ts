@@ -47,4 +47,18 @@ describe('configuration', () => {
     writeFileSync(file, '{not json');
     assert.throws(() => loadConfig({ MIDREG_CONFIG: file }), /MIDREG_CONFIG: cannot read/);
   });
+
+  it('MIDREG_DOMAINS takes IP literals for phones provisioned by IP; IPv6 is bracketed; a port is refused with a clear reason', () => {
+    const config = loadConfig({ ...minimal, MIDREG_DOMAINS: 'example.com, 203.0.113.5, 2001:DB8::5, [2001:db8::6]' });
+    assert.deepEqual(config.domains, ['example.com', '203.0.113.5', '[2001:db8::5]', '[2001:db8::6]']);
+    for (const bad of ['203.0.113.5:5060', '[2001:db8::5]:5060', 'exa mple.com']) {
+      try {
+        loadConfig({ ...minimal, MIDREG_DOMAINS: bad });
+        assert.fail(`expected ConfigError for ${bad}`);
+      } catch (err) {
+        assert.ok(err instanceof ConfigError);
+        assert.match(err.message, bad.includes(':5060') ? /without a port/ : /neither a host name nor an IP address/);
+      }
+    }
+  });
 });
