@@ -7,7 +7,7 @@ import { after, before, describe, it } from 'node:test';
 import { startKamailio } from '../support/kamailio.js';
 import { e2eSkipReason, freePort, logLines, startDrachtio } from '../support/processes.js';
 import { receivedResponses, runSipp, type SippResult } from '../support/sipp.js';
-import { startStack, type Stack } from '../support/stack.js';
+import { DOMAIN_MODES, startStack, type Stack } from '../support/stack.js';
 import { allLiveBindings } from '../support/replica.js';
 
 const skip = e2eSkipReason();
@@ -15,7 +15,7 @@ if (skip) console.log(`# e2e failures suite SKIPPED: ${skip}`);
 
 async function register(stack: Stack, user: string, expires = '120'): Promise<SippResult & { localPort: number }> {
   const localPort = await freePort();
-  const result = await runSipp({ scenario: 'register-auth', target: stack.sipTarget, localPort, vars: { user, expires }, timeoutSec: 10 });
+  const result = await runSipp({ scenario: 'register-auth', target: stack.sipTarget, localPort, vars: { domain: stack.domain.uriHost, user, expires }, timeoutSec: 10 });
   return Object.assign(result, { localPort });
 }
 const finals = (r: SippResult): number[] => receivedResponses(r.messages).map((x) => x.status).filter((s) => s >= 200);
@@ -25,9 +25,9 @@ function replicaContacts(dbFile: string, aor?: string): string[] {
   return all.map((b) => `${b.aor} ${b.contact}`).sort();
 }
 
-describe('dependency failures, end to end', { skip: skip ?? false, timeout: 180_000 }, () => {
+for (const mode of DOMAIN_MODES) describe(`dependency failures, end to end (domain: ${mode})`, { skip: skip ?? false, timeout: 180_000 }, () => {
   let stack: Stack;
-  before(async () => { stack = await startStack(); });
+  before(async () => { stack = await startStack({ domain: mode }); });
   after(async () => { await stack?.stop(); });
 
   it('drachtio-server restarts: midreg reconnects and serves again without a restart of its own', async () => {
@@ -47,13 +47,13 @@ describe('dependency failures, end to end', { skip: skip ?? false, timeout: 180_
   it('the registrar goes down and comes back: UAs are answered in bounded time meanwhile, and service resumes by itself', async () => {
     const kamailio = stack.kamailio;
     assert.ok(kamailio);
-    const before = replicaContacts(stack.dbFile, 'sip:rita@example.test');
+    const before = replicaContacts(stack.dbFile, stack.domain.aor('rita'));
     await kamailio.stop();
     const started = Date.now();
     const down = await register(stack, 'rita');
     assert.ok([408, 503].includes(finals(down)[0] ?? 0), `answered ${finals(down).join(',')}`);
     assert.ok(Date.now() - started < 5000);
-    assert.deepEqual(replicaContacts(stack.dbFile, 'sip:rita@example.test'), before, 'replica untouched while the registrar is down');
+    assert.deepEqual(replicaContacts(stack.dbFile, stack.domain.aor('rita')), before, 'replica untouched while the registrar is down');
     stack.kamailio = await startKamailio({ port: kamailio.port, workDir: join(stack.workDir, 'k2') });
     assert.deepEqual(finals(await register(stack, 'rita')), [401, 200]);
   });
@@ -71,14 +71,14 @@ const canMount = (): boolean => {
 const mountSkip = skip ?? (canMount() ? undefined : 'needs root and tmpfs mounts (to fill or write-protect the database\'s filesystem)');
 if (!skip && mountSkip) console.log(`# e2e database-failure tests SKIPPED: ${mountSkip}`);
 
-describe('database failures: REGISTERs still relayed, replica resynchronised afterwards', { skip: mountSkip ?? false, timeout: 180_000 }, () => {
+for (const mode of DOMAIN_MODES) describe(`database failures: REGISTERs still relayed, replica resynchronised afterwards (domain: ${mode})`, { skip: mountSkip ?? false, timeout: 180_000 }, () => {
   let stack: Stack;
   let mountPoint: string;
   before(async () => {
     mountPoint = `/tmp/midreg-db-${process.pid}`;
     mkdirSync(mountPoint, { recursive: true });
     assert.equal(spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', mountPoint]).status, 0);
-    stack = await startStack({ env: { MIDREG_DB: join(mountPoint, 'midreg.sqlite') } });
+    stack = await startStack({ domain: mode, env: { MIDREG_DB: join(mountPoint, 'midreg.sqlite') } });
   });
   after(async () => {
     await stack?.stop();
@@ -94,13 +94,13 @@ describe('database failures: REGISTERs still relayed, replica resynchronised aft
     const failed = await register(stack, 'tomtom');
     assert.deepEqual(finals(failed), [401, 200], 'the UA keeps service');
     await stack.midreg.waitFor(/replica not written/, 3000);
-    assert.deepEqual(replicaContacts(db(), `sip:${'tomtom'}@example.test`), []);
+    assert.deepEqual(replicaContacts(db(), stack.domain.aor('tomtom')), []);
     rmSync(filler);
     await new Promise((r) => setTimeout(r, 1100));
     const again = await register(stack, 'tomtom');
     assert.deepEqual(finals(again), [401, 200]);
-    assert.equal(replicaContacts(db(), `sip:${'tomtom'}@example.test`).length, 2, 'resynchronised: both devices the registrar lists');
-    assert.equal(replicaContacts(db(), 'sip:sam@example.test').length, 1, 'nothing lost');
+    assert.equal(replicaContacts(db(), stack.domain.aor('tomtom')).length, 2, 'resynchronised: both devices the registrar lists');
+    assert.equal(replicaContacts(db(), stack.domain.aor('sam')).length, 1, 'nothing lost');
   });
 
   it('a database held locked by another process: relayed regardless, without stalling, and the replica catches up', async () => {
@@ -111,14 +111,14 @@ describe('database failures: REGISTERs still relayed, replica resynchronised aft
       const started = Date.now();
       assert.deepEqual(finals(await register(stack, 'uma')), [401, 200]);
       assert.ok(Date.now() - started < 3000, 'a locked database does not stall SIP handling');
-      assert.deepEqual(replicaContacts(db(), 'sip:uma@example.test'), []);
+      assert.deepEqual(replicaContacts(db(), stack.domain.aor('uma')), []);
     } finally {
       locker.stdin.end('ROLLBACK;\n');
       await new Promise((r) => locker.once('exit', r));
     }
     await new Promise((r) => setTimeout(r, 1100));
     assert.deepEqual(finals(await register(stack, 'uma')), [401, 200]);
-    assert.equal(replicaContacts(db(), 'sip:uma@example.test').length, 2, 'both devices, once the lock is gone');
+    assert.equal(replicaContacts(db(), stack.domain.aor('uma')).length, 2, 'both devices, once the lock is gone');
   });
 
   it('a read-only database at start: midreg starts, says so, relays REGISTERs, and writes again once the filesystem is writable', async () => {
@@ -128,25 +128,25 @@ describe('database failures: REGISTERs still relayed, replica resynchronised aft
       await stack.restartMidreg({ MIDREG_PURGE_INTERVAL_SEC: '1' });
       await stack.midreg.waitFor(/running with a read-only replica/, 3000);
       assert.deepEqual(finals(await register(stack, 'vic')), [401, 200], 'the UA keeps service');
-      assert.deepEqual(replicaContacts(db(), 'sip:vic@example.test'), []);
-      assert.equal(replicaContacts(db(), 'sip:sam@example.test').length, 1, 'the existing replica is still readable');
+      assert.deepEqual(replicaContacts(db(), stack.domain.aor('vic')), []);
+      assert.equal(replicaContacts(db(), stack.domain.aor('sam')).length, 1, 'the existing replica is still readable');
     } finally {
       assert.equal(spawnSync('mount', ['-o', 'remount,rw', mountPoint]).status, 0);
     }
     await stack.midreg.waitFor(/database writable again/, 5000);
     await new Promise((r) => setTimeout(r, 1100)); // the pause after vic's failed write
     assert.deepEqual(finals(await register(stack, 'vic')), [401, 200]);
-    assert.equal(replicaContacts(db(), 'sip:vic@example.test').length, 2, 'resynchronised from the next 2xx');
+    assert.equal(replicaContacts(db(), stack.domain.aor('vic')).length, 2, 'resynchronised from the next 2xx');
     assert.ok(logLines(stack.midreg, { message: 'REGISTER relayed but replica not written' }).length >= 1);
   });
 });
 
-describe('kill -9 under REGISTER load', { skip: skip ?? false, timeout: 180_000 }, () => {
+for (const mode of DOMAIN_MODES) describe(`kill -9 under REGISTER load (domain: ${mode})`, { skip: skip ?? false, timeout: 180_000 }, () => {
   it('after restart every binding in SQLite is one the registrar granted, and the file is intact', async () => {
-    const stack = await startStack({ env: { MIDREG_RATE_LIMIT: '0' } });
+    const stack = await startStack({ domain: mode, env: { MIDREG_RATE_LIMIT: '0' } });
     try {
       const load = runSipp({
-        scenario: 'register-load', target: stack.sipTarget, localPort: await freePort(), vars: { user: 'open', expires: '300' },
+        scenario: 'register-load', target: stack.sipTarget, localPort: await freePort(), vars: { domain: stack.domain.uriHost, user: 'open', expires: '300' },
         calls: 900, timeoutSec: 20, extraArgs: ['-r', '300', '-l', '200'],
       });
       await new Promise((r) => setTimeout(r, 2000));

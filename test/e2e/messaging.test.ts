@@ -4,13 +4,13 @@ import { strict as assert } from 'node:assert';
 import { after, before, describe, it } from 'node:test';
 import { e2eSkipReason, freePort, logLines } from '../support/processes.js';
 import { receivedResponses, runSipp, startSippUas, type SippResult } from '../support/sipp.js';
-import { startStack, type Stack } from '../support/stack.js';
+import { DOMAIN_MODES, startStack, type Stack } from '../support/stack.js';
 
 const skip = e2eSkipReason();
 if (skip) console.log(`# e2e messaging suite SKIPPED: ${skip}`);
 
 async function sipp(stack: Stack, scenario: string, vars: Record<string, string>, localPort: number): Promise<SippResult> {
-  return runSipp({ scenario, target: stack.sipTarget, localPort, vars, timeoutSec: 15 });
+  return runSipp({ scenario, target: stack.sipTarget, localPort, vars: { domain: stack.domain.uriHost, ...vars }, timeoutSec: 15 });
 }
 
 function assertPassed(result: SippResult): void {
@@ -21,11 +21,11 @@ const finals = (r: SippResult): number[] => receivedResponses(r.messages).map((x
 /** How many requests a UAS received, from its message log. */
 const received = (r: SippResult, method: string): string[] => r.messages.split(/-{10,}/).filter((m) => new RegExp(`received[\\s\\S]*?\\n${method} sip:`).test(m));
 
-describe('MESSAGE and calls through midreg, end to end', { skip: skip ?? false, timeout: 180_000 }, () => {
+for (const mode of DOMAIN_MODES) describe(`MESSAGE and calls through midreg, end to end (domain: ${mode})`, { skip: skip ?? false, timeout: 180_000 }, () => {
   let stack: Stack;
   const port: Record<string, number> = {};
   before(async () => {
-    stack = await startStack({ env: { MIDREG_MAX_MESSAGE_BYTES: '1000' } });
+    stack = await startStack({ domain: mode, env: { MIDREG_MAX_MESSAGE_BYTES: '1000' } });
     for (const user of ['alice', 'bob', 'bob2', 'carol']) port[user] = await freePort();
     for (const [user, p] of [['alice', port['alice']], ['bob', port['bob']], ['bob', port['bob2']], ['carol', port['carol']]] as const) {
       assertPassed(await sipp(stack, 'register-auth', { user, expires: '300' }, p ?? 0));
@@ -44,6 +44,15 @@ describe('MESSAGE and calls through midreg, end to end', { skip: skip ?? false, 
     assert.equal(received(r2, 'MESSAGE').length, 1, 'device 2 got it');
     assert.match(r1.messages, new RegExp(`MESSAGE sip:bob@127\\.0\\.0\\.1:${port['bob']} SIP/2\\.0`), 'Request-URI is the registered contact');
     assert.ok(logLines(stack.midreg, { event: 'message', outcome: 'delivered' }).length >= 1);
+  });
+
+  it('and the other way: bob → alice', async () => {
+    const uas = startSippUas({ scenario: 'uas-message', localPort: port['alice'] ?? 0, calls: 1, timeoutSec: 10 });
+    await uas.ready;
+    assertPassed(await sipp(stack, 'uac-message', { to: 'alice', from: 'bob', expect: '200', body: 'hi alice' }, port['bob'] ?? 0));
+    const r = await uas.done;
+    assert.equal(received(r, 'MESSAGE').length, 1);
+    assert.match(r.messages, /hi alice/);
   });
 
   it('404 for an unknown user, 403 for an unregistered or spoofed sender, 413 for an oversized body', async () => {
@@ -70,5 +79,18 @@ describe('MESSAGE and calls through midreg, end to end', { skip: skip ?? false, 
     const proxied = logLines(stack.midreg, { event: 'proxy', method: 'INVITE' });
     assert.ok(proxied.some((l) => l['direction'] === 'to-platform'), 'caller side went to the platform');
     assert.ok(proxied.some((l) => l['direction'] === 'to-user'), 'the platform came back through midreg (Path)');
+  });
+
+  it('a call bob → alice the other way, and the INVITE reached the platform with its user part', async () => {
+    const uas = startSippUas({ scenario: 'uas-invite', localPort: port['alice'] ?? 0, calls: 1, timeoutSec: 15 });
+    await uas.ready;
+    const call = await sipp(stack, 'uac-invite', { to: 'alice', from: 'bob', hold: '300' }, port['bob'] ?? 0);
+    const answered = await uas.stop();
+    assertPassed(call);
+    assert.ok(finals(call).includes(200));
+    assert.equal(received(answered, 'INVITE').length, 1, 'alice\'s phone got the INVITE');
+    // The platform looked alice up by the Request-URI's user: a bare address would be a 404.
+    const platformRuri = stack.domain.mode === 'ip' ? `sip:alice@127.0.0.1:${stack.kamailio?.port}` : 'sip:alice@example.test';
+    assert.ok((stack.kamailio?.log() ?? '').includes(`INVITE ${platformRuri} from`), `the platform got INVITE ${platformRuri}`);
   });
 });

@@ -7,7 +7,7 @@ import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
 import { e2eSkipReason, freePort, logLines, REPO_ROOT, startDrachtio } from '../support/processes.js';
 import { runSipp } from '../support/sipp.js';
-import { startStack, type Stack } from '../support/stack.js';
+import { DOMAIN_MODES, startStack, type Stack } from '../support/stack.js';
 import { allLiveBindings } from '../support/replica.js';
 
 const skip = e2eSkipReason();
@@ -21,12 +21,12 @@ async function health(port: number): Promise<{ status: number; body: { reasons?:
   return { status: res.status, body: await res.json() as { reasons?: string[] } };
 }
 
-describe('operating a running midreg', { skip: skip ?? false, timeout: 180_000 }, () => {
+for (const mode of DOMAIN_MODES) describe(`operating a running midreg (domain: ${mode})`, { skip: skip ?? false, timeout: 180_000 }, () => {
   let stack: Stack;
   let adminPort: number;
   before(async () => {
     adminPort = await freePort();
-    stack = await startStack({ env: { MIDREG_ADMIN_PORT: String(adminPort) } });
+    stack = await startStack({ domain: mode, env: { MIDREG_ADMIN_PORT: String(adminPort) } });
   });
   after(async () => { await stack?.stop(); });
 
@@ -46,14 +46,14 @@ describe('operating a running midreg', { skip: skip ?? false, timeout: 180_000 }
 
   it('a registration shows in the CLI (read from the live database), the admin API, /stats and /metrics; no credentials in the logs', async () => {
     const port = await freePort();
-    const reg = await runSipp({ scenario: 'register-auth', target: stack.sipTarget, localPort: port, vars: { user: 'olga', expires: '3600' }, timeoutSec: 10 });
+    const reg = await runSipp({ scenario: 'register-auth', target: stack.sipTarget, localPort: port, vars: { domain: stack.domain.uriHost, user: 'olga', expires: '3600' }, timeoutSec: 10 });
     assert.equal(reg.code, 0);
     const table = await cli(['registrations', '--db', stack.dbFile]);
-    assert.match(table.stdout, new RegExp(`sip:olga@example\\.test.*sip:olga@127\\.0\\.0\\.1:${port}.*udp:127\\.0\\.0\\.1:${port}`));
-    const json = JSON.parse((await cli(['registrations', 'sip:olga@example.test', '--db', stack.dbFile, '--json'])).stdout) as Array<{ expires_in: number }>;
+    assert.match(table.stdout, new RegExp(`${stack.domain.aor('olga').replace(/\./g, '\\.')}.*sip:olga@127\\.0\\.0\\.1:${port}.*udp:127\\.0\\.0\\.1:${port}`));
+    const json = JSON.parse((await cli(['registrations', stack.domain.aor('olga'), '--db', stack.dbFile, '--json'])).stdout) as Array<{ expires_in: number }>;
     assert.equal(json.length, 1);
     assert.ok((json[0]?.expires_in ?? 0) > 290 && (json[0]?.expires_in ?? 0) <= 300, 'the granted 300 s, not the requested 3600');
-    const api = await (await fetch(`http://127.0.0.1:${adminPort}/registrations/${encodeURIComponent('sip:olga@example.test')}`)).json() as { bindings: unknown[] };
+    const api = await (await fetch(`http://127.0.0.1:${adminPort}/registrations/${encodeURIComponent(stack.domain.aor('olga'))}`)).json() as { bindings: unknown[] };
     assert.equal(api.bindings.length, 1);
     const stats = JSON.parse((await cli(['stats', '--url', `http://127.0.0.1:${adminPort}`, '--json'])).stdout) as { register: Record<string, number>; bindings: number };
     assert.ok((stats.register['2xx'] ?? 0) >= 1 && (stats.register['4xx'] ?? 0) >= 1, JSON.stringify(stats));
@@ -67,12 +67,12 @@ describe('operating a running midreg', { skip: skip ?? false, timeout: 180_000 }
   });
 });
 
-describe('SIGTERM under REGISTER load', { skip: skip ?? false, timeout: 180_000 }, () => {
+for (const mode of DOMAIN_MODES) describe(`SIGTERM under REGISTER load (domain: ${mode})`, { skip: skip ?? false, timeout: 180_000 }, () => {
   it('exits 0 after finishing what is in flight, and loses no binding the registrar granted', async () => {
-    const stack = await startStack({ env: { MIDREG_RATE_LIMIT: '0' } });
+    const stack = await startStack({ domain: mode, env: { MIDREG_RATE_LIMIT: '0' } });
     try {
       const load = runSipp({
-        scenario: 'register-load', target: stack.sipTarget, localPort: await freePort(), vars: { user: 'open', expires: '300' },
+        scenario: 'register-load', target: stack.sipTarget, localPort: await freePort(), vars: { domain: stack.domain.uriHost, user: 'open', expires: '300' },
         calls: 900, timeoutSec: 20, extraArgs: ['-r', '300', '-l', '200'],
       });
       await new Promise((r) => setTimeout(r, 1500));
@@ -84,8 +84,8 @@ describe('SIGTERM under REGISTER load', { skip: skip ?? false, timeout: 180_000 
       // Every AoR the registrar holds from this load must be in the replica with the same contact.
       const missing: string[] = [];
       for (let i = 1; i <= 900; i++) {
-        for (const b of await stack.kamailio?.lookup(`open${i}@example.test`) ?? []) {
-          if (!replica.has(`sip:open${i}@example.test ${b.contact}`)) missing.push(`open${i} ${b.contact}`);
+        for (const b of await stack.kamailio?.lookup(stack.domain.aor(`open${i}`)) ?? []) {
+          if (!replica.has(`${stack.domain.aor(`open${i}`)} ${b.contact}`)) missing.push(`open${i} ${b.contact}`);
         }
       }
       assert.deepEqual(missing, [], 'granted upstream but not in the replica');

@@ -7,19 +7,19 @@ import { LocationStore } from '../../lib/location-store.js';
 import type { Binding } from '../../lib/registration.js';
 import { e2eSkipReason, freePort, logLines } from '../support/processes.js';
 import { runSipp, receivedResponses, type SippResult } from '../support/sipp.js';
-import { startStack, type Stack } from '../support/stack.js';
+import { DOMAIN_MODES, startStack, type Stack } from '../support/stack.js';
 
 const skip = e2eSkipReason();
 if (skip) console.log(`# e2e registration suite SKIPPED: ${skip}`);
 
 function replica(stack: Stack, user: string): Binding[] {
   const store = new LocationStore(stack.dbFile, { readonly: true });
-  try { return store.liveBindings(`sip:${user}@example.test`, Date.now()); } finally { store.close(); }
+  try { return store.liveBindings(stack.domain.aor(user), Date.now()); } finally { store.close(); }
 }
 
 async function sipp(stack: Stack, scenario: string, vars: Record<string, string>, localPort?: number): Promise<SippResult & { localPort: number }> {
   const port = localPort ?? await freePort();
-  const result = await runSipp({ scenario, target: stack.sipTarget, localPort: port, vars, timeoutSec: 15 });
+  const result = await runSipp({ scenario, target: stack.sipTarget, localPort: port, vars: { domain: stack.domain.uriHost, ...vars }, timeoutSec: 15 });
   return Object.assign(result, { localPort: port });
 }
 
@@ -31,9 +31,9 @@ function finalStatuses(result: SippResult): number[] {
   return receivedResponses(result.messages).map((r) => r.status).filter((s) => s >= 200);
 }
 
-describe('registration replica, end to end', { skip: skip ?? false, timeout: 180_000 }, () => {
+for (const mode of DOMAIN_MODES) describe(`registration replica, end to end (domain: ${mode})`, { skip: skip ?? false, timeout: 180_000 }, () => {
   let stack: Stack;
-  before(async () => { stack = await startStack(); });
+  before(async () => { stack = await startStack({ domain: mode }); });
   after(async () => { await stack?.stop(); });
 
   it('401 → authenticated retry → 200 through midreg, and the granted expiry (not the requested one) lands in SQLite', async () => {
@@ -50,10 +50,16 @@ describe('registration replica, end to end', { skip: skip ?? false, timeout: 180
     assert.deepEqual(binding.source, { address: '127.0.0.1', port: result.localPort, transport: 'udp' });
     assert.equal(binding.userAgent, 'sipp-midreg-test');
     // The registrar stored our Path, so calls from the platform come back through midreg.
-    const upstream = await stack.kamailio?.lookup('alice@example.test');
+    const upstream = await stack.kamailio?.lookup(stack.domain.aor('alice'));
     assert.equal(upstream?.length, 1);
     assert.match(upstream?.[0]?.path ?? '', new RegExp(`127\\.0\\.0\\.1:${stack.drachtio.sipPort}`));
     assert.equal(upstream?.[0]?.callId, binding.callId, 'the registrar saw the UA\'s own Call-ID');
+    // The phone wrote `REGISTER sip:<domain>`; with midreg's own address as the domain, the
+    // registrar gets its own URI instead (drachtio-server refuses to send to itself).
+    assert.match(result.messages, new RegExp(`REGISTER sip:${stack.domain.uriHost.replace(/\./g, '\\.')} SIP/2\\.0`));
+    const relayed = logLines(stack.midreg, { message: 'REGISTER relayed', aor: stack.domain.aor('alice'), status: 200 });
+    assert.equal(relayed.length, 1);
+    assert.equal(relayed[0]?.['upstreamRuri'], stack.domain.mode === 'ip' ? stack.midregEnv['MIDREG_UPSTREAM'] : undefined);
   });
 
   it('the replica holds a binding before its UA receives the 200 (window measured over 10 registrations)', async () => {
@@ -84,7 +90,7 @@ describe('registration replica, end to end', { skip: skip ?? false, timeout: 180
     assertPassed(bad);
     assert.deepEqual(replica(stack, 'bob'), []);
     assert.deepEqual(replica(stack, 'carol'), []);
-    const lines = logLines(stack.midreg, { event: 'register', aor: 'sip:bob@example.test' });
+    const lines = logLines(stack.midreg, { event: 'register', aor: stack.domain.aor('bob') });
     assert.ok(lines.some((l) => l['status'] === 401 && l['decision'] === 'not-2xx'), 'one info line per decision');
   });
 
@@ -118,7 +124,7 @@ describe('registration replica, end to end', { skip: skip ?? false, timeout: 180
     const star = await sipp(stack, 'deregister-star', { user: 'frank' });
     assertPassed(star);
     assert.deepEqual(replica(stack, 'frank'), []);
-    assert.deepEqual(await stack.kamailio?.lookup('frank@example.test'), []);
+    assert.deepEqual(await stack.kamailio?.lookup(stack.domain.aor('frank')), []);
     // drachtio-server still serves after the 200 to a Contact: * (a proxied one would crash it).
     assertPassed(await sipp(stack, 'register-auth', { user: 'frank', expires: '120' }));
   });
@@ -145,7 +151,7 @@ describe('registration replica, end to end', { skip: skip ?? false, timeout: 180
     assert.equal(replica(stack, 'gina').length, 1, 'gina kept across restart');
     await midreg.waitFor(/expiry sweep done/, 5000);
     const store = new LocationStore(stack.dbFile, { readonly: true });
-    try { assert.deepEqual(store.bindingsOf('sip:hank@example.test'), [], 'hank purged at start'); } finally { store.close(); }
+    try { assert.deepEqual(store.bindingsOf(stack.domain.aor('hank')), [], 'hank purged at start'); } finally { store.close(); }
     assert.ok(logLines(midreg, { message: 'expiry sweep done', reason: 'start' }).some((l) => Number(l['expiredRemoved']) >= 1));
   });
 });

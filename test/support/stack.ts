@@ -6,8 +6,33 @@ import { join } from 'node:path';
 import { startKamailio, type Kamailio } from './kamailio.js';
 import { freePort, startDrachtio, startMidregProcess, type Drachtio, type MidregProc } from './processes.js';
 
+/**
+ * How the phones in a test are provisioned: with a domain name (`example.test`), or with midreg's
+ * own IP address as their "SIP server" and domain (what most desk phones are given), so they
+ * send `REGISTER sip:127.0.0.1:<port>` and `MESSAGE sip:bob@127.0.0.1:<port>`.
+ */
+export type DomainMode = 'name' | 'ip';
+/** Every end-to-end suite runs once per mode. */
+export const DOMAIN_MODES: readonly DomainMode[] = ['name', 'ip'];
+
+export interface SipDomain {
+  mode: DomainMode;
+  /** The AoR host: what MIDREG_DOMAINS lists and what the replica and the registrar key by. */
+  host: string;
+  /** What a UA writes after the '@' and in the REGISTER Request-URI: the name, or midreg's IP and SIP port. */
+  uriHost: string;
+  /** `sip:user@host`, the replica's canonical AoR. */
+  aor(user: string): string;
+}
+
+export function sipDomain(mode: DomainMode, sipPort: number): SipDomain {
+  const host = mode === 'name' ? 'example.test' : '127.0.0.1';
+  return { mode, host, uriHost: mode === 'name' ? host : `${host}:${sipPort}`, aor: (user) => `sip:${user}@${host}` };
+}
+
 export interface Stack {
   workDir: string;
+  domain: SipDomain;
   kamailio: Kamailio | undefined;
   drachtio: Drachtio;
   midreg: MidregProc;
@@ -20,6 +45,8 @@ export interface Stack {
 }
 
 export interface StackOptions {
+  /** How UAs address midreg (default 'name'); MIDREG_DOMAINS follows it unless env overrides it. */
+  domain?: DomainMode;
   /** Start Kamailio as the upstream (default), or point midreg at this URI instead. */
   upstream?: 'kamailio' | string;
   kamailioDefines?: string[];
@@ -40,12 +67,13 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
   const drachtio = await startDrachtio(workDir);
   const adminPort = opts.drachtioAdminPortForMidreg ? await opts.drachtioAdminPortForMidreg(drachtio) : drachtio.adminPort;
   const dbFile = join(workDir, 'midreg.sqlite');
+  const domain = sipDomain(opts.domain ?? 'name', drachtio.sipPort);
   const midregEnv: Record<string, string> = {
     DRACHTIO_HOST: '127.0.0.1',
     DRACHTIO_PORT: String(adminPort),
     DRACHTIO_SECRET: drachtio.secret,
     MIDREG_UPSTREAM: upstream,
-    MIDREG_DOMAINS: 'example.test',
+    MIDREG_DOMAINS: domain.host,
     MIDREG_DB: dbFile,
     MIDREG_UPSTREAM_TIMEOUT_MS: '2000',
     // UAs run on 127.0.0.1 too, so the platform is told apart by its port.
@@ -59,6 +87,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
   };
   const stack: Stack = {
     workDir,
+    domain,
     kamailio,
     drachtio,
     midreg: await launch(midregEnv),
