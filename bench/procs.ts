@@ -7,11 +7,12 @@ import { closeSync, existsSync, openSync, readFileSync, readSync, statSync, writ
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { kamcmd, KAMAILIO_CFG } from '../test/support/kamailio.js';
-import { freePort, REPO_ROOT } from '../test/support/processes.js';
+import { freePort, REPO_ROOT, SHARED_ENGINE } from '../test/support/processes.js';
 
 export { freePort, REPO_ROOT, KAMAILIO_CFG };
 
-export const DRACHTIO_BIN_DEFAULT = '/opt/drachtio-src/build/drachtio';
+/** Without DRACHTIO_BIN, the drachtio-server built for this machine kind beside the repository. */
+export const DRACHTIO_BIN_DEFAULT = SHARED_ENGINE;
 export const BENCH_DIR = join(REPO_ROOT, 'bench');
 
 const live = new Set<ChildProcess>();

@@ -1,20 +1,53 @@
 // Child processes for the end-to-end suites: drachtio-server (the real binary named by
-// DRACHTIO_BIN) and midreg itself (dist/app/main.js), each on 127.0.0.1 and free ports.
-import { spawn, type ChildProcess } from 'node:child_process';
-import { accessSync, constants, readFileSync, writeFileSync } from 'node:fs';
+// DRACHTIO_BIN, else ../shared/engine/drachtio) and midreg itself (dist/app/main.js), each on 127.0.0.1 and free ports.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { accessSync, constants, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { createSocket } from 'node:dgram';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { trackChild } from './children.js';
 import { REPO_ROOT } from './sipp.js';
 
 export { REPO_ROOT };
 
-/** Why the end-to-end suites cannot run here, or undefined when they can. */
+/** drachtio-server built for this machine kind, beside the repository (../shared/engine). */
+export const SHARED_ENGINE: string = join(REPO_ROOT, '..', 'shared', 'engine', 'drachtio');
+
+/** The drachtio-server the end-to-end suites run: DRACHTIO_BIN if set, else the shared engine when present. */
+export function drachtioBin(): string | undefined {
+  const fromEnv = process.env['DRACHTIO_BIN'];
+  if (fromEnv) return fromEnv;
+  return existsSync(SHARED_ENGINE) ? SHARED_ENGINE : undefined;
+}
+
+let skipReason: { reason: string | undefined } | undefined;
+
+/**
+ * Why the end-to-end suites cannot run here, or undefined when they can: a drachtio-server that
+ * starts (its Debian runtime libraries installed), Kamailio, kamcmd and sipp. With
+ * MIDREG_E2E=required (what .ci/run sets) a reason is an error, so a skipped suite fails the run.
+ */
 export function e2eSkipReason(): string | undefined {
-  const bin = process.env['DRACHTIO_BIN'];
-  if (!bin) return 'DRACHTIO_BIN is not set: end-to-end suites need a drachtio-server binary (see README "Tests")';
-  try { accessSync(bin, constants.X_OK); } catch { return `DRACHTIO_BIN=${bin} is not an executable file`; }
+  skipReason ??= { reason: findSkipReason() };
+  const { reason } = skipReason;
+  if (reason !== undefined && process.env['MIDREG_E2E'] === 'required') {
+    throw new Error(`MIDREG_E2E=required but the end-to-end suites cannot run: ${reason}`);
+  }
+  return reason;
+}
+
+function findSkipReason(): string | undefined {
+  const bin = drachtioBin();
+  if (!bin) return `no drachtio-server: DRACHTIO_BIN is not set and ${SHARED_ENGINE} does not exist (see README "Tests")`;
+  try { accessSync(bin, constants.X_OK); } catch { return `${bin} is not an executable file`; }
+  const version = spawnSync(bin, ['--version'], { encoding: 'utf8', timeout: 10_000 });
+  if (version.status !== 0) {
+    const why = (version.stderr || version.error?.message || `exit ${version.status}`).trim().split('\n')[0];
+    return `${bin} does not start (${why}); its runtime packages are listed in ${join(dirname(bin), 'README.md')}`;
+  }
+  for (const tool of ['kamailio', 'kamcmd', 'sipp']) {
+    if (spawnSync('sh', ['-c', `command -v ${tool}`]).status !== 0) return `${tool} is not installed (Debian packages kamailio and sip-tester)`;
+  }
   return undefined;
 }
 
@@ -107,8 +140,8 @@ export async function startDrachtio(workDir: string, ports?: { sipPort: number; 
 class PortTakenError extends Error {}
 
 async function startDrachtioOnce(workDir: string, ports: { sipPort: number; adminPort: number }): Promise<Drachtio> {
-  const bin = process.env['DRACHTIO_BIN'];
-  if (!bin) throw new Error('DRACHTIO_BIN not set');
+  const bin = drachtioBin();
+  if (!bin) throw new Error('no drachtio-server binary (DRACHTIO_BIN)');
   const { sipPort, adminPort } = ports;
   const secret = 'e2e-secret';
   const conf = join(workDir, `drachtio-${adminPort}.conf.xml`);
