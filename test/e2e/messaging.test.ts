@@ -2,7 +2,9 @@
 // through midreg and the platform (Kamailio), which reaches the callee back via midreg's Path.
 import { strict as assert } from 'node:assert';
 import { after, before, describe, it } from 'node:test';
+import { sipMessage } from '../hostile/corpus.js';
 import { e2eSkipReason, freePort, logLines } from '../support/processes.js';
+import { sendAndCollect, SipPeer } from '../support/raw-sip.js';
 import { receivedResponses, runSipp, startSippUas, type SippResult } from '../support/sipp.js';
 import { DOMAIN_MODES, startStack, type Stack } from '../support/stack.js';
 
@@ -92,5 +94,33 @@ for (const mode of DOMAIN_MODES) describe(`MESSAGE and calls through midreg, end
     // The platform looked alice up by the Request-URI's user: a bare address would be a 404.
     const platformRuri = stack.domain.mode === 'ip' ? `sip:alice@127.0.0.1:${stack.kamailio?.port}` : 'sip:alice@example.test';
     assert.ok((stack.kamailio?.log() ?? '').includes(`INVITE ${platformRuri} from`), `the platform got INVITE ${platformRuri}`);
+  });
+
+  it('OPTIONS and SUBSCRIBE to a user reach that user\'s phone through the platform, user part intact', async () => {
+    const answers = (method: string): boolean => method === 'OPTIONS' || method === 'SUBSCRIBE';
+    const pat = await SipPeer.open({ answer: (req) => (req.method !== undefined && answers(req.method) ? { status: 200, reason: 'OK' } : undefined) });
+    const caller = await SipPeer.open();
+    try {
+      const id = `subs-${mode}-${Date.now()}`;
+      const headers = (method: string, cseq: number, to: string, via: number): string[] => [
+        `Via: SIP/2.0/UDP 127.0.0.1:${via};branch=z9hG4bK-${id}-${method}`, 'Max-Forwards: 70',
+        `From: <sip:openpat@${stack.domain.uriHost}>;tag=${id}`, `To: <sip:${to}@${stack.domain.uriHost}>`,
+        `Call-ID: ${id}-${method}`, `CSeq: ${cseq} ${method}`,
+      ];
+      // "open…" users register without credentials (test/kamailio/kamailio.cfg).
+      const reg = await sendAndCollect(pat, stack.drachtio.sipPort, sipMessage(`REGISTER sip:${stack.domain.uriHost} SIP/2.0`,
+        [...headers('REGISTER', 1, 'openpat', pat.port), `Contact: <sip:openpat@127.0.0.1:${pat.port}>`, 'Expires: 120']), { transport: 'udp', waitMs: 3000 });
+      assert.deepEqual(reg.statuses.filter((x) => x >= 200), [200], 'openpat registered');
+      for (const method of ['OPTIONS', 'SUBSCRIBE']) {
+        const extra = method === 'SUBSCRIBE' ? ['Event: presence', 'Expires: 60', `Contact: <sip:caller@127.0.0.1:${caller.port}>`] : [];
+        const ex = await sendAndCollect(caller, stack.drachtio.sipPort, sipMessage(`${method} sip:openpat@${stack.domain.uriHost} SIP/2.0`,
+          [...headers(method, 1, 'openpat', caller.port), ...extra]), { transport: 'udp', waitMs: 5000 });
+        assert.deepEqual(ex.statuses.filter((x) => x >= 200), [200], `${method} answered by openpat's phone`);
+        assert.ok(pat.received.some((m) => m.method === method), `${method} reached openpat's phone`);
+      }
+    } finally {
+      await pat.close();
+      await caller.close();
+    }
   });
 });
