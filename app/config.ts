@@ -16,8 +16,10 @@ export interface Config {
   logLevel: 'error' | 'warn' | 'info' | 'debug';
   logFormat: 'json' | 'pretty';
   upstreamTimeoutMs: number;
+  /** How midreg puts itself on the way back from the registrar: a Path header, or rewritten Contacts. */
+  insertion: 'path' | 'contact';
   addPath: boolean;
-  /** Path URI to insert; by default derived from drachtio-server's first SIP address. */
+  /** midreg's SIP URI as the registrar reaches it (Path entry, host of rewritten Contacts); by default derived from drachtio-server's first SIP address. */
   pathUri: string | undefined;
   purgeIntervalSec: number;
   /** Addresses (`ip` or `ip:port`) of the platform: may send MESSAGE, and their requests go to users. */
@@ -66,10 +68,12 @@ export const SETTINGS = {
     schema: z.enum(['json', 'pretty']).default(process.env['NODE_ENV'] === 'production' ? 'json' : 'pretty'),
   },
   upstreamTimeoutMs: { env: 'MIDREG_UPSTREAM_TIMEOUT_MS', schema: z.coerce.number().int().min(200).max(32000).default(8000) },
+  insertion: { env: 'MIDREG_INSERTION', schema: z.enum(['path', 'contact']).default('path') },
+  // Default: on with Path insertion, off with contact insertion (the Contact already routes back).
   addPath: {
     env: 'MIDREG_ADD_PATH',
     schema: z.union([z.boolean(), z.enum(['true', 'false', '1', '0', 'yes', 'no'])])
-      .transform((v) => v === true || v === 'true' || v === '1' || v === 'yes').default(true),
+      .transform((v) => v === true || v === 'true' || v === '1' || v === 'yes').optional(),
   },
   pathUri: { env: 'MIDREG_PATH_URI', schema: z.string().regex(/^sips?:[^\s<>]+$/i, 'must be a SIP URI').optional() },
   purgeIntervalSec: { env: 'MIDREG_PURGE_INTERVAL_SEC', schema: z.coerce.number().int().min(1).max(3600).default(30) },
@@ -152,7 +156,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     logLevel: v.logLevel,
     logFormat: v.logFormat,
     upstreamTimeoutMs: v.upstreamTimeoutMs,
-    addPath: v.addPath,
+    insertion: v.insertion,
+    addPath: v.addPath ?? v.insertion === 'path',
     pathUri: v.pathUri,
     purgeIntervalSec: v.purgeIntervalSec,
     trustedPeers: v.trustedPeers ?? defaultTrustedPeers(v.upstream),

@@ -5,6 +5,7 @@ import { FloodGuard } from '../lib/flood-guard.js';
 import { ExpirySweeper, sweepExpired } from '../lib/expiry-sweep.js';
 import { LocationStore } from '../lib/location-store.js';
 import type { Logger } from '../lib/logger.js';
+import { selfAddressFrom } from '../lib/contact-insertion.js';
 import { createMessageHandler } from '../lib/message-router.js';
 import { Metrics } from '../lib/metrics.js';
 import { createRegisterHandler, type ReplicaCounters } from '../lib/registration-relay.js';
@@ -78,13 +79,15 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
   };
 
   const upstream = { uri: config.upstream, timeoutMs: config.upstreamTimeoutMs };
+  const ownUri = (): string | undefined => config.pathUri ?? pathUriFrom(engine.sipAddresses);
   engine.handle('REGISTER', admitted(createRegisterHandler({
     sender: engine,
     store,
     upstream,
     domains: config.domains,
     sipAddresses: () => engine.sipAddresses,
-    pathUri: () => (config.addPath ? config.pathUri ?? pathUriFrom(engine.sipAddresses) : undefined),
+    pathUri: () => (config.addPath ? ownUri() : undefined),
+    ...(config.insertion === 'contact' ? { contactInsertion: { self: () => selfAddressFrom(ownUri() ?? '') } } : {}),
     logger,
     limits: { maxBindingsPerAor: config.maxBindingsPerAor, maxAors: config.maxAors },
     counters,

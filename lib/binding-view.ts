@@ -16,6 +16,8 @@ export interface BindingView {
   instance: string | null;
   reg_id: number | null;
   path: string | null;
+  /** The Contact midreg gave the registrar for this binding (MIDREG_INSERTION=contact), else null. */
+  upstream_contact: string | null;
   call_id: string | null;
   cseq: number | null;
   registered_at: string;
@@ -34,6 +36,7 @@ export function bindingView(b: Binding, now: number): BindingView {
     instance: b.instance,
     reg_id: b.regId,
     path: b.path,
+    upstream_contact: b.insertion?.contact ?? null,
     call_id: b.callId,
     cseq: b.cseq,
     registered_at: new Date(b.registeredAt).toISOString(),

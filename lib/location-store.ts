@@ -24,6 +24,8 @@ interface BindingRow {
   source_address: string | null;
   source_port: number | null;
   transport: string | null;
+  upstream_contact: string | null;
+  insertion_key: string | null;
   registered_at: number;
   updated_at: number;
 }
@@ -54,6 +56,8 @@ function toRow(b: Binding): BindingRow {
     source_address: b.source?.address ?? null,
     source_port: b.source?.port ?? null,
     transport: b.source?.transport ?? null,
+    upstream_contact: b.insertion?.contact ?? null,
+    insertion_key: b.insertion?.key ?? null,
     registered_at: b.registeredAt,
     updated_at: b.updatedAt,
   };
@@ -74,6 +78,7 @@ function fromRow(r: BindingRow): Binding {
     source: r.source_address !== null && r.source_port !== null
       ? { address: r.source_address, port: r.source_port, transport: r.transport ?? 'udp' }
       : null,
+    insertion: r.upstream_contact !== null && r.insertion_key !== null ? { contact: r.upstream_contact, key: r.insertion_key } : null,
     registeredAt: r.registered_at,
     updatedAt: r.updated_at,
   };
@@ -185,13 +190,14 @@ function prepareStatements(db: Database.Database) {
     // the contact index is left alone, only the expiry index moves. Against UPDATE-then-INSERT
     // it spares each new binding a search of the primary key that finds nothing.
     upsert: db.prepare<BindingRow>(`INSERT INTO binding (aor, contact, expires_at, q, instance, reg_id, path,
-      call_id, cseq, user_agent, source_address, source_port, transport, registered_at, updated_at)
+      call_id, cseq, user_agent, source_address, source_port, transport, upstream_contact, insertion_key, registered_at, updated_at)
       VALUES (@aor, @contact, @expires_at, @q, @instance, @reg_id, @path, @call_id, @cseq, @user_agent,
-      @source_address, @source_port, @transport, @registered_at, @updated_at)
+      @source_address, @source_port, @transport, @upstream_contact, @insertion_key, @registered_at, @updated_at)
       ON CONFLICT (aor, contact) DO UPDATE SET expires_at = excluded.expires_at, q = excluded.q,
       instance = excluded.instance, reg_id = excluded.reg_id, path = excluded.path, call_id = excluded.call_id,
       cseq = excluded.cseq, user_agent = excluded.user_agent, source_address = excluded.source_address,
-      source_port = excluded.source_port, transport = excluded.transport, registered_at = excluded.registered_at,
+      source_port = excluded.source_port, transport = excluded.transport, upstream_contact = excluded.upstream_contact,
+      insertion_key = excluded.insertion_key, registered_at = excluded.registered_at,
       updated_at = excluded.updated_at`),
     contactsOf: db.prepare<[string], { contact: string }>('SELECT contact FROM binding WHERE aor = ?'),
     expiredBatch: db.prepare<[number, number], { aor: string; contact: string }>(
@@ -202,6 +208,8 @@ function prepareStatements(db: Database.Database) {
       'SELECT count(*) AS bindings, count(DISTINCT aor) AS aors FROM binding'),
     liveByContact: db.prepare<[string, number], BindingRow>(
       'SELECT * FROM binding WHERE contact = ? AND expires_at > ? ORDER BY updated_at DESC'),
+    byInsertionKey: db.prepare<[string], BindingRow>(
+      'SELECT * FROM binding WHERE insertion_key = ? ORDER BY expires_at DESC'),
     liveFromSource: db.prepare<[string, string, number, number], { n: number }>(
       'SELECT 1 AS n FROM binding WHERE aor = ? AND source_address = ? AND source_port = ? AND expires_at > ? LIMIT 1'),
     countLive: db.prepare<[number], { bindings: number; aors: number }>(
@@ -399,6 +407,15 @@ export class LocationStore {
   /** Live bindings whose contact URI is exactly `contact` (a request the platform routed to a registered contact). */
   liveBindingsByContact(contact: string, now: number): Binding[] {
     return this.stmt.liveByContact.all(contact, now).map(fromRow);
+  }
+
+  /**
+   * Every stored binding whose Contact midreg rewrote with `key` (contact insertion), live or
+   * expired but not yet swept, newest expiry first: the caller tells "no such binding" (404) from
+   * "it expired" (480).
+   */
+  bindingsByInsertionKey(key: string): Binding[] {
+    return this.stmt.byInsertionKey.all(key).map(fromRow);
   }
 
   /** Whether a live binding of `aor` was registered from this source address and port. */

@@ -10,7 +10,7 @@ import { askUpstream, nextMaxForwards, outboundBytes, replyHeaders, upstreamHead
 
 export interface MessageRouterDeps {
   sender: RequestSender;
-  store: Pick<LocationStore, 'liveBindings' | 'liveBindingsByContact' | 'isLiveSource'>;
+  store: Pick<LocationStore, 'liveBindings' | 'liveBindingsByContact' | 'bindingsByInsertionKey' | 'isLiveSource'>;
   upstream: UpstreamTarget;
   domains: readonly string[];
   /** drachtio-server's SIP addresses as announced (`udp/127.0.0.1:5060`); [] until connected. */
@@ -77,11 +77,18 @@ export function createMessageHandler(deps: MessageRouterDeps): RequestHandler {
       return;
     }
 
-    const target = locate(req.uri, deps.store, deps.domains, now);
+    const own = { sipAddresses: deps.sipAddresses(), domains: deps.domains };
+    const target = locate(req.uri, deps.store, own, now);
 
     if (target.kind === 'no-binding') {
       res.send(deps.noBindingStatus);
       finish('not_found', deps.noBindingStatus, { aor: target.aor });
+      return;
+    }
+    if (target.kind === 'unknown-key' || target.kind === 'expired-key') {
+      const status = target.kind === 'unknown-key' ? 404 : 480;
+      res.send(status);
+      finish('not_found', status, { key: target.key, why: target.kind === 'unknown-key' ? 'no stored binding has this key' : 'its binding expired' });
       return;
     }
     if (target.kind === 'upstream') {
@@ -89,7 +96,7 @@ export function createMessageHandler(deps: MessageRouterDeps): RequestHandler {
       // provisioned by IP writing to a user of a domain midreg does not serve) gets the
       // registrar's address with the user kept (lib/own-address.ts); drachtio-server would refuse it.
       const ruri = parseUri(req.uri);
-      const uri = ruri && namesMidreg(ruri, { sipAddresses: deps.sipAddresses(), domains: deps.domains }) ? retargetToUpstream(ruri, deps.upstream.uri) : req.uri;
+      const uri = ruri && namesMidreg(ruri, own) ? retargetToUpstream(ruri, deps.upstream.uri) : req.uri;
       const outcome = await askUpstream(deps.sender, {
         method: 'MESSAGE', uri, headers: branchHeaders(req, hops.value, undefined), body: req.body, nextHop: deps.upstream.uri,
       }, deps.upstream.timeoutMs, clock);

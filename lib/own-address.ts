@@ -4,6 +4,7 @@
 // refuses to send a request to one of its own addresses ("can not send request to myself") and its
 // proxy replaces such a Request-URI by the bare destination, so these must be retargeted here.
 import { isIP } from 'node:net';
+import { KEY_PARAM } from './contact-insertion.js';
 import type { SipUri } from './sip/drachtio.js';
 
 export interface OwnAddresses {
@@ -53,8 +54,11 @@ export function namesMidreg(uri: SipUri, own: OwnAddresses): boolean {
   });
 }
 
-/** URI parameters that describe the hop to midreg, not the target (RFC 3261 §19.1.1). */
-const HOP_PARAMS = new Set(['transport', 'maddr', 'lr', 'ttl']);
+/**
+ * URI parameters that describe the hop to midreg, not the target (RFC 3261 §19.1.1), and the
+ * binding key of a Contact midreg wrote (lib/contact-insertion.ts), which means nothing upstream.
+ */
+const HOP_PARAMS = new Set(['transport', 'maddr', 'lr', 'ttl', KEY_PARAM]);
 
 /**
  * The Request-URI a request addressed to midreg itself carries to the registrar: the registrar's

@@ -4,10 +4,11 @@
 import { canonicalAor, isServedDomain } from './aor.js';
 import type { LocationStore } from './location-store.js';
 import type { Logger } from './logger.js';
+import { formatContact, mapReplyContacts, rewriteContacts, type MappedContact, type SelfAddress } from './contact-insertion.js';
 import { namesMidreg, ownHosts, retargetToUpstream } from './own-address.js';
 import { RegisterSequence } from './register-sequence.js';
-import { limitPlan, planReplicaUpdate, type RegisterAttempt, type ReplicaLimits, type ReplicaPlan } from './registration.js';
-import { parseUri, SipParseError, type RequestHandler, type SipRequest, type SipResponder, type SipUri } from './sip/drachtio.js';
+import { contactKey, limitPlan, planReplicaUpdate, type Binding, type RegisterAttempt, type ReplicaLimits, type ReplicaPlan } from './registration.js';
+import { parseUri, SipParseError, type NameAddr, type RequestHandler, type SipReply, type SipRequest, type SipResponder, type SipUri } from './sip/drachtio.js';
 import { askUpstream, nextMaxForwards, replyHeaders, upstreamHeaders, type RequestSender, type UpstreamTarget } from './upstream.js';
 
 export type ReplicaStore = Pick<LocationStore, 'bindingsOf' | 'replaceAor'>;
@@ -31,6 +32,11 @@ export interface RegistrationRelayDeps extends RegisterEvents {
   sipAddresses(): readonly string[];
   /** Our Path URI, or undefined when Path is off or drachtio-server has not told us its address yet. */
   pathUri(): string | undefined;
+  /**
+   * Contact insertion (MIDREG_INSERTION=contact): midreg's address for the rewritten Contacts, or
+   * undefined until drachtio-server has told it. Absent: Contacts are relayed as the phone sent them.
+   */
+  contactInsertion?: { self(): SelfAddress | undefined };
   logger: Logger;
   limits: ReplicaLimits;
   /** Bindings and AoRs stored in the replica, kept up to date by every writer. */
@@ -110,6 +116,17 @@ function lastAppliedCseq(bindings: readonly { callId: string | null; cseq: numbe
   return highest;
 }
 
+/** The reply's Contacts mapped back to the phones': by this REGISTER's keys, else by a stored binding's. */
+function mapToPhone(reply: SipReply, sentByKey: ReadonlyMap<string, NameAddr> | undefined, stored: readonly Binding[]): MappedContact[] {
+  return mapReplyContacts(reply.contacts(), (key) => sentByKey?.get(key)?.uri ?? stored.find((b) => b.insertion?.key === key)?.contact);
+}
+
+function insertionsOf(mapped: readonly MappedContact[]): Map<string, NonNullable<MappedContact['insertion']>> {
+  const insertions = new Map<string, NonNullable<MappedContact['insertion']>>();
+  for (const m of mapped) if (m.insertion) insertions.set(contactKey(m.contact.uri), m.insertion);
+  return insertions;
+}
+
 /** After a failed replica write, writes pause this long so a locked or full database costs one lock wait a second, not one per REGISTER. */
 export const REPLICA_RETRY_MS = 1000;
 
@@ -143,10 +160,22 @@ export function createRegisterHandler(deps: RegistrationRelayDeps): RequestHandl
     // sent them, so the AoR is unchanged and the digest `uri` still names what the phone signed.
     const upstreamUri = ruri && namesMidreg(ruri, own) ? retargetToUpstream(ruri, deps.upstream.uri) : req.uri;
 
+    const headers = upstreamHeaders(req.headers(), { maxForwards: checked.maxForwards, pathUri: deps.pathUri() });
+    // Contacts midreg rewrote for this REGISTER, by key (contact insertion only).
+    let sentByKey: ReadonlyMap<string, NameAddr> | undefined;
+    if (deps.contactInsertion && Array.isArray(attempt.contacts)) {
+      const self = deps.contactInsertion.self();
+      if (!self) { refuse(req, res, { status: 503, reason: 'Not Ready', why: 'contact insertion: drachtio-server has not announced its SIP address yet' }); return; }
+      const rewritten = rewriteContacts(attempt.aor, attempt.contacts, self);
+      delete headers['m'];
+      headers['contact'] = rewritten.header;
+      sentByKey = rewritten.byKey;
+    }
+
     const outcome = await askUpstream(deps.sender, {
       method: 'REGISTER',
       uri: upstreamUri,
-      headers: upstreamHeaders(req.headers(), { maxForwards: checked.maxForwards, pathUri: deps.pathUri() }),
+      headers,
       body: req.body,
       nextHop: deps.upstream.uri,
     }, deps.upstream.timeoutMs, clock);
@@ -176,18 +205,23 @@ export function createRegisterHandler(deps: RegistrationRelayDeps): RequestHandl
     }
 
     const { reply } = outcome;
+    const is2xx = reply.status >= 200 && reply.status < 300;
     let plan: ReplicaPlan | undefined;
     let replicaError: string | undefined;
     let limited: { why: string; dropped?: string[] } | undefined;
+    // The reply's Contacts as the phone knows them (contact insertion and a 2xx only).
+    let mapped: MappedContact[] | undefined;
     try {
       const now = clock();
-      if (now < replicaPausedUntil && reply.status >= 200 && reply.status < 300) throw new Error('replica writes paused after a database error');
+      if (now < replicaPausedUntil && is2xx) throw new Error('replica writes paused after a database error');
       const bindings = deps.store.bindingsOf(attempt.aor);
       const state = { bindings, lastCseq: lastAppliedCseq(bindings, attempt, sequence.lastApplied(attempt.aor, attempt.callId, now)) };
+      if (deps.contactInsertion && is2xx) mapped = mapToPhone(reply, sentByKey, bindings);
       plan = planReplicaUpdate(attempt, {
         status: reply.status,
-        contacts: reply.status >= 200 && reply.status < 300 ? reply.contacts() : [],
+        contacts: mapped ? mapped.map((m) => m.contact) : is2xx ? reply.contacts() : [],
         expiresHeader: reply.header('Expires'),
+        ...(mapped ? { insertions: insertionsOf(mapped) } : {}),
       }, state, now);
       if (plan.kind === 'save') {
         const hadBindings = state.bindings.length > 0;
@@ -213,11 +247,19 @@ export function createRegisterHandler(deps: RegistrationRelayDeps): RequestHandl
     }
 
     // Written before the UA hears the 200, so a MESSAGE it sends right after already finds it.
-    res.send(reply.status, { reason: reply.reason, headers: replyHeaders(reply), body: reply.body });
+    const answerHeaders = replyHeaders(reply);
+    if (deps.contactInsertion && is2xx) {
+      // RFC 3261 §10.2.4: the phone looks for its own Contact, with its expiry, in the 200.
+      const toPhone = mapped ?? mapToPhone(reply, sentByKey, []);
+      delete answerHeaders['m'];
+      if (toPhone.length > 0) answerHeaders['contact'] = toPhone.map((m) => formatContact(m.contact)).join(', ');
+      else delete answerHeaders['contact'];
+    }
+    res.send(reply.status, { reason: reply.reason, headers: answerHeaders, body: reply.body });
     deps.onRegisterAnswered?.(reply.status, outcome.elapsedMs);
 
     const detail = plan?.kind === 'save'
-      ? { decision: 'saved', bindings: plan.bindings.map((b) => ({ contact: b.contact, grantedExpiry: Math.round((b.expiresAt - clock()) / 1000) })), added: plan.added.length, removed: plan.removed.length }
+      ? { decision: 'saved', bindings: plan.bindings.map((b) => ({ contact: b.contact, grantedExpiry: Math.round((b.expiresAt - clock()) / 1000), ...(b.insertion ? { upstreamContact: b.insertion.contact } : {}) })), added: plan.added.length, removed: plan.removed.length }
       : { decision: plan ? plan.reason : 'replica-error' };
     if (limited) log.warn('replica limit hit', { ...base, status: reply.status, why: limited.why, ...(limited.dropped ? { notKept: limited.dropped } : {}) });
     if (replicaError) log.error('REGISTER relayed but replica not written', { ...base, status: reply.status, upstreamMs: outcome.elapsedMs, error: replicaError });

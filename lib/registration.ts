@@ -1,5 +1,6 @@
 // Pure decisions about registrations: what expiry the registrar granted, and how a registrar's
 // reply changes the replica of one address-of-record. No I/O here, so it tests without a network.
+import type { Insertion } from './contact-insertion.js';
 import type { NameAddr, SourceAddress } from './sip/drachtio.js';
 
 /** RFC 3261 §10.2.1.1: a registrar's default when neither Contact `expires` nor Expires is given. */
@@ -22,6 +23,8 @@ export interface Binding {
   userAgent: string | null;
   /** Where the REGISTER came from: the way back to a UA behind NAT. Null for bindings midreg never saw registered. */
   source: SourceAddress | null;
+  /** With contact insertion: the Contact midreg gave the registrar for this binding, and its key. */
+  insertion: Insertion | null;
   registeredAt: number;
   updatedAt: number;
 }
@@ -40,8 +43,11 @@ export interface RegisterAttempt {
 /** The registrar's final answer to that REGISTER. */
 export interface RegistrarAnswer {
   status: number;
+  /** The reply's Contacts, as the phone knows them (rewritten ones already mapped back). */
   contacts: NameAddr[];
   expiresHeader: string | undefined;
+  /** With contact insertion: what the registrar holds for each phone Contact, by contactKey(). */
+  insertions?: ReadonlyMap<string, Insertion>;
 }
 
 /** What the replica currently holds for the AoR. */
@@ -146,6 +152,7 @@ export function planReplicaUpdate(
       q: parseQ(params['q']),
       instance: params['+sip.instance'] ?? before?.instance ?? null,
       regId: parseRegId(params['reg-id']) ?? before?.regId ?? null,
+      insertion: answer.insertions?.get(key) ?? null,
       registeredAt: before?.registeredAt ?? now,
       updatedAt: now,
     };

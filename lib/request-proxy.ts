@@ -4,7 +4,7 @@ import { isServedDomain } from './aor.js';
 import type { LocationStore } from './location-store.js';
 import type { Logger } from './logger.js';
 import { namesMidreg, ownHosts, retargetToUpstream, type OwnAddresses } from './own-address.js';
-import { branchFor, isTrustedPeer, locate } from './routing.js';
+import { branchFor, flowUri, isTrustedPeer, locate } from './routing.js';
 import { parseUri, type RequestHandler, type SipUri } from './sip/drachtio.js';
 import { nextMaxForwards } from './upstream.js';
 
@@ -13,7 +13,7 @@ export const PROXIED_METHODS = ['INVITE', 'OPTIONS', 'SUBSCRIBE', 'NOTIFY', 'INF
 export const ALLOW = ['INVITE', 'ACK', 'CANCEL', 'BYE', 'OPTIONS', 'REGISTER', 'MESSAGE', 'SUBSCRIBE', 'NOTIFY', 'INFO', 'REFER', 'PUBLISH', 'UPDATE'].join(', ');
 
 export interface RequestProxyDeps {
-  store: Pick<LocationStore, 'liveBindings' | 'liveBindingsByContact'>;
+  store: Pick<LocationStore, 'liveBindings' | 'liveBindingsByContact' | 'bindingsByInsertionKey'>;
   upstreamUri: string;
   domains: readonly string[];
   trustedPeers: readonly string[];
@@ -58,10 +58,16 @@ export function createProxyHandler(deps: RequestProxyDeps): RequestHandler {
     let direction: 'to-platform' | 'to-user';
     if (isTrustedPeer(req.source, deps.trustedPeers)) {
       // From the platform: a request for a registered user (usually via the Path midreg added).
-      const target = locate(req.uri, deps.store, deps.domains, clock());
+      const target = locate(req.uri, deps.store, own, clock());
       if (target.kind === 'no-binding') {
         res.send(deps.noBindingStatus);
         log.info('request refused: no live binding', { ...base, status: deps.noBindingStatus, aor: target.aor });
+        return;
+      }
+      if (target.kind === 'unknown-key' || target.kind === 'expired-key') {
+        const status = target.kind === 'unknown-key' ? 404 : 480;
+        res.send(status);
+        log.info('request refused: no live binding for this key', { ...base, status, key: target.key, why: target.kind === 'unknown-key' ? 'no stored binding has this key' : 'its binding expired' });
         return;
       }
       if (target.kind === 'upstream') {
@@ -71,7 +77,10 @@ export function createProxyHandler(deps: RequestProxyDeps): RequestHandler {
       }
       // The platform already forked per contact; an AoR-addressed request goes to the best one.
       const branch = branchFor(target.bindings[0] as NonNullable<(typeof target.bindings)[0]>, 0);
-      destination = branch.kind === 'send' ? branch.nextHop ?? branch.requestUri : branch.binding.contact;
+      // A Request-URI at midreg's own address (a Contact midreg gave the registrar, or an AoR at
+      // midreg's IP) is replaced by the destination: that must name the phone's user.
+      destination = branch.kind !== 'send' ? branch.binding.contact
+        : ruri && namesMidreg(ruri, own) ? flowUri(branch) : branch.nextHop ?? branch.requestUri;
       direction = 'to-user';
     } else {
       // drachtio-server's proxy replaces a Request-URI that names itself by the destination, so

@@ -1,6 +1,8 @@
 // Pure routing decisions for requests other than REGISTER: who may send, where a request goes,
 // how each branch reaches a UA behind NAT, and which branch response the sender gets.
 import { canonicalAor, isServedDomain } from './aor.js';
+import { keyOf } from './contact-insertion.js';
+import { namesMidreg, type OwnAddresses } from './own-address.js';
 import type { Binding } from './registration.js';
 import { parseUri } from './sip/drachtio.js';
 
@@ -10,8 +12,12 @@ export const UDP_SAFE_BYTES = 1300;
 export type Sender = { kind: 'trusted-peer' } | { kind: 'registered' } | { kind: 'unknown' };
 
 export type Target =
-  | { kind: 'bindings'; bindings: Binding[]; via: 'contact' | 'aor'; aor: string | undefined }
+  | { kind: 'bindings'; bindings: Binding[]; via: 'contact' | 'aor' | 'insertion'; aor: string | undefined }
   | { kind: 'no-binding'; aor: string }
+  /** A Contact midreg wrote (contact insertion) whose key names no stored binding: 404. */
+  | { kind: 'unknown-key'; key: string }
+  /** …whose binding expired (RFC 3261 §21.4.18, 480: known, "currently unavailable"). */
+  | { kind: 'expired-key'; key: string; aor: string }
   | { kind: 'upstream' };
 
 /**
@@ -32,11 +38,24 @@ export function resolveTarget(input: {
 export interface BindingLookup {
   liveBindingsByContact(contact: string, now: number): Binding[];
   liveBindings(aor: string, now: number): Binding[];
+  bindingsByInsertionKey(key: string): Binding[];
 }
 
-/** Where a request for `requestUri` goes, looked up in the replica. */
-export function locate(requestUri: string, lookup: BindingLookup, domains: readonly string[], now: number): Target {
+/**
+ * Where a request for `requestUri` goes, looked up in the replica. A Request-URI at midreg's own
+ * address carrying a binding key is a Contact midreg gave the registrar (contact insertion): it
+ * reaches that stored binding and nothing else, so a forged or stale key never becomes a relay.
+ */
+export function locate(requestUri: string, lookup: BindingLookup, own: OwnAddresses, now: number): Target {
+  const domains = own.domains;
   const ruri = parseUri(requestUri);
+  const key = ruri && namesMidreg(ruri, own) ? keyOf(requestUri) : undefined;
+  if (key !== undefined) {
+    const stored = lookup.bindingsByInsertionKey(key);
+    const live = stored.filter((b) => b.expiresAt > now);
+    if (live.length > 0) return { kind: 'bindings', bindings: live, via: 'insertion', aor: live[0]?.aor };
+    return stored[0] ? { kind: 'expired-key', key, aor: stored[0].aor } : { kind: 'unknown-key', key };
+  }
   const servedAor = ruri && ruri.user !== undefined && isServedDomain(ruri.host, domains) ? canonicalAor(ruri) : undefined;
   return resolveTarget({
     byContact: lookup.liveBindingsByContact(requestUri, now),
@@ -66,6 +85,17 @@ export function branchFor(binding: Binding, requestBytes: number): Branch {
   const host = address.includes(':') && !address.startsWith('[') ? `[${address}]` : address;
   const scheme = transport === 'tls' || transport === 'wss' ? 'sips' : 'sip';
   return { kind: 'send', binding, requestUri: binding.contact, nextHop: `${scheme}:${host}:${port};transport=${transport}`, route: undefined };
+}
+
+/**
+ * Where drachtio-server sends a proxied request addressed to midreg itself: its proxy replaces
+ * such a Request-URI by the destination, so the destination is the phone's own user at the
+ * address its REGISTER came from (a phone matches an incoming request to its account by user).
+ */
+export function flowUri(branch: Extract<Branch, { kind: 'send' }>): string {
+  const target = branch.nextHop ?? branch.requestUri;
+  const user = /^[a-z][a-z0-9+.-]*:([^@;?]+)@/i.exec(branch.requestUri)?.[1];
+  return user === undefined || /^[a-z][a-z0-9+.-]*:[^@;?]+@/i.test(target) ? target : target.replace(/^([a-z][a-z0-9+.-]*:)/i, `$1${user}@`);
 }
 
 /**

@@ -159,6 +159,7 @@ describe('admin API', () => {
         instance: '"<urn:uuid:00000000-0000-1000-8000-000a95a0e128>"',
         reg_id: 1,
         path: '<sip:edge.example.test;lr>',
+        upstream_contact: null,
         call_id: 'sip:alice@example.test-call',
         cseq: 7,
         registered_at: new Date(NOW).toISOString(),

@@ -85,7 +85,7 @@ describe('midreg CLI', () => {
       const bindings = JSON.parse(stdout) as Array<Record<string, unknown>>;
       assert.equal(bindings.length, LIVE_BINDINGS);
       assert.deepEqual(Object.keys(bindings[0] ?? {}).sort(), ['aor', 'call_id', 'contact', 'cseq', 'expires_at', 'expires_in', 'instance', 'path',
-        'q', 'reg_id', 'registered_at', 'source', 'updated_at', 'user_agent']);
+        'q', 'reg_id', 'registered_at', 'source', 'updated_at', 'upstream_contact', 'user_agent']);
       const phone = bindings.find((b) => b['contact'] === 'sip:alice@198.51.100.7:5062');
       assert.deepEqual(phone?.['source'], { address: '198.51.100.7', port: 5062, transport: 'udp' });
       assert.equal(phone?.['reg_id'], 1);

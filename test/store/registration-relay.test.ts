@@ -154,4 +154,69 @@ describe('REGISTER relay and the replica', () => {
       store.close();
     }
   });
+
+  it('contact insertion: the registrar gets midreg\'s Contacts, the phone its own back, the replica both; queries and other devices map too', async () => {
+    const store = new LocationStore(join(dir, 'insertion.sqlite'));
+    const aor = 'sip:erin@example.test';
+    const phone = 'sip:erin@192.168.1.10:5062;transport=tcp';
+    const request = (cseq: number, contact: string | undefined): SipRequest => {
+      const headers: Record<string, string> = {
+        'call-id': 'erin-1', 'max-forwards': '70', from: `<${aor}>;tag=e1`, to: `<${aor}>`, cseq: `${cseq} REGISTER`,
+        ...(contact ? { contact: `<${contact}>;expires=600;+sip.instance="<urn:uuid:e1>";reg-id=1` } : {}),
+      };
+      return {
+        method: 'REGISTER', uri: 'sip:example.test', body: '', source: { address: '198.51.100.4', port: 40000, transport: 'tcp' },
+        header: (name) => headers[name.toLowerCase()], headers: () => Object.entries(headers),
+        nameAddr: () => ({ uri: aor, params: {} }),
+        contacts: () => (contact ? [{ uri: contact, params: { expires: '600', '+sip.instance': '"<urn:uuid:e1>"', 'reg-id': '1' } }] : 'none'),
+        cseq: () => ({ seq: cseq, method: 'REGISTER' }), registration: () => ({ kind: 'parsed', type: 'register', expires: 600 }),
+        proxyTo: () => Promise.reject(new Error('not proxied')),
+      };
+    };
+    const sent: OutboundRequest[] = [];
+    let registrarContacts: NameAddr[] = [];
+    const answered: Array<Record<string, string>> = [];
+    const handler = createRegisterHandler({
+      sender: { request: (out) => { sent.push(out); return Promise.resolve({ ...ok(registrarContacts), headers: () => [['contact', registrarContacts.map((c) => `<${c.uri}>`).join(', ')]] }); } },
+      store,
+      upstream: { uri: 'sip:10.0.0.5:5060', timeoutMs: 2000 },
+      domains: ['example.test'],
+      sipAddresses: () => ['udp/203.0.113.5:5060'],
+      pathUri: () => undefined,
+      contactInsertion: { self: () => ({ scheme: 'sip', hostport: '203.0.113.5:5060', transport: 'udp' }) },
+      logger: createLogger({ level: 'error', format: 'json' }),
+      limits: { maxBindingsPerAor: 32, maxAors: 1000 },
+      counters: { bindings: 0, aors: 0 },
+    });
+    const res = (): SipResponder => ({ finalSent: false, send: (_status, opts) => { answered.push(opts?.headers ?? {}); } });
+    try {
+      // The registrar is told only midreg's address, with every header parameter of the phone's Contact.
+      registrarContacts = [];
+      const relay = handler(request(1, phone), res());
+      const upstreamContact = /^<([^>]+)>/.exec(sent[0]?.headers['contact'] ?? '')?.[1] ?? '';
+      assert.match(upstreamContact, /^sip:erin@203\.0\.113\.5:5060;ctid=[A-Za-z0-9_-]{22}$/);
+      assert.match(sent[0]?.headers['contact'] ?? '', /;expires=600;\+sip\.instance="<urn:uuid:e1>";reg-id=1$/);
+      assert.equal(sent[0]?.headers['path'], undefined, 'no Path unless asked');
+      await relay;
+      // It answers with its binding (midreg's Contact) and another device registered elsewhere.
+      registrarContacts = [{ uri: upstreamContact, params: { expires: '300' } }, { uri: 'sip:erin@198.51.100.99:5060', params: { expires: '120' } }];
+      await handler(request(2, phone), res());
+      assert.equal(answered[1]?.['contact'], `<${phone}>;expires=300, <sip:erin@198.51.100.99:5060>;expires=120`, 'the phone finds its own Contact with the granted expiry');
+      const stored = store.liveBindings(aor, Date.now());
+      const mine = stored.find((b) => b.contact === phone);
+      assert.deepEqual(mine?.insertion, { contact: upstreamContact, key: upstreamContact.split('ctid=')[1] });
+      assert.deepEqual(mine?.source, { address: '198.51.100.4', port: 40000, transport: 'tcp' });
+      assert.equal(stored.find((b) => b.contact !== phone)?.insertion, null, 'bound elsewhere: stored as listed, no insertion');
+      // A query (no Contact) is answered from what the registrar lists, mapped by the stored keys.
+      await handler(request(3, undefined), res());
+      assert.equal(answered[2]?.['contact'], `<${phone}>;expires=300, <sip:erin@198.51.100.99:5060>;expires=120`);
+      assert.equal(store.bindingsByInsertionKey(mine?.insertion?.key ?? '').length, 1);
+      // The registrar evicts the phone's binding: gone from the replica, key and all.
+      registrarContacts = [{ uri: 'sip:erin@198.51.100.99:5060', params: { expires: '120' } }];
+      await handler(request(4, undefined), res());
+      assert.deepEqual(store.bindingsByInsertionKey(mine?.insertion?.key ?? ''), []);
+    } finally {
+      store.close();
+    }
+  });
 });

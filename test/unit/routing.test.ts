@@ -1,13 +1,13 @@
 import { strict as assert } from 'node:assert';
 import { describe, it } from 'node:test';
 import type { Binding } from '../../lib/registration.js';
-import { branchFor, chooseFinal, classifySender, resolveTarget, UDP_SAFE_BYTES } from '../../lib/routing.js';
+import { branchFor, chooseFinal, classifySender, flowUri, locate, resolveTarget, UDP_SAFE_BYTES } from '../../lib/routing.js';
 
 function binding(over: Partial<Binding> = {}): Binding {
   return {
     aor: 'sip:bob@example.test', contact: 'sip:bob@10.0.0.7:5060', expiresAt: 2e12, q: null, instance: null, regId: null,
     path: null, callId: 'c', cseq: 1, userAgent: null, source: { address: '203.0.113.5', port: 40123, transport: 'udp' },
-    registeredAt: 0, updatedAt: 0, ...over,
+    insertion: null, registeredAt: 0, updatedAt: 0, ...over,
   };
 }
 
@@ -51,5 +51,30 @@ describe('MESSAGE routing decisions', () => {
     assert.equal(classifySender({ address: '192.0.2.1', port: 5060 }, peers, () => false).kind, 'trusted-peer');
     assert.equal(classifySender({ address: '192.0.2.1', port: 5999 }, peers, () => false).kind, 'unknown');
     assert.equal(classifySender({ address: '198.51.100.9', port: 1234 }, peers, () => true).kind, 'registered');
+  });
+});
+
+describe('requests to a Contact midreg gave the registrar (contact insertion)', () => {
+  const own = { sipAddresses: ['udp/203.0.113.5:5060'], domains: ['example.test'] };
+  const stored = binding({ contact: 'sip:bob@10.0.0.7:5060', insertion: { contact: 'sip:bob@203.0.113.5:5060;ctid=K1', key: 'K1' } });
+  const lookup = {
+    liveBindingsByContact: () => [],
+    liveBindings: () => [],
+    bindingsByInsertionKey: (key: string) => (key === 'K1' ? [stored] : key === 'OLD' ? [binding({ expiresAt: 1000 })] : []),
+  };
+
+  it('reach the stored binding of that key, and the phone under its own user at the address it registered from', () => {
+    const target = locate('sip:bob@203.0.113.5:5060;ctid=K1', lookup, own, 2000);
+    assert.ok(target.kind === 'bindings' && target.via === 'insertion' && target.bindings[0] === stored);
+    const branch = branchFor(stored, 500);
+    assert.ok(branch.kind === 'send');
+    assert.equal(branch.requestUri, 'sip:bob@10.0.0.7:5060', 'a MESSAGE carries the phone\'s own Contact');
+    assert.equal(flowUri(branch), 'sip:bob@203.0.113.5:40123;transport=udp', 'a proxied request names the phone\'s user at its NAT address');
+  });
+
+  it('a forged key reaches nothing (404), an expired binding\'s key gets 480, a key elsewhere is not ours to look up', () => {
+    assert.deepEqual(locate('sip:bob@203.0.113.5:5060;ctid=FORGED', lookup, own, 2000), { kind: 'unknown-key', key: 'FORGED' });
+    assert.deepEqual(locate('sip:bob@203.0.113.5;ctid=OLD', lookup, own, 2000), { kind: 'expired-key', key: 'OLD', aor: 'sip:bob@example.test' });
+    assert.deepEqual(locate('sip:bob@198.51.100.1:5060;ctid=K1', lookup, own, 2000), { kind: 'upstream' }, 'not midreg\'s address');
   });
 });
