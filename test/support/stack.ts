@@ -3,7 +3,9 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { sipMessage } from '../hostile/corpus.js';
 import { startKamailio, type Kamailio } from './kamailio.js';
+import { exchange, headerOf } from './raw-sip.js';
 import { freePort, startDrachtio, startMidregProcess, type Drachtio, type MidregProc } from './processes.js';
 
 /**
@@ -55,6 +57,25 @@ export interface StackOptions {
   drachtioAdminPortForMidreg?: (drachtio: Drachtio) => Promise<number>;
 }
 
+/**
+ * drachtio-srf reports the connection before drachtio-server has processed the app's routes, so a
+ * request in that window is answered 503 by drachtio-server itself ("no app"). The stack is ready
+ * when midreg answers an OPTIONS to its own address (its reply carries `Accept: …text/plain`);
+ * the routes are registered in order, so REGISTER and MESSAGE are routed by then too.
+ */
+async function untilServing(sipPort: number): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  for (let attempt = 0; ; attempt++) {
+    const ex = await exchange(sipPort, (via) => sipMessage(`OPTIONS sip:127.0.0.1:${sipPort} SIP/2.0`, [
+      `Via: SIP/2.0/UDP 127.0.0.1:${via};branch=z9hG4bK-ready-${process.pid}-${attempt}`, 'Max-Forwards: 70',
+      `From: <sip:ready@127.0.0.1>;tag=r${attempt}`, `To: <sip:127.0.0.1:${sipPort}>`, `Call-ID: ready-${process.pid}-${Date.now()}-${attempt}`, 'CSeq: 1 OPTIONS',
+    ]), { transport: 'udp', waitMs: 500, graceMs: 0 });
+    if (ex.received.some((m) => (m.status ?? 0) === 200 && /text\/plain/.test(headerOf(m, 'Accept') ?? ''))) return;
+    if (Date.now() > deadline) throw new Error(`midreg did not answer SIP on port ${sipPort} within 10 s (got ${ex.statuses.join(',') || 'nothing'})`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
 export async function startStack(opts: StackOptions = {}): Promise<Stack> {
   const workDir = mkdtempSync(join(tmpdir(), 'mr-'));
   let kamailio: Kamailio | undefined;
@@ -83,6 +104,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
   const launch = async (env: Record<string, string>): Promise<MidregProc> => {
     const proc = startMidregProcess(env);
     await proc.waitFor(/connected to drachtio-server/, 15_000);
+    await untilServing(drachtio.sipPort);
     return proc;
   };
   const stack: Stack = {
