@@ -223,7 +223,8 @@ function version(): string {
   }
 }
 
-function program(env: NodeJS.ProcessEnv): Command {
+/** The `midreg` command definition (commander); parsing and running are main()'s. */
+export function program(env: NodeJS.ProcessEnv): Command {
   const dbDefault = env['MIDREG_DB'] || DEFAULT_DB;
   const cli = new Command('midreg')
     .description('Inspect a midreg mid-registrar: its replica of the registrar\'s location table and its counters.')

@@ -51,7 +51,7 @@ const HELP = `usage: npm run bench -- [options]
   --midreg-log-level <l>  MIDREG_LOG_LEVEL for midreg (default info, as shipped)
   --upstream-transport <t> tcp (default) | udp: how midreg and the drachtio references reach their
                           registrar (the Kamailio peer stays on UDP); over UDP drachtio-server's
-                          socket drops the registrar's replies in bursts (README, finding D4)
+                          socket drops the registrar's replies in bursts (docs/drachtio-findings.md, D4)
   --midreg-env <K=V>      extra environment for midreg, e.g. MIDREG_OVERLOAD_QUEUE_MS=0 (repeatable)
   --profile               always capture midreg CPU profiles (default: only when a target is missed)
   --keep                  keep the work dir (logs, sipp statistics)

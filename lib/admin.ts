@@ -70,6 +70,20 @@ function pageSize(raw: string | null): number {
 
 type Route = (url: URL, res: ServerResponse) => Promise<void> | void;
 
+/**
+ * Every path the admin API serves; `<aor>` stands for one URL-encoded path segment. The router is
+ * built from this list (and the handler table must name exactly these), so the README's route
+ * table can be checked against it (test/unit/docs.test.ts).
+ */
+export const ADMIN_ROUTES = ['/health', '/metrics', '/stats', '/registrations', '/registrations/<aor>'] as const;
+type AdminRoute = (typeof ADMIN_ROUTES)[number];
+
+/** `/registrations/<aor>` → /^\/registrations\/([^/]+)$/ */
+function routePattern(route: AdminRoute): RegExp {
+  const escaped = route.replace(/[.*+?^${}()|[\]\\]/g, '\\$&').replace(/<[a-z]+>/g, '([^/]+)');
+  return new RegExp(`^${escaped}$`);
+}
+
 function routes(deps: AdminDeps): { match(path: string): Route | undefined } {
   const now = deps.now ?? Date.now;
 
@@ -136,14 +150,22 @@ function routes(deps: AdminDeps): { match(path: string): Route | undefined } {
     });
   };
 
+  const handlers: Record<AdminRoute, (param: string) => Route> = {
+    '/health': () => health,
+    '/metrics': () => metrics,
+    '/stats': () => stats,
+    '/registrations': () => list,
+    '/registrations/<aor>': one,
+  };
+  const table = ADMIN_ROUTES.map((route) => ({ pattern: routePattern(route), handler: handlers[route] }));
+
   return {
     match(path) {
-      if (path === '/health') return health;
-      if (path === '/metrics') return metrics;
-      if (path === '/stats') return stats;
-      if (path === '/registrations') return list;
-      const single = /^\/registrations\/([^/]+)$/.exec(path);
-      return single?.[1] ? one(single[1]) : undefined;
+      for (const { pattern, handler } of table) {
+        const found = pattern.exec(path);
+        if (found) return handler(found[1] ?? '');
+      }
+      return undefined;
     },
   };
 }

@@ -18,7 +18,7 @@
 //
 // Off by default (MIDREG_OVERLOAD_QUEUE_MS=0): on the bench the queue forms in drachtio-server,
 // whose thread a 503 from node relieves only half as much as it costs, and shedding completed
-// fewer requests than not shedding (README, Performance).
+// fewer requests than not shedding (bench/results/HISTORY.md, queue shedding).
 
 export interface FloodGuardOptions {
   /** Sustained requests per second allowed from one source IP (0 disables the per-source limit). */

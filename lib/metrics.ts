@@ -47,7 +47,7 @@ export class Metrics {
     const registers = [this.registry];
     this.registerTotal = new Counter({
       name: 'midreg_register_relayed_total',
-      help: 'REGISTERs answered, by status class of the answer the UA got (the registrar\'s, or midreg\'s own 400/403/408/483/503)',
+      help: 'REGISTERs answered, by status class of the answer the UA got (the registrar\'s, or midreg\'s own 400/403/408/483/503/513)',
       labelNames: ['class'] as const,
       registers,
     });
