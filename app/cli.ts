@@ -10,8 +10,8 @@ import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import {
   aorLookupKey, bindingView, columnWidths, formatRow, liveBindingPages, TABLE_HEADER, tableRow,
-} from '../lib/binding-view.js';
-import { LocationStore } from '../lib/location-store.js';
+} from '../lib/ops/binding-view.js';
+import { LocationStore } from '../lib/store/location-store.js';
 
 /** A failure the user can act on: printed as one line, exit code 1. */
 class CliError extends Error {}

@@ -3,8 +3,8 @@
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 import { isIP } from 'node:net';
-import { isLoopback } from '../lib/admin.js';
-import { isIpLiteral } from '../lib/own-address.js';
+import { isLoopback } from '../lib/ops/admin.js';
+import { isIpLiteral } from '../lib/sip/own-address.js';
 
 export interface Config {
   drachtio: { host: string; port: number; secret: string };

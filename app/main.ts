@@ -2,7 +2,7 @@
 // Entry point: read the configuration, start midreg, stop it cleanly on SIGTERM/SIGINT.
 import { ConfigError, loadConfig } from './config.js';
 import { startMidreg } from './service.js';
-import { createLogger } from '../lib/logger.js';
+import { createLogger } from '../lib/ops/logger.js';
 
 function main(): void {
   let config;

@@ -1,16 +1,16 @@
 // Wires midreg together: store, SIP engine, handlers, housekeeping. No SIP or SQL logic here.
 import type { Config } from './config.js';
-import { startAdminServer, type AdminServer } from '../lib/admin.js';
-import { FloodGuard } from '../lib/flood-guard.js';
-import { ExpirySweeper, sweepExpired } from '../lib/expiry-sweep.js';
-import { LocationStore } from '../lib/location-store.js';
-import type { Logger } from '../lib/logger.js';
-import { selfAddressFrom } from '../lib/contact-insertion.js';
-import { createMessageHandler } from '../lib/message-router.js';
-import { Metrics } from '../lib/metrics.js';
-import { createRegisterHandler, type ReplicaCounters } from '../lib/registration-relay.js';
-import { createProxyHandler, PROXIED_METHODS } from '../lib/request-proxy.js';
-import { isTrustedPeer } from '../lib/routing.js';
+import { startAdminServer, type AdminServer } from '../lib/ops/admin.js';
+import { FloodGuard } from '../lib/ops/flood-guard.js';
+import { ExpirySweeper, sweepExpired } from '../lib/store/expiry-sweep.js';
+import { LocationStore } from '../lib/store/location-store.js';
+import type { Logger } from '../lib/ops/logger.js';
+import { selfAddressFrom } from '../lib/registrar/contact-insertion.js';
+import { createMessageHandler } from '../lib/messaging/message-router.js';
+import { Metrics } from '../lib/ops/metrics.js';
+import { createRegisterHandler, type ReplicaCounters } from '../lib/registrar/registration-relay.js';
+import { createProxyHandler, PROXIED_METHODS } from '../lib/messaging/request-proxy.js';
+import { isTrustedPeer } from '../lib/messaging/routing.js';
 import { SipEngine, type RequestHandler } from '../lib/sip/drachtio.js';
 
 export interface Midreg {
@@ -146,7 +146,7 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
     });
 
   // Expired bindings are never used (lookups filter on expiry); this only reclaims the rows, in
-  // transactions sized to stay well under SWEEP_BUDGET_MS each, paced (lib/expiry-sweep.ts).
+  // transactions sized to stay well under SWEEP_BUDGET_MS each, paced (lib/store/expiry-sweep.ts).
   const sweeper = new ExpirySweeper(store);
   let purging = false;
   let stopping = false;

@@ -1,10 +1,10 @@
 #!/usr/bin/env node
 // Scale of the replica without SIP: fill a SQLite replica with N bindings through
-// lib/location-store.ts (LocationStore.replaceAor, one AoR per call, the way midreg writes a 2xx),
+// lib/store/location-store.ts (LocationStore.replaceAor, one AoR per call, the way midreg writes a 2xx),
 // then measure, each in a fresh Node process so nothing of the fill is still cached in it:
 //   - start:   open + migrations + countStored() (what app/service.ts does before it serves)
 //   - lookups: liveBindings(aor, now) for random AoRs (p50/p99/max), and the process RSS
-//   - sweep:   midreg's sweep (lib/expiry-sweep.ts: sized steps, SWEEP_PAUSE_MS apart) until done
+//   - sweep:   midreg's sweep (lib/store/expiry-sweep.ts: sized steps, SWEEP_PAUSE_MS apart) until done
 //              with a share of bindings expired (each step's time: SIP waits that long)
 //   - start with that share expired (not waited for: the start-up sweep runs in the background)
 //
@@ -19,9 +19,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
-import { ExpirySweeper, FIRST_BATCH, sweepExpired } from '../lib/expiry-sweep.js';
-import { LocationStore } from '../lib/location-store.js';
-import type { Binding } from '../lib/registration.js';
+import { ExpirySweeper, FIRST_BATCH, sweepExpired } from '../lib/store/expiry-sweep.js';
+import { LocationStore } from '../lib/store/location-store.js';
+import type { Binding } from '../lib/registrar/registration.js';
 
 const HOUR = 3_600_000;
 

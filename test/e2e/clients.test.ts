@@ -5,8 +5,8 @@
 import { strict as assert } from 'node:assert';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { LocationStore } from '../../lib/location-store.js';
-import type { Binding } from '../../lib/registration.js';
+import { LocationStore } from '../../lib/store/location-store.js';
+import type { Binding } from '../../lib/registrar/registration.js';
 import { BARESIP_BIN, hasBinary, startBaresip, type SipClient, type SipClientOptions } from '../support/baresip.js';
 import { LINPHONEC_BIN, startLinphonec } from '../support/linphone.js';
 import { e2eSkipReason, logLines } from '../support/processes.js';

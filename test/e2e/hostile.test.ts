@@ -6,8 +6,8 @@
 import { strict as assert } from 'node:assert';
 import { readFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
-import { LocationStore } from '../../lib/location-store.js';
-import type { Binding } from '../../lib/registration.js';
+import { LocationStore } from '../../lib/store/location-store.js';
+import type { Binding } from '../../lib/registrar/registration.js';
 import {
   MESSAGE_CASES, REGISTER_CASES, STACK_KILLERS, escapedContactRegister, messageRequest, optionsRequest, register, type CaseContext,
 } from '../hostile/corpus.js';

@@ -9,7 +9,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { LocationStore } from '../../lib/location-store.js';
+import { LocationStore } from '../../lib/store/location-store.js';
 import { sipMessage } from '../hostile/corpus.js';
 import { startKamailio } from '../support/kamailio.js';
 import { e2eSkipReason, freePort, logLines, REPO_ROOT } from '../support/processes.js';

@@ -3,8 +3,8 @@
 import { strict as assert } from 'node:assert';
 import { createSocket } from 'node:dgram';
 import { after, before, describe, it } from 'node:test';
-import { LocationStore } from '../../lib/location-store.js';
-import type { Binding } from '../../lib/registration.js';
+import { LocationStore } from '../../lib/store/location-store.js';
+import type { Binding } from '../../lib/registrar/registration.js';
 import { e2eSkipReason, freePort, logLines } from '../support/processes.js';
 import { runSipp, receivedResponses, type SippResult } from '../support/sipp.js';
 import { DOMAIN_MODES, startStack, type Stack } from '../support/stack.js';

@@ -13,8 +13,8 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { LocationStore } from '../../lib/location-store.js';
-import type { Binding } from '../../lib/registration.js';
+import { LocationStore } from '../../lib/store/location-store.js';
+import type { Binding } from '../../lib/registrar/registration.js';
 import { e2eSkipReason, freePort, logLines, REPO_ROOT } from '../support/processes.js';
 import {
   digestAuthorization, exchange, foreignAddresses, headerOf, parseSipMessage, rewriteForLoopback, sendAndCollect, SipPeer, type Exchange,

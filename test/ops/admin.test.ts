@@ -4,9 +4,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { AdminConfigError, isLoopback, startAdminServer, type AdminDeps, type AdminServer } from '../../lib/admin.js';
-import { LocationStore } from '../../lib/location-store.js';
-import { Metrics } from '../../lib/metrics.js';
+import { AdminConfigError, isLoopback, startAdminServer, type AdminDeps, type AdminServer } from '../../lib/ops/admin.js';
+import { LocationStore } from '../../lib/store/location-store.js';
+import { Metrics } from '../../lib/ops/metrics.js';
 import { binding, captureLogger, fillReplica, LIVE_AORS, LIVE_BINDINGS } from './fixtures.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'midreg-admin-'));

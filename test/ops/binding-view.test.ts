@@ -5,8 +5,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { defaultAdminUrl } from '../../app/cli.js';
-import { aorLookupKey, aorSearchPrefix, liveBindingPages } from '../../lib/binding-view.js';
-import { LocationStore } from '../../lib/location-store.js';
+import { aorLookupKey, aorSearchPrefix, liveBindingPages } from '../../lib/ops/binding-view.js';
+import { LocationStore } from '../../lib/store/location-store.js';
 import { binding } from './fixtures.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'midreg-view-'));

@@ -7,9 +7,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { startAdminServer } from '../../lib/admin.js';
-import { LocationStore } from '../../lib/location-store.js';
-import { Metrics } from '../../lib/metrics.js';
+import { startAdminServer } from '../../lib/ops/admin.js';
+import { LocationStore } from '../../lib/store/location-store.js';
+import { Metrics } from '../../lib/ops/metrics.js';
 import { binding, captureLogger, fillReplica, LIVE_AORS, LIVE_BINDINGS } from './fixtures.js';
 
 const CLI = fileURLToPath(new URL('../../app/cli.js', import.meta.url));

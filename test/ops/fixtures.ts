@@ -2,9 +2,9 @@
 // and a logger whose every line the test can read.
 import { Writable } from 'node:stream';
 import winston from 'winston';
-import { LocationStore } from '../../lib/location-store.js';
-import type { Logger } from '../../lib/logger.js';
-import type { Binding } from '../../lib/registration.js';
+import { LocationStore } from '../../lib/store/location-store.js';
+import type { Logger } from '../../lib/ops/logger.js';
+import type { Binding } from '../../lib/registrar/registration.js';
 
 export function binding(aor: string, contact: string, expiresAt: number, over: Partial<Binding> = {}): Binding {
   return {

@@ -3,8 +3,8 @@ import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { LocationStore, readMigrations } from '../../lib/location-store.js';
-import type { Binding } from '../../lib/registration.js';
+import { LocationStore, readMigrations } from '../../lib/store/location-store.js';
+import type { Binding } from '../../lib/registrar/registration.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'midreg-store-'));
 after(() => rmSync(dir, { recursive: true, force: true }));

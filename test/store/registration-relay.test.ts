@@ -6,9 +6,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { LocationStore } from '../../lib/location-store.js';
-import { createLogger } from '../../lib/logger.js';
-import { createRegisterHandler } from '../../lib/registration-relay.js';
+import { LocationStore } from '../../lib/store/location-store.js';
+import { createLogger } from '../../lib/ops/logger.js';
+import { createRegisterHandler } from '../../lib/registrar/registration-relay.js';
 import type { NameAddr, OutboundRequest, SipReply, SipRequest, SipResponder } from '../../lib/sip/drachtio.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'midreg-relay-'));

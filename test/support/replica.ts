@@ -1,6 +1,6 @@
 // Reading a whole replica in tests, through the store's own paging.
-import { LocationStore } from '../../lib/location-store.js';
-import type { Binding } from '../../lib/registration.js';
+import { LocationStore } from '../../lib/store/location-store.js';
+import type { Binding } from '../../lib/registrar/registration.js';
 
 /** Every live binding in the SQLite file at `dbFile`, opened read-only. */
 export function allLiveBindings(dbFile: string, now = Date.now()): Binding[] {

@@ -1,10 +1,10 @@
 // Contact insertion (MIDREG_INSERTION=contact): the Contact the registrar gets, and the way back
-// from the registrar's reply to the phone's own Contact (lib/contact-insertion.ts).
+// from the registrar's reply to the phone's own Contact (lib/registrar/contact-insertion.ts).
 import { strict as assert } from 'node:assert';
 import { describe, it } from 'node:test';
 import {
   formatContact, insertedContactUri, insertionKey, keyOf, mapReplyContacts, rewriteContacts, selfAddressFrom, type SelfAddress,
-} from '../../lib/contact-insertion.js';
+} from '../../lib/registrar/contact-insertion.js';
 import { parseUri } from '../../lib/sip/drachtio.js';
 
 const self: SelfAddress = { scheme: 'sip', hostport: '203.0.113.5:5060', transport: 'udp' };

@@ -8,8 +8,8 @@ import { describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { program } from '../../app/cli.js';
 import { CONFIG_FILE_ENV, SETTINGS } from '../../app/config.js';
-import { ADMIN_ROUTES } from '../../lib/admin.js';
-import { Metrics } from '../../lib/metrics.js';
+import { ADMIN_ROUTES } from '../../lib/ops/admin.js';
+import { Metrics } from '../../lib/ops/metrics.js';
 
 // dist/test/unit/ → the repository
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
@@ -108,7 +108,7 @@ describe('README tables match the code', () => {
       const [, name, labels] = /^([a-z_:][a-z0-9_:]*)(?:\{([a-z_,\s]*)\})?$/.exec(r.spans[0] as string) ?? [];
       assert.ok(name, `metric name: ${r.spans[0]}`);
       const metric = registered.find((m) => m.name === name);
-      assert.ok(metric, `${name} is documented but lib/metrics.ts does not register it`);
+      assert.ok(metric, `${name} is documented but lib/ops/metrics.ts does not register it`);
       const documentedLabels = (labels ?? '').split(',').map((l) => l.trim()).filter((l) => l !== '');
       const codeLabels = (metric as unknown as { labelNames?: readonly string[] }).labelNames ?? [];
       assert.deepEqual([...documentedLabels].sort(), [...codeLabels].sort(), `${name}: labels`);
@@ -127,7 +127,7 @@ describe('README tables match the code', () => {
     }
   });
 
-  it('admin API: every route lib/admin.ts serves', () => {
+  it('admin API: every route lib/ops/admin.ts serves', () => {
     const table = theTable('route');
     // `GET /registrations/<AoR>` documents the route '/registrations/<aor>'.
     const route = (s: string): string | undefined => /^GET (\/\S*)$/.exec(s)?.[1]?.replace(/<[^>]*>/g, '<>');

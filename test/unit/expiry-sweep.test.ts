@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { describe, it } from 'node:test';
-import { ExpirySweeper, FIRST_BATCH, MAX_BATCH, nextBatchSize, SWEEP_BUDGET_MS } from '../../lib/expiry-sweep.js';
+import { ExpirySweeper, FIRST_BATCH, MAX_BATCH, nextBatchSize, SWEEP_BUDGET_MS } from '../../lib/store/expiry-sweep.js';
 
 /** A replica with `expired` rows to reclaim, where each row costs `msPerRow()` of simulated time. */
 function fakeStore(expired: number, msPerRow: () => number) {

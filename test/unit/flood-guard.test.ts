@@ -1,7 +1,7 @@
 import { strict as assert } from 'node:assert';
 import { describe, it } from 'node:test';
-import { FloodGuard } from '../../lib/flood-guard.js';
-import { limitPlan, type Binding } from '../../lib/registration.js';
+import { FloodGuard } from '../../lib/ops/flood-guard.js';
+import { limitPlan, type Binding } from '../../lib/registrar/registration.js';
 
 describe('flood guard', () => {
   it('lets a source burst, then sheds it with 503 + Retry-After until its rate refills', () => {

@@ -1,8 +1,8 @@
 // Phones provisioned by IP address: which Request-URIs name midreg itself, and what the registrar
-// gets instead (lib/own-address.ts).
+// gets instead (lib/sip/own-address.ts).
 import { strict as assert } from 'node:assert';
 import { describe, it } from 'node:test';
-import { namesMidreg, retargetToUpstream } from '../../lib/own-address.js';
+import { namesMidreg, retargetToUpstream } from '../../lib/sip/own-address.js';
 import { parseUri, type SipUri } from '../../lib/sip/drachtio.js';
 
 const uri = (text: string): SipUri => {

@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { describe, it } from 'node:test';
-import { RegisterSequence } from '../../lib/register-sequence.js';
+import { RegisterSequence } from '../../lib/registrar/register-sequence.js';
 
 describe('register sequence (highest CSeq applied per AoR and Call-ID)', () => {
   it('remembers the highest CSeq applied, per AoR and Call-ID', () => {

@@ -1,7 +1,7 @@
 import { strict as assert } from 'node:assert';
 import { describe, it } from 'node:test';
-import { canonicalAor, isServedDomain } from '../../lib/aor.js';
-import { contactKey, grantedExpiry, MAX_EXPIRES, parseDeltaSeconds, planReplicaUpdate, type Binding, type RegisterAttempt } from '../../lib/registration.js';
+import { canonicalAor, isServedDomain } from '../../lib/registrar/aor.js';
+import { contactKey, grantedExpiry, MAX_EXPIRES, parseDeltaSeconds, planReplicaUpdate, type Binding, type RegisterAttempt } from '../../lib/registrar/registration.js';
 import { parseUri, type NameAddr } from '../../lib/sip/drachtio.js';
 
 const NOW = 1_700_000_000_000;

@@ -1,7 +1,7 @@
 import { strict as assert } from 'node:assert';
 import { describe, it } from 'node:test';
-import type { Binding } from '../../lib/registration.js';
-import { branchFor, chooseFinal, classifySender, flowUri, locate, resolveTarget, UDP_SAFE_BYTES } from '../../lib/routing.js';
+import type { Binding } from '../../lib/registrar/registration.js';
+import { branchFor, chooseFinal, classifySender, flowUri, locate, resolveTarget, UDP_SAFE_BYTES } from '../../lib/messaging/routing.js';
 
 function binding(over: Partial<Binding> = {}): Binding {
   return {

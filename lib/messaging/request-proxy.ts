@@ -1,12 +1,12 @@
 // Every request other than REGISTER and MESSAGE: users' requests go to the platform, the
 // platform's requests go to users from the replica, so voice works exactly as without midreg.
-import { isServedDomain } from './aor.js';
-import type { LocationStore } from './location-store.js';
-import type { Logger } from './logger.js';
-import { namesMidreg, ownHosts, retargetToUpstream, type OwnAddresses } from './own-address.js';
+import { isServedDomain } from '../registrar/aor.js';
+import type { LocationStore } from '../store/location-store.js';
+import type { Logger } from '../ops/logger.js';
+import { namesMidreg, ownHosts, retargetToUpstream, type OwnAddresses } from '../sip/own-address.js';
 import { branchFor, flowUri, isTrustedPeer, locate } from './routing.js';
-import { parseUri, type RequestHandler, type SipUri } from './sip/drachtio.js';
-import { nextMaxForwards } from './upstream.js';
+import { parseUri, type RequestHandler, type SipUri } from '../sip/drachtio.js';
+import { nextMaxForwards } from '../sip/upstream.js';
 
 /** Methods proxied this way (drachtio-server handles ACK, CANCEL and in-dialog requests it record-routed). */
 export const PROXIED_METHODS = ['INVITE', 'OPTIONS', 'SUBSCRIBE', 'NOTIFY', 'INFO', 'REFER', 'PUBLISH', 'UPDATE', 'BYE'] as const;

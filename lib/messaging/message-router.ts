@@ -1,12 +1,12 @@
 // SIP MESSAGE (RFC 3428) delivered from the replica: the voice platform behind midreg gains IM.
-import { canonicalAor } from './aor.js';
-import type { LocationStore } from './location-store.js';
-import type { Logger } from './logger.js';
-import type { MessageOutcome } from './metrics.js';
-import { namesMidreg, retargetToUpstream } from './own-address.js';
+import { canonicalAor } from '../registrar/aor.js';
+import type { LocationStore } from '../store/location-store.js';
+import type { Logger } from '../ops/logger.js';
+import type { MessageOutcome } from '../ops/metrics.js';
+import { namesMidreg, retargetToUpstream } from '../sip/own-address.js';
 import { branchFor, chooseFinal, classifySender, locate, type Branch } from './routing.js';
-import { parseUri, type RequestHandler, type SipReply, type SipRequest } from './sip/drachtio.js';
-import { askUpstream, nextMaxForwards, outboundBytes, replyHeaders, upstreamHeaders, type RequestSender, type UpstreamOutcome, type UpstreamTarget } from './upstream.js';
+import { parseUri, type RequestHandler, type SipReply, type SipRequest } from '../sip/drachtio.js';
+import { askUpstream, nextMaxForwards, outboundBytes, replyHeaders, upstreamHeaders, type RequestSender, type UpstreamOutcome, type UpstreamTarget } from '../sip/upstream.js';
 
 export interface MessageRouterDeps {
   sender: RequestSender;
@@ -94,7 +94,7 @@ export function createMessageHandler(deps: MessageRouterDeps): RequestHandler {
     if (target.kind === 'upstream') {
       // Not a served AoR: the platform decides. A Request-URI naming midreg itself (a phone
       // provisioned by IP writing to a user of a domain midreg does not serve) gets the
-      // registrar's address with the user kept (lib/own-address.ts); drachtio-server would refuse it.
+      // registrar's address with the user kept (lib/sip/own-address.ts); drachtio-server would refuse it.
       const ruri = parseUri(req.uri);
       const uri = ruri && namesMidreg(ruri, own) ? retargetToUpstream(ruri, deps.upstream.uri) : req.uri;
       const outcome = await askUpstream(deps.sender, {

@@ -1,6 +1,6 @@
 // Talking to the main registrar/platform: which headers cross in each direction, and a bounded
 // wait for its answer (drachtio-server's own timer F can leave a transaction unsettled).
-import { headerAndBodyBytes, MAX_APP_MESSAGE_BYTES, type OutboundRequest, type SipReply } from './sip/drachtio.js';
+import { headerAndBodyBytes, MAX_APP_MESSAGE_BYTES, type OutboundRequest, type SipReply } from './drachtio.js';
 
 export interface UpstreamTarget {
   /** Next hop for everything relayed upstream, as a SIP URI. */

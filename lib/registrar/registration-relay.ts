@@ -2,14 +2,14 @@
 // the replica. midreg never accepts, rejects or challenges a registration on its own behalf: it
 // only refuses what is not a valid REGISTER for a served domain.
 import { canonicalAor, isServedDomain } from './aor.js';
-import type { LocationStore } from './location-store.js';
-import type { Logger } from './logger.js';
+import type { LocationStore } from '../store/location-store.js';
+import type { Logger } from '../ops/logger.js';
 import { formatContact, mapReplyContacts, rewriteContacts, type MappedContact, type SelfAddress } from './contact-insertion.js';
-import { namesMidreg, ownHosts, retargetToUpstream } from './own-address.js';
+import { namesMidreg, ownHosts, retargetToUpstream } from '../sip/own-address.js';
 import { RegisterSequence } from './register-sequence.js';
 import { contactKey, limitPlan, planReplicaUpdate, type Binding, type RegisterAttempt, type ReplicaLimits, type ReplicaPlan } from './registration.js';
-import { parseUri, SipParseError, type NameAddr, type RequestHandler, type SipReply, type SipRequest, type SipResponder, type SipUri } from './sip/drachtio.js';
-import { askUpstream, nextMaxForwards, replyHeaders, upstreamHeaders, type RequestSender, type UpstreamTarget } from './upstream.js';
+import { parseUri, SipParseError, type NameAddr, type RequestHandler, type SipReply, type SipRequest, type SipResponder, type SipUri } from '../sip/drachtio.js';
+import { askUpstream, nextMaxForwards, replyHeaders, upstreamHeaders, type RequestSender, type UpstreamTarget } from '../sip/upstream.js';
 
 export type ReplicaStore = Pick<LocationStore, 'bindingsOf' | 'replaceAor'>;
 
@@ -156,7 +156,7 @@ export function createRegisterHandler(deps: RegistrationRelayDeps): RequestHandl
     if (checked.kind === 'refuse') { refuse(req, res, checked); return; }
     const { attempt } = checked;
     // A phone provisioned by IP names midreg itself; the registrar gets its own URI instead
-    // (lib/own-address.ts). To, From, Call-ID, CSeq, Contact and Authorization stay as the phone
+    // (lib/sip/own-address.ts). To, From, Call-ID, CSeq, Contact and Authorization stay as the phone
     // sent them, so the AoR is unchanged and the digest `uri` still names what the phone signed.
     const upstreamUri = ruri && namesMidreg(ruri, own) ? retargetToUpstream(ruri, deps.upstream.uri) : req.uri;
 

@@ -1,7 +1,7 @@
 // Pure decisions about registrations: what expiry the registrar granted, and how a registrar's
 // reply changes the replica of one address-of-record. No I/O here, so it tests without a network.
 import type { Insertion } from './contact-insertion.js';
-import type { NameAddr, SourceAddress } from './sip/drachtio.js';
+import type { NameAddr, SourceAddress } from '../sip/drachtio.js';
 
 /** RFC 3261 §10.2.1.1: a registrar's default when neither Contact `expires` nor Expires is given. */
 export const RFC_DEFAULT_EXPIRES = 3600;

@@ -6,9 +6,10 @@ import { existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
-import type { Binding } from './registration.js';
+import type { Binding } from '../registrar/registration.js';
 
-const SQL_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'sql');
+// dist/lib/store/ → the repository's sql/
+const SQL_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'sql');
 
 interface BindingRow {
   aor: string;

@@ -1,10 +1,10 @@
 // Pure routing decisions for requests other than REGISTER: who may send, where a request goes,
 // how each branch reaches a UA behind NAT, and which branch response the sender gets.
-import { canonicalAor, isServedDomain } from './aor.js';
-import { keyOf } from './contact-insertion.js';
-import { namesMidreg, type OwnAddresses } from './own-address.js';
-import type { Binding } from './registration.js';
-import { parseUri } from './sip/drachtio.js';
+import { canonicalAor, isServedDomain } from '../registrar/aor.js';
+import { keyOf } from '../registrar/contact-insertion.js';
+import { namesMidreg, type OwnAddresses } from '../sip/own-address.js';
+import type { Binding } from '../registrar/registration.js';
+import { parseUri } from '../sip/drachtio.js';
 
 /** RFC 3428 §8 / RFC 3261 §18.1.1: past 1300 bytes a request must use a congestion-controlled transport. */
 export const UDP_SAFE_BYTES = 1300;

@@ -1,4 +1,4 @@
-import type { SipUri } from './sip/drachtio.js';
+import type { SipUri } from '../sip/drachtio.js';
 
 /**
  * RFC 3261 §10.3 step 5: "the URI MUST be converted to a canonical form. To do that, all URI

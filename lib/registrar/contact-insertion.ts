@@ -6,7 +6,7 @@
 // the relay and the routers do the I/O.
 import { createHash } from 'node:crypto';
 import { contactKey } from './registration.js';
-import type { NameAddr } from './sip/drachtio.js';
+import type { NameAddr } from '../sip/drachtio.js';
 
 /** The URI parameter that carries the binding key in a rewritten Contact. */
 export const KEY_PARAM = 'ctid';

@@ -1,8 +1,8 @@
 // Bindings as operators see them: one stable snake_case JSON shape shared by the admin API, the
 // CLI and exports (so scripts written against one work with the others), keyset paging over the
 // replica, and the CLI's table. No I/O of its own.
-import type { LocationStore } from './location-store.js';
-import type { Binding } from './registration.js';
+import type { LocationStore } from '../store/location-store.js';
+import type { Binding } from '../registrar/registration.js';
 
 export interface BindingView {
   aor: string;
@@ -45,7 +45,7 @@ export function bindingView(b: Binding, now: number): BindingView {
 }
 
 /**
- * The replica keys AoRs in canonical form, which is all lower case (lib/aor.ts); operators type
+ * The replica keys AoRs in canonical form, which is all lower case (lib/registrar/aor.ts); operators type
  * `sip:Alice@Example.com` or just `alice@example.com`, so both are brought to that form. Port and
  * parameters are not stripped: give the AoR without them.
  */

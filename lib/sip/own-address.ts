@@ -4,8 +4,8 @@
 // refuses to send a request to one of its own addresses ("can not send request to myself") and its
 // proxy replaces such a Request-URI by the bare destination, so these must be retargeted here.
 import { isIP } from 'node:net';
-import { KEY_PARAM } from './contact-insertion.js';
-import type { SipUri } from './sip/drachtio.js';
+import { KEY_PARAM } from '../registrar/contact-insertion.js';
+import type { SipUri } from './drachtio.js';
 
 export interface OwnAddresses {
   /** drachtio-server's SIP listen addresses as it announces them, e.g. `udp/127.0.0.1:5060`. */
@@ -56,7 +56,7 @@ export function namesMidreg(uri: SipUri, own: OwnAddresses): boolean {
 
 /**
  * URI parameters that describe the hop to midreg, not the target (RFC 3261 §19.1.1), and the
- * binding key of a Contact midreg wrote (lib/contact-insertion.ts), which means nothing upstream.
+ * binding key of a Contact midreg wrote (lib/registrar/contact-insertion.ts), which means nothing upstream.
  */
 const HOP_PARAMS = new Set(['transport', 'maddr', 'lr', 'ttl', KEY_PARAM]);
 

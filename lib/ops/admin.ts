@@ -4,7 +4,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { isIP } from 'node:net';
 import { aorLookupKey, aorSearchPrefix, bindingView, decodeCursor, encodeCursor } from './binding-view.js';
-import type { LocationStore } from './location-store.js';
+import type { LocationStore } from '../store/location-store.js';
 import type { Logger } from './logger.js';
 import type { Metrics } from './metrics.js';
 
