@@ -12,6 +12,7 @@ import {
   aorLookupKey, bindingView, columnWidths, formatRow, liveBindingPages, TABLE_HEADER, tableRow,
 } from '../lib/ops/binding-view.js';
 import { LocationStore } from '../lib/store/location-store.js';
+import { OfflineStore } from '../lib/store/offline-store.js';
 
 /** A failure the user can act on: printed as one line, exit code 1. */
 class CliError extends Error {}
@@ -176,6 +177,46 @@ export function formatStats(stats: ServiceStats, source: string): string {
   return lines.map(([k, v]) => `${k.padEnd(width)}  ${v}\n`).join('');
 }
 
+// ---- offline messages ---------------------------------------------------------------------------
+
+/** The offline queue from the replica file: every recipient's count, or one recipient's messages (never their bodies). */
+export async function showOffline(store: LocationStore, aor: string | undefined, opts: { json: boolean }, out: Writable): Promise<void> {
+  const offline = new OfflineStore(store);
+  if (aor === undefined) {
+    const queues = offline.summary();
+    if (opts.json) { await write(out, `${JSON.stringify(queues.map((q) => ({ aor: q.recipient, messages: q.messages, bytes: q.bytes, oldest_at: new Date(q.oldestAt).toISOString() })), null, 2)}\n`); return; }
+    if (queues.length === 0) { await write(out, 'no offline messages\n'); return; }
+    const rows = queues.map((q) => [q.recipient, String(q.messages), String(q.bytes), new Date(q.oldestAt).toISOString()]);
+    const header = ['AOR', 'MESSAGES', 'BYTES', 'OLDEST'];
+    const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+    await write(out, [header, ...rows].map((r) => `${r.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd()}\n`).join(''));
+    return;
+  }
+  const key = aorLookupKey(aor);
+  const messages = offline.listOf(key).map((m) => ({
+    id: m.id, from: m.sender, content_type: m.contentType, bytes: Buffer.byteLength(m.body, 'utf8'), date: m.date,
+    received_at: new Date(m.receivedAt).toISOString(), expires_at: new Date(m.expiresAt).toISOString(), attempts: m.attempts,
+  }));
+  if (opts.json) { await write(out, `${JSON.stringify(messages, null, 2)}\n`); return; }
+  if (messages.length === 0) { await write(out, `no offline messages for ${key}\n`); return; }
+  await write(out, messages.map((m) => `${m.id}  from ${m.from}  ${m.bytes} bytes  received ${m.received_at}  expires ${m.expires_at}  attempts ${m.attempts}\n`).join(''));
+}
+
+/** Purging is the service's to do (it keeps the queue's totals): ask its admin API. */
+async function purgeOffline(baseUrl: string, token: string | undefined, aor: string): Promise<number> {
+  let res: Response;
+  try {
+    res = await fetch(`${baseUrl.replace(/\/$/, '')}/offline/${encodeURIComponent(aorLookupKey(aor))}`, {
+      method: 'DELETE', headers: token ? { Authorization: `Bearer ${token}` } : {}, signal: AbortSignal.timeout(10_000),
+    });
+  } catch (err) {
+    throw new CliError(`cannot reach the admin API at ${baseUrl}: ${err instanceof Error ? err.message : String(err)}`);
+  }
+  const body = await res.json().catch(() => undefined) as { purged?: unknown; error?: unknown } | undefined;
+  if (res.status !== 200 || typeof body?.purged !== 'number') throw new CliError(`the admin API at ${baseUrl} answered ${res.status}${typeof body?.error === 'string' ? `: ${body.error}` : ''}`);
+  return body.purged;
+}
+
 // ---- export -----------------------------------------------------------------------------------
 
 /** Progress on stderr: rewritten in place on a terminal, one line per update otherwise. */
@@ -263,6 +304,26 @@ export function program(env: NodeJS.ProcessEnv): Command {
       }
       const stats = await fetchStats(url, opts.token ?? (env['MIDREG_ADMIN_TOKEN'] || undefined));
       await write(process.stdout, opts.json ? `${JSON.stringify(stats, null, 2)}\n` : formatStats(stats, url));
+    });
+
+  cli.command('offline')
+    .description('offline messages waiting (all recipients, or one AoR\'s) from the SQLite replica, read-only; --purge drops one AoR\'s through the running service')
+    .argument('[aor]', 'one address-of-record, e.g. sip:bob@example.com')
+    .option('--db <file>', 'SQLite replica (env MIDREG_DB)', dbDefault)
+    .option('--json', 'print JSON', false)
+    .option('--purge', 'drop every message waiting for <aor> (asks the admin API)', false)
+    .option('--url <url>', 'with --purge: admin API base URL (env MIDREG_ADMIN_URL, else http://MIDREG_ADMIN_HOST:MIDREG_ADMIN_PORT)')
+    .option('--token <token>', 'with --purge: admin API token (env MIDREG_ADMIN_TOKEN)')
+    .action(async (aor: string | undefined, opts: { db: string; json: boolean; purge: boolean; url?: string; token?: string }) => {
+      if (opts.purge) {
+        if (aor === undefined) throw new CliError('--purge needs the AoR whose messages to drop');
+        const url = opts.url ?? defaultAdminUrl(env);
+        if (url === undefined) throw new CliError('no admin API to ask: give --url http://127.0.0.1:PORT (or set MIDREG_ADMIN_PORT)');
+        const purged = await purgeOffline(url, opts.token ?? (env['MIDREG_ADMIN_TOKEN'] || undefined), aor);
+        await write(process.stdout, opts.json ? `${JSON.stringify({ aor: aorLookupKey(aor), purged })}\n` : `purged ${purged} message${purged === 1 ? '' : 's'} for ${aorLookupKey(aor)}\n`);
+        return;
+      }
+      await withReplica(opts.db, (store) => showOffline(store, aor, { json: opts.json }, process.stdout));
     });
 
   cli.command('export')

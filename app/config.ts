@@ -37,6 +37,8 @@ export interface Config {
   maxAors: number;
   /** How long SIGTERM waits for transactions in flight. */
   stopTimeoutMs: number;
+  /** Offline messages (store and forward); undefined when MIDREG_OFFLINE_MESSAGES is off. */
+  offline: { ttlSec: number; maxPerRecipient: number; maxBytesPerRecipient: number; maxTotalBytes: number; senderPerMinute: number; retryIntervalSec: number } | undefined;
   /** Admin HTTP API (health, metrics, registrations); off while port is undefined. */
   admin: { port: number | undefined; host: string; token: string | undefined };
 }
@@ -94,6 +96,13 @@ export const SETTINGS = {
   maxBindingsPerAor: { env: 'MIDREG_MAX_BINDINGS_PER_AOR', schema: z.coerce.number().int().min(1).max(10_000).default(32) },
   maxAors: { env: 'MIDREG_MAX_AORS', schema: z.coerce.number().int().min(1).max(100_000_000).default(5_000_000) },
   stopTimeoutMs: { env: 'MIDREG_STOP_TIMEOUT_MS', schema: z.coerce.number().int().min(0).max(60_000).default(5000) },
+  offlineMessages: { env: 'MIDREG_OFFLINE_MESSAGES', schema: z.enum(['on', 'off']).default('off') },
+  offlineTtlSec: { env: 'MIDREG_OFFLINE_TTL_SEC', schema: z.coerce.number().int().min(1).max(90 * 86_400).default(7 * 86_400) },
+  offlineMaxPerUser: { env: 'MIDREG_OFFLINE_MAX_PER_USER', schema: z.coerce.number().int().min(1).max(100_000).default(100) },
+  offlineMaxBytesPerUser: { env: 'MIDREG_OFFLINE_MAX_BYTES_PER_USER', schema: z.coerce.number().int().min(1).max(1_073_741_824).default(1_048_576) },
+  offlineMaxTotalBytes: { env: 'MIDREG_OFFLINE_MAX_TOTAL_BYTES', schema: z.coerce.number().int().min(1).max(1_099_511_627_776).default(268_435_456) },
+  offlineSenderRate: { env: 'MIDREG_OFFLINE_SENDER_RATE', schema: z.coerce.number().int().min(1).max(1_000_000).default(60) },
+  offlineRetrySec: { env: 'MIDREG_OFFLINE_RETRY_INTERVAL_SEC', schema: z.coerce.number().int().min(1).max(3600).default(10) },
   adminPort: { env: 'MIDREG_ADMIN_PORT', schema: z.coerce.number().int().min(1).max(65535).optional() },
   adminHost: { env: 'MIDREG_ADMIN_HOST', schema: z.string().min(1).default('127.0.0.1') },
   adminToken: { env: 'MIDREG_ADMIN_TOKEN', schema: z.string().min(16, 'must be at least 16 characters').optional() },
@@ -170,6 +179,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     maxBindingsPerAor: v.maxBindingsPerAor,
     maxAors: v.maxAors,
     stopTimeoutMs: v.stopTimeoutMs,
+    offline: v.offlineMessages === 'on'
+      ? {
+        ttlSec: v.offlineTtlSec, maxPerRecipient: v.offlineMaxPerUser, maxBytesPerRecipient: v.offlineMaxBytesPerUser,
+        maxTotalBytes: v.offlineMaxTotalBytes, senderPerMinute: v.offlineSenderRate, retryIntervalSec: v.offlineRetrySec,
+      }
+      : undefined,
     admin: { port: v.adminPort, host: v.adminHost, token: v.adminToken },
   };
 }

@@ -7,6 +7,9 @@ import { LocationStore } from '../lib/store/location-store.js';
 import type { Logger } from '../lib/ops/logger.js';
 import { selfAddressFrom } from '../lib/registrar/contact-insertion.js';
 import { createMessageHandler } from '../lib/messaging/message-router.js';
+import { OfflineCourier } from '../lib/messaging/offline-courier.js';
+import { SenderRate } from '../lib/messaging/offline-policy.js';
+import { OfflineStore } from '../lib/store/offline-store.js';
 import { Metrics } from '../lib/ops/metrics.js';
 import { createRegisterHandler, type ReplicaCounters } from '../lib/registrar/registration-relay.js';
 import { createProxyHandler, PROXIED_METHODS } from '../lib/messaging/request-proxy.js';
@@ -48,7 +51,11 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
   }
   const counters: ReplicaCounters = store.countStored();
   logger.info('replica opened', { db: config.dbFile, schema: store.schemaVersion, bindings: counters.bindings, aors: counters.aors });
-  const metrics = new Metrics({ registrations: () => ({ bindings: counters.bindings, aors: counters.aors }) });
+  const offlineStore = config.offline ? new OfflineStore(store) : undefined;
+  const metrics = new Metrics({
+    registrations: () => ({ bindings: counters.bindings, aors: counters.aors }),
+    ...(offlineStore ? { offline: () => ({ ...offlineStore.totals() }) } : {}),
+  });
 
   const engine = new SipEngine((err, req) => {
     logger.error('SIP handler failed; answered 500', { method: req.method, error: err instanceof Error ? err.stack ?? err.message : String(err) });
@@ -79,6 +86,15 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
   };
 
   const upstream = { uri: config.upstream, timeoutMs: config.upstreamTimeoutMs };
+  const courier = offlineStore ? new OfflineCourier({
+    sender: engine,
+    store: offlineStore,
+    bindings: store,
+    timeoutMs: config.upstreamTimeoutMs,
+    logger,
+    onOutcome: (outcome) => metrics.offlineOutcome(outcome),
+  }) : undefined;
+  if (offlineStore) logger.info('offline messages on', { waiting: offlineStore.totals().messages, ttlSec: config.offline?.ttlSec });
   const ownUri = (): string | undefined => config.pathUri ?? pathUriFrom(engine.sipAddresses);
   engine.handle('REGISTER', admitted(createRegisterHandler({
     sender: engine,
@@ -93,6 +109,7 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
     counters,
     onRegisterAnswered: (status, upstreamMs) => metrics.registerAnswered(status, upstreamMs),
     onReplicaWriteFailed: () => metrics.replicaWriteFailed(),
+    ...(courier ? { onReplicaWritten: (aor: string, bindings: number) => { if (bindings > 0) courier.registered(aor); } } : {}),
   })));
   engine.handle('MESSAGE', admitted(createMessageHandler({
     sender: engine,
@@ -104,6 +121,15 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
     noBindingStatus: config.noBindingStatus,
     maxBodyBytes: config.maxMessageBytes,
     logger,
+    ...(offlineStore && courier && config.offline ? {
+      offline: {
+        store: offlineStore,
+        isKnown: (aor: string) => store.isKnownAor(aor),
+        rate: new SenderRate(config.offline.senderPerMinute),
+        limits: config.offline,
+        stored: (aor: string) => courier.stored(aor),
+      },
+    } : {}),
     onOutcome: (outcome) => metrics.messageOutcome(outcome),
   })));
   const proxy = createProxyHandler({
@@ -123,6 +149,8 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
     logger.info('connected to drachtio-server', { drachtio: `${config.drachtio.host}:${config.drachtio.port}`, sip: hostport });
     metrics.drachtioConnected(true);
     markConnected();
+    // After a restart: messages stored before it go out to whoever is registered.
+    if (courier && store.readOnlyReason === undefined) setImmediate(() => courier.tick());
   });
   engine.on('disconnect', (reason) => {
     logger.warn('lost drachtio-server; reconnecting', { drachtio: `${config.drachtio.host}:${config.drachtio.port}`, reason });
@@ -141,6 +169,11 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
         store: { listLiveAfter: (...a) => store.listLiveAfter(...a), liveBindings: (...a) => store.liveBindings(...a), checkWritable: () => store.checkWritable(), counts: () => ({ ...counters }) },
         metrics,
         drachtioConnected: () => engine.connected,
+        offline: offlineStore,
+        onOfflinePurged: (aor, purged) => {
+          logger.info('offline messages purged', { event: 'offline', outcome: 'purged', aor, purged });
+          metrics.offlineOutcome('purged', purged);
+        },
       },
       logger,
     });
@@ -172,6 +205,12 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
   };
   const purgeTimer = setInterval(() => purge('timer'), config.purgeIntervalSec * 1000);
   purgeTimer.unref();
+  // Expired offline messages go, and failed deliveries are retried, on this beat; a registration
+  // delivers at once without waiting for it.
+  const courierTimer = courier && config.offline ? setInterval(() => {
+    if (store.readOnlyReason === undefined && engine.connected) courier.tick();
+  }, config.offline.retryIntervalSec * 1000) : undefined;
+  courierTimer?.unref();
   // Bindings that expired while midreg was down are never served (every lookup filters on
   // expiry); they are deleted in the background so start-up does not wait for them.
   setImmediate(() => purge('start'));
@@ -187,10 +226,11 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
       // First, so health checks fail at once and load balancers stop sending while we drain.
       await admin.then((server) => server?.close(), () => undefined);
       clearInterval(purgeTimer);
+      if (courierTimer) clearInterval(courierTimer);
       stopping = true;
       const deadline = Date.now() + config.stopTimeoutMs;
-      while (guard.active > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-      const abandoned = guard.active;
+      while ((guard.active > 0 || (courier?.active ?? 0) > 0) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      const abandoned = guard.active + (courier?.active ?? 0);
       engine.disconnect();
       store.close();
       return { abandoned };

@@ -4,6 +4,8 @@ import type { LocationStore } from '../store/location-store.js';
 import type { Logger } from '../ops/logger.js';
 import type { MessageOutcome } from '../ops/metrics.js';
 import { namesMidreg, retargetToUpstream } from '../sip/own-address.js';
+import type { OfflineStore } from '../store/offline-store.js';
+import { admitOffline, sipDate, type OfflineLimits, type SenderRate } from './offline-policy.js';
 import { branchFor, chooseFinal, classifySender, locate, type Branch } from './routing.js';
 import { parseUri, type RequestHandler, type SipReply, type SipRequest } from '../sip/drachtio.js';
 import { askUpstream, nextMaxForwards, outboundBytes, replyHeaders, upstreamHeaders, type RequestSender, type UpstreamOutcome, type UpstreamTarget } from '../sip/upstream.js';
@@ -20,6 +22,16 @@ export interface MessageRouterDeps {
   noBindingStatus: 404 | 480;
   maxBodyBytes: number;
   logger: Logger;
+  /** Offline messages (MIDREG_OFFLINE_MESSAGES=on); absent: a user with no live binding gets noBindingStatus. */
+  offline?: {
+    store: Pick<OfflineStore, 'add' | 'queueOf' | 'totals'>;
+    /** The registrar has accepted this AoR at least once. */
+    isKnown(aor: string): boolean;
+    rate: SenderRate;
+    limits: OfflineLimits;
+    /** Called once a message is on disk (the courier delivers it when the user registers). */
+    stored(aor: string): void;
+  };
   onOutcome?(outcome: MessageOutcome): void;
   clock?: () => number;
 }
@@ -56,6 +68,34 @@ export function createMessageHandler(deps: MessageRouterDeps): RequestHandler {
     };
 
     const fromAor = senderAor(req);
+    /** No live binding: keep the message for the user's next registration, or say why not. */
+    const keepOffline = (aor: string): void => {
+      const offline = deps.offline;
+      if (!offline) return;
+      const sender = fromAor ?? from;
+      const admission = admitOffline({
+        recipientKnown: offline.isKnown(aor),
+        queue: offline.store.queueOf(aor),
+        totalBytes: offline.store.totals().bytes,
+        messageBytes: bodyBytes,
+        senderWithinRate: () => offline.rate.take(sender, now),
+      }, offline.limits, deps.noBindingStatus);
+      if (admission.kind === 'refuse') {
+        res.send(admission.status, { reason: admission.reason, ...(admission.retryAfterSec ? { headers: { 'Retry-After': String(admission.retryAfterSec) } } : {}) });
+        finish(admission.status === 486 ? 'offline_refused' : 'not_found', admission.status, { aor, why: admission.why });
+        return;
+      }
+      // On disk before the 202 goes out: what midreg acknowledged survives a crash.
+      const id = offline.store.add({
+        recipient: aor, sender, fromHeader: req.header('From') ?? '', toHeader: req.header('To') ?? `<${aor}>`,
+        contentType: req.header('Content-Type') ?? 'text/plain', body: req.body, date: req.header('Date') ?? sipDate(now),
+        receivedAt: now, expiresAt: now + offline.limits.ttlSec * 1000,
+      });
+      // RFC 3428 §7: "202 Accepted" when the request was accepted for later delivery.
+      res.send(202, { reason: 'Accepted' });
+      offline.stored(aor);
+      finish('stored', 202, { aor, id, bodyBytes });
+    };
     const sender = classifySender(req.source, deps.trustedPeers,
       () => fromAor !== undefined && deps.store.isLiveSource(fromAor, req.source.address, req.source.port, now));
     if (sender.kind === 'unknown') {
@@ -81,6 +121,7 @@ export function createMessageHandler(deps: MessageRouterDeps): RequestHandler {
     const target = locate(req.uri, deps.store, own, now);
 
     if (target.kind === 'no-binding') {
+      if (deps.offline) { keepOffline(target.aor); return; }
       res.send(deps.noBindingStatus);
       finish('not_found', deps.noBindingStatus, { aor: target.aor });
       return;
@@ -132,7 +173,7 @@ export function createMessageHandler(deps: MessageRouterDeps): RequestHandler {
   };
 }
 
-type Answer = { status: number; reply: SipReply | undefined };
+export type Answer = { status: number; reply: SipReply | undefined };
 
 function answerFrom(outcomes: UpstreamOutcome[]): Answer {
   const statuses = outcomes.map((o) => (o.kind === 'reply' ? o.reply.status : o.kind === 'timeout' ? 408 : o.kind === 'too-large' ? 513 : 503));
@@ -142,7 +183,7 @@ function answerFrom(outcomes: UpstreamOutcome[]): Answer {
 }
 
 /** Resolve with the first 2xx, or with the best final response once every branch has one. */
-function forkFirst2xx(branches: Array<Promise<UpstreamOutcome>>): Promise<Answer> {
+export function forkFirst2xx(branches: Array<Promise<UpstreamOutcome>>): Promise<Answer> {
   return new Promise((resolve) => {
     const done: UpstreamOutcome[] = [];
     let settled = false;

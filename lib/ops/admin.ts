@@ -1,10 +1,12 @@
-// The admin HTTP API: health for load balancers and orchestrators, Prometheus metrics, and a
-// read-only view of the replica. Off unless a port is configured; it only ever reads.
+// The admin HTTP API: health for load balancers and orchestrators, Prometheus metrics, a
+// read-only view of the replica, and the offline message queue (listing, and purging one
+// recipient's: the one write it offers). Off unless a port is configured.
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { isIP } from 'node:net';
 import { aorLookupKey, aorSearchPrefix, bindingView, decodeCursor, encodeCursor } from './binding-view.js';
 import type { LocationStore } from '../store/location-store.js';
+import type { OfflineStore } from '../store/offline-store.js';
 import type { Logger } from './logger.js';
 import type { Metrics } from './metrics.js';
 
@@ -12,6 +14,10 @@ export interface AdminDeps {
   store: Pick<LocationStore, 'listLiveAfter' | 'liveBindings' | 'counts' | 'checkWritable'>;
   drachtioConnected(): boolean;
   metrics: Metrics;
+  /** An operator purged a recipient's offline messages (for the log and metrics). */
+  onOfflinePurged?(aor: string, purged: number): void;
+  /** The offline message queue; undefined while MIDREG_OFFLINE_MESSAGES is off. */
+  offline?: Pick<OfflineStore, 'summary' | 'listOf' | 'purge' | 'totals'> | undefined;
   now?: () => number;
 }
 
@@ -68,15 +74,19 @@ function pageSize(raw: string | null): number {
   return Number(raw);
 }
 
-type Route = (url: URL, res: ServerResponse) => Promise<void> | void;
+type Route = (url: URL, res: ServerResponse, method: string) => Promise<void> | void;
 
 /**
  * Every path the admin API serves; `<aor>` stands for one URL-encoded path segment. The router is
  * built from this list (and the handler table must name exactly these), so the README's route
  * table can be checked against it (test/unit/docs.test.ts).
  */
-export const ADMIN_ROUTES = ['/health', '/metrics', '/stats', '/registrations', '/registrations/<aor>'] as const;
+export const ADMIN_ROUTES = ['/health', '/metrics', '/stats', '/registrations', '/registrations/<aor>', '/offline', '/offline/<aor>'] as const;
 type AdminRoute = (typeof ADMIN_ROUTES)[number];
+/** Routes that also take DELETE; every route takes GET and HEAD. */
+export const ADMIN_DELETE_ROUTES: readonly AdminRoute[] = ['/offline/<aor>'];
+/** Every method and path the API answers, e.g. `GET /health`, `DELETE /offline/<aor>`. */
+export const ADMIN_ENDPOINTS: readonly string[] = [...ADMIN_ROUTES.map((r) => `GET ${r}`), ...ADMIN_DELETE_ROUTES.map((r) => `DELETE ${r}`)];
 
 /** `/registrations/<aor>` → /^\/registrations\/([^/]+)$/ */
 function routePattern(route: AdminRoute): RegExp {
@@ -84,7 +94,7 @@ function routePattern(route: AdminRoute): RegExp {
   return new RegExp(`^${escaped}$`);
 }
 
-function routes(deps: AdminDeps): { match(path: string): Route | undefined } {
+function routes(deps: AdminDeps): { match(path: string): { route: Route; deletes: boolean } | undefined } {
   const now = deps.now ?? Date.now;
 
   const health: Route = (_url, res) => {
@@ -121,17 +131,54 @@ function routes(deps: AdminDeps): { match(path: string): Route | undefined } {
     });
   };
 
-  const one = (encoded: string): Route => (_url, res) => {
-    let aor: string;
+  const decodeAor = (encoded: string): string => {
     try {
-      aor = aorLookupKey(decodeURIComponent(encoded));
+      return aorLookupKey(decodeURIComponent(encoded));
     } catch {
       throw new HttpError(400, 'the AoR is not validly URL-encoded');
     }
+  };
+  const one = (encoded: string): Route => (_url, res) => {
+    const aor = decodeAor(encoded);
     const at = now();
     const bindings = deps.store.liveBindings(aor, at);
     if (bindings.length === 0) { sendJson(res, 404, { error: 'no live registration', aor }); return; }
     sendJson(res, 200, { aor, bindings: bindings.map((b) => bindingView(b, at)) });
+  };
+
+  const offlineStore = (): NonNullable<AdminDeps['offline']> => {
+    if (!deps.offline) throw new HttpError(404, 'offline messages are off (MIDREG_OFFLINE_MESSAGES)');
+    return deps.offline;
+  };
+
+  const offlineQueue: Route = (_url, res) => {
+    const store = offlineStore();
+    const totals = store.totals();
+    sendJson(res, 200, {
+      messages: totals.messages,
+      bytes: totals.bytes,
+      recipients: store.summary().map((q) => ({ aor: q.recipient, messages: q.messages, bytes: q.bytes, oldest_at: new Date(q.oldestAt).toISOString() })),
+    });
+  };
+
+  // Message bodies are never shown: the queue is the users' correspondence.
+  const offlineOf = (encoded: string): Route => (_url, res, method) => {
+    const store = offlineStore();
+    const aor = decodeAor(encoded);
+    if (method === 'DELETE') {
+      const purged = store.purge(aor);
+      deps.onOfflinePurged?.(aor, purged);
+      sendJson(res, 200, { aor, purged });
+      return;
+    }
+    sendJson(res, 200, {
+      aor,
+      messages: store.listOf(aor).map((m) => ({
+        id: m.id, from: m.sender, content_type: m.contentType, bytes: Buffer.byteLength(m.body, 'utf8'), date: m.date,
+        received_at: new Date(m.receivedAt).toISOString(), expires_at: new Date(m.expiresAt).toISOString(),
+        attempts: m.attempts, next_attempt_at: new Date(m.nextAttemptAt).toISOString(),
+      })),
+    });
   };
 
   const stats: Route = (_url, res) => {
@@ -156,14 +203,16 @@ function routes(deps: AdminDeps): { match(path: string): Route | undefined } {
     '/stats': () => stats,
     '/registrations': () => list,
     '/registrations/<aor>': one,
+    '/offline': () => offlineQueue,
+    '/offline/<aor>': offlineOf,
   };
-  const table = ADMIN_ROUTES.map((route) => ({ pattern: routePattern(route), handler: handlers[route] }));
+  const table = ADMIN_ROUTES.map((route) => ({ pattern: routePattern(route), handler: handlers[route], deletes: ADMIN_DELETE_ROUTES.includes(route) }));
 
   return {
     match(path) {
-      for (const { pattern, handler } of table) {
+      for (const { pattern, handler, deletes } of table) {
         const found = pattern.exec(path);
-        if (found) return handler(found[1] ?? '');
+        if (found) return { route: handler(found[1] ?? ''), deletes };
       }
       return undefined;
     },
@@ -209,14 +258,15 @@ export function startAdminServer(opts: AdminServerOptions): Promise<AdminServer>
       }
     }
 
-    const route = table.match(url.pathname);
-    if (!route) { sendJson(res, 404, { error: 'not found' }); return; }
-    if (req.method !== 'GET' && req.method !== 'HEAD') {
-      sendJson(res, 405, { error: 'method not allowed' }, { Allow: 'GET, HEAD' });
+    const matched = table.match(url.pathname);
+    if (!matched) { sendJson(res, 404, { error: 'not found' }); return; }
+    const method = req.method ?? 'GET';
+    if (method !== 'GET' && method !== 'HEAD' && !(method === 'DELETE' && matched.deletes)) {
+      sendJson(res, 405, { error: 'method not allowed' }, { Allow: matched.deletes ? 'GET, HEAD, DELETE' : 'GET, HEAD' });
       return;
     }
     try {
-      await route(url, res);
+      await matched.route(url, res, method);
     } catch (err) {
       if (err instanceof HttpError) { sendJson(res, err.status, { error: err.message }); return; }
       log.error('admin request failed', { path: url.pathname, error: err instanceof Error ? err.message : String(err) });

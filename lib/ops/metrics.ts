@@ -2,7 +2,10 @@
 // prom-client's global one, so two instances (tests, or an embedding app) never share counters.
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 
-export const MESSAGE_OUTCOMES = ['delivered', 'not_found', 'forbidden', 'too_large', 'failed', 'relayed'] as const;
+export const MESSAGE_OUTCOMES = ['delivered', 'not_found', 'forbidden', 'too_large', 'failed', 'relayed', 'stored', 'offline_refused'] as const;
+/** What became of stored offline messages. */
+export const OFFLINE_OUTCOMES = ['delivered', 'retry', 'expired', 'purged'] as const;
+export type OfflineOutcome = (typeof OFFLINE_OUTCOMES)[number];
 export type MessageOutcome = (typeof MESSAGE_OUTCOMES)[number];
 
 /** Final status classes a UA can be answered with. */
@@ -21,6 +24,8 @@ export interface MetricsSnapshot {
 export interface MetricsOptions {
   /** Bindings and AoRs in the replica (the writers' counters); called once per scrape. */
   registrations: () => { bindings: number; aors: number };
+  /** Offline messages waiting and their body bytes; called once per scrape. */
+  offline?: () => { messages: number; bytes: number };
   now?: () => number;
 }
 
@@ -38,6 +43,9 @@ export class Metrics {
   private readonly bindingsGauge: Gauge;
   private readonly aorsGauge: Gauge;
   private readonly drachtioGauge: Gauge;
+  private readonly offlineGauge: Gauge;
+  private readonly offlineBytesGauge: Gauge;
+  private readonly offlineTotal: Counter<'outcome'>;
   // Plain tallies beside the prom-client ones: prom-client's reads are async and shaped for
   // exposition, `stats` wants numbers.
   private readonly tally: { register: Record<string, number>; message: Record<MessageOutcome, number>; replicaWriteFailures: number; drachtio: boolean };
@@ -63,6 +71,9 @@ export class Metrics {
     this.bindingsGauge = new Gauge({ name: 'midreg_bindings', help: 'Bindings in the replica (an expired one counts until the next expiry sweep)', registers });
     this.aorsGauge = new Gauge({ name: 'midreg_aors', help: 'AoRs with at least one binding in the replica (likewise)', registers });
     this.drachtioGauge = new Gauge({ name: 'midreg_drachtio_connected', help: '1 while connected to drachtio-server, else 0', registers });
+    this.offlineGauge = new Gauge({ name: 'midreg_offline_messages', help: 'Offline messages waiting for their recipient to register', registers });
+    this.offlineBytesGauge = new Gauge({ name: 'midreg_offline_bytes', help: 'Body bytes of the offline messages waiting', registers });
+    this.offlineTotal = new Counter({ name: 'midreg_offline_total', help: 'Offline messages delivered, retried after a failed attempt, expired unsent, or purged by an operator', labelNames: ['outcome'] as const, registers });
     collectDefaultMetrics({ register: this.registry });
 
     // Zero series exist from the start, so rate() and absent-series alerts work before the first event.
@@ -90,6 +101,10 @@ export class Metrics {
     this.tally.message[outcome] += 1;
   }
 
+  offlineOutcome(outcome: OfflineOutcome, count = 1): void {
+    this.offlineTotal.inc({ outcome }, count);
+  }
+
   replicaWriteFailed(): void {
     this.replicaFailures.inc();
     this.tally.replicaWriteFailures += 1;
@@ -115,6 +130,16 @@ export class Metrics {
       // "unknown" where a stale number would mislead.
       this.bindingsGauge.set(Number.NaN);
       this.aorsGauge.set(Number.NaN);
+    }
+    if (this.opts.offline) {
+      try {
+        const { messages, bytes } = this.opts.offline();
+        this.offlineGauge.set(messages);
+        this.offlineBytesGauge.set(bytes);
+      } catch {
+        this.offlineGauge.set(Number.NaN);
+        this.offlineBytesGauge.set(Number.NaN);
+      }
     }
     return this.registry.metrics();
   }

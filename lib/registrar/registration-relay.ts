@@ -20,7 +20,8 @@ export interface RegisterEvents {
   /** Called once per REGISTER with what the UA was answered (for metrics). */
   onRegisterAnswered?(status: number, upstreamMs: number | undefined): void;
   onReplicaWriteFailed?(err: unknown): void;
-  onReplicaWritten?(): void;
+  /** A 2xx was written to the replica; `bindings` live bindings of `aor` now. */
+  onReplicaWritten?(aor: string, bindings: number): void;
 }
 
 export interface RegistrationRelayDeps extends RegisterEvents {
@@ -235,7 +236,7 @@ export function createRegisterHandler(deps: RegistrationRelayDeps): RequestHandl
           sequence.record(attempt.aor, attempt.callId, attempt.cseq, now);
           deps.counters.bindings += plan.bindings.length - state.bindings.length;
           deps.counters.aors += (plan.bindings.length > 0 ? 1 : 0) - (hadBindings ? 1 : 0);
-          deps.onReplicaWritten?.();
+          deps.onReplicaWritten?.(plan.aor, plan.bindings.length);
         }
       }
     } catch (err) {

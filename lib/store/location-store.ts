@@ -209,6 +209,8 @@ function prepareStatements(db: Database.Database) {
       'SELECT count(*) AS bindings, count(DISTINCT aor) AS aors FROM binding'),
     liveByContact: db.prepare<[string, number], BindingRow>(
       'SELECT * FROM binding WHERE contact = ? AND expires_at > ? ORDER BY updated_at DESC'),
+    rememberAor: db.prepare<[string, number]>('INSERT OR IGNORE INTO known_aor (aor, first_seen_at) VALUES (?, ?)'),
+    isKnownAor: db.prepare<[string], { n: number }>('SELECT 1 AS n FROM known_aor WHERE aor = ?'),
     byInsertionKey: db.prepare<[string], BindingRow>(
       'SELECT * FROM binding WHERE insertion_key = ? ORDER BY expires_at DESC'),
     liveFromSource: db.prepare<[string, string, number, number], { n: number }>(
@@ -339,8 +341,12 @@ export class LocationStore {
     this.replaceTx = db.transaction((aor: string, rows: BindingRow[], stored: readonly string[] | undefined) => {
       // Only what changed is written: each page touched is one more 4 KiB frame in the WAL.
       const kept = new Set(rows.map((row) => row.contact));
-      for (const contact of stored ?? stmt.contactsOf.all(aor).map((row) => row.contact)) if (!kept.has(contact)) stmt.deleteBinding.run(aor, contact);
+      const before = stored ?? stmt.contactsOf.all(aor).map((row) => row.contact);
+      for (const contact of before) if (!kept.has(contact)) stmt.deleteBinding.run(aor, contact);
       for (const row of rows) stmt.upsert.run(row);
+      // An AoR new to the replica: remember that the registrar accepted it (offline messages may
+      // be kept for it). Refreshes skip this, so it costs nothing per REGISTER.
+      if (before.length === 0 && rows[0]) stmt.rememberAor.run(aor, rows[0].registered_at);
     });
     this.purgeTx = db.transaction((now: number, limit: number) => {
       const expired = stmt.expiredBatch.all(now, limit);
@@ -417,6 +423,16 @@ export class LocationStore {
    */
   bindingsByInsertionKey(key: string): Binding[] {
     return this.stmt.byInsertionKey.all(key).map(fromRow);
+  }
+
+  /** Whether the registrar has accepted `aor` at least once (a 2xx listed a binding for it). */
+  isKnownAor(aor: string): boolean {
+    return this.stmt.isKnownAor.get(aor) !== undefined;
+  }
+
+  /** The open database, for the other stores of lib/store/ that keep their tables in the same file. */
+  get database(): Database.Database {
+    return this.db;
   }
 
   /** Whether a live binding of `aor` was registered from this source address and port. */

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { AdminConfigError, isLoopback, startAdminServer, type AdminDeps, type AdminServer } from '../../lib/ops/admin.js';
 import { LocationStore } from '../../lib/store/location-store.js';
+import { OfflineStore } from '../../lib/store/offline-store.js';
 import { Metrics } from '../../lib/ops/metrics.js';
 import { binding, captureLogger, fillReplica, LIVE_AORS, LIVE_BINDINGS } from './fixtures.js';
 
@@ -182,6 +183,47 @@ describe('admin API', () => {
     });
   });
 
+  describe('the offline queue: GET /offline, GET and DELETE /offline/<AoR>', () => {
+    it('lists per recipient and one recipient\'s messages without their text, and purges one recipient\'s, surviving a reopen of the file', async () => {
+      const offline = new OfflineStore(store);
+      const add = (recipient: string, body: string, at: number): number => offline.add({
+        recipient, sender: 'sip:alice@example.test', fromHeader: '<sip:alice@example.test>;tag=a', toHeader: `<${recipient}>`,
+        contentType: 'text/plain', body, date: 'Mon, 01 Jan 2024 10:00:00 GMT', receivedAt: at, expiresAt: at + 60_000,
+      });
+      add('sip:bob@example.test', 'secret words', NOW - 2000);
+      add('sip:bob@example.test', 'more', NOW - 1000);
+      add('sip:carol@example.test', 'hi', NOW);
+      const purgedLog: Array<[string, number]> = [];
+      const { url } = await serve({ offline, onOfflinePurged: (aor, n) => { purgedLog.push([aor, n]); } });
+      const queue = await getJson(`${url}/offline`);
+      assert.equal(queue.status, 200);
+      assert.deepEqual(queue.body, {
+        messages: 3, bytes: 18,
+        recipients: [
+          { aor: 'sip:bob@example.test', messages: 2, bytes: 16, oldest_at: new Date(NOW - 2000).toISOString() },
+          { aor: 'sip:carol@example.test', messages: 1, bytes: 2, oldest_at: new Date(NOW).toISOString() },
+        ],
+      });
+      const bob = await getJson(`${url}/offline/${encodeURIComponent('SIP:Bob@Example.test')}`);
+      assert.equal((bob.body['messages'] as unknown[]).length, 2);
+      assert.ok(!JSON.stringify(bob.body).includes('secret words'), 'never the text');
+      const purged = await getJson(`${url}/offline/${encodeURIComponent('sip:bob@example.test')}`, { method: 'DELETE' });
+      assert.deepEqual(purged.body, { aor: 'sip:bob@example.test', purged: 2 });
+      assert.deepEqual(purgedLog, [['sip:bob@example.test', 2]]);
+      assert.deepEqual(offline.totals(), { messages: 1, bytes: 2 }, 'the totals follow');
+      const reopened = new OfflineStore(new LocationStore(file, { readonly: true }));
+      assert.deepEqual(reopened.summary().map((q) => q.recipient), ['sip:carol@example.test'], 'on disk');
+      assert.equal((await getJson(`${url}/registrations`, { method: 'DELETE' })).status, 405, 'DELETE only where listed');
+      offline.purge('sip:carol@example.test');
+    });
+
+    it('answers 404 while offline messages are off', async () => {
+      const res = await getJson(`${base}/offline`);
+      assert.equal(res.status, 404);
+      assert.match(String(res.body['error']), /MIDREG_OFFLINE_MESSAGES/);
+    });
+  });
+
   describe('routing', () => {
     it('answers 404 to an unknown path and 405 (with Allow) to a wrong method', async () => {
       for (const path of ['/', '/nope', '/registrations/a/b', '/health/']) {
@@ -253,7 +295,7 @@ describe('admin API', () => {
         bindings: LIVE_BINDINGS + 1,
         aors: LIVE_AORS + 1,
         register: { '2xx': 2, '3xx': 0, '4xx': 3, '5xx': 0, '6xx': 0 },
-        message: { delivered: 2, not_found: 1, forbidden: 0, too_large: 0, failed: 0, relayed: 0 },
+        message: { delivered: 2, not_found: 1, forbidden: 0, too_large: 0, failed: 0, relayed: 0, stored: 0, offline_refused: 0 },
         replica_write_failures: 1,
       });
       store.replaceAor('sip:dave@example.test', []);

@@ -9,6 +9,7 @@ import { after, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { startAdminServer } from '../../lib/ops/admin.js';
 import { LocationStore } from '../../lib/store/location-store.js';
+import { OfflineStore } from '../../lib/store/offline-store.js';
 import { Metrics } from '../../lib/ops/metrics.js';
 import { binding, captureLogger, fillReplica, LIVE_AORS, LIVE_BINDINGS } from './fixtures.js';
 
@@ -205,3 +206,27 @@ describe('midreg CLI', () => {
     });
   });
 });
+
+describe('midreg offline', () => {
+  it('lists the queue per recipient and one recipient\'s messages (never their text) from the file; --purge goes through the service', async () => {
+    const offline = new OfflineStore(store);
+    for (const body of ['one', 'two']) {
+      offline.add({
+        recipient: 'sip:dave@example.test', sender: 'sip:erin@example.test', fromHeader: '<sip:erin@example.test>;tag=e', toHeader: '<sip:dave@example.test>',
+        contentType: 'text/plain', body, date: 'Mon, 01 Jan 2024 10:00:00 GMT', receivedAt: NOW, expiresAt: NOW + 60_000,
+      });
+    }
+    const table = await midreg(['offline', '--db', file]);
+    assert.equal(table.code, 0, table.stderr);
+    assert.match(table.stdout, /^AOR\s+MESSAGES\s+BYTES\s+OLDEST\nsip:dave@example\.test\s+2\s+6\s/);
+    const one = await midreg(['offline', 'Dave@Example.test', '--db', file, '--json']);
+    const listed = JSON.parse(one.stdout) as Array<Record<string, unknown>>;
+    assert.deepEqual(listed.map((m) => [m['from'], m['bytes']]), [['sip:erin@example.test', 3], ['sip:erin@example.test', 3]]);
+    assert.ok(!one.stdout.includes('"one"'), 'never the text');
+    const noService = await midreg(['offline', 'sip:dave@example.test', '--purge']);
+    assert.equal(noService.code, 1);
+    assert.match(noService.stderr, /^midreg: no admin API to ask/);
+    assert.equal(offline.purge('sip:dave@example.test'), 2);
+  });
+});
+

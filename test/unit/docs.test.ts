@@ -8,7 +8,7 @@ import { describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { program } from '../../app/cli.js';
 import { CONFIG_FILE_ENV, SETTINGS } from '../../app/config.js';
-import { ADMIN_ROUTES } from '../../lib/ops/admin.js';
+import { ADMIN_ENDPOINTS } from '../../lib/ops/admin.js';
 import { Metrics } from '../../lib/ops/metrics.js';
 
 // dist/test/unit/ → the repository
@@ -129,14 +129,14 @@ describe('README tables match the code', () => {
 
   it('admin API: every route lib/ops/admin.ts serves', () => {
     const table = theTable('route');
-    // `GET /registrations/<AoR>` documents the route '/registrations/<aor>'.
-    const route = (s: string): string | undefined => /^GET (\/\S*)$/.exec(s)?.[1]?.replace(/<[^>]*>/g, '<>');
+    // `GET /registrations/<AoR>` documents the endpoint 'GET /registrations/<aor>'.
+    const route = (s: string): string | undefined => /^(?:GET|DELETE) \/\S*$/.exec(s)?.[0]?.replace(/<[^>]*>/g, '<>');
     const documented = table.rows.map((row) => {
       const r = route(subject(row));
-      assert.ok(r, `a route row starts with \`GET /path\`: ${row[0]}`);
+      assert.ok(r, `a route row starts with \`GET /path\` or \`DELETE /path\`: ${row[0]}`);
       return r;
     });
-    sameSet(documented, ADMIN_ROUTES.map((r) => r.replace(/<[^>]*>/g, '<>')), 'admin routes');
+    sameSet(documented, ADMIN_ENDPOINTS.map((r) => r.replace(/<[^>]*>/g, '<>')), 'admin routes');
     for (const r of documented) assert.equal(rowsDocumenting(route, r), 1, `${r} is documented in one table row only`);
   });
 
