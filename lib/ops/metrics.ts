@@ -33,6 +33,17 @@ function statusClass(status: number): string {
   return status >= 100 && status <= 699 ? `${Math.floor(status / 100)}xx` : 'other';
 }
 
+/** Set gauges from a read that may fail: NaN says "unknown" where a stale number would mislead. */
+function setGauges(read: () => number[], gauges: Gauge[]): void {
+  let values: number[];
+  try {
+    values = read();
+  } catch {
+    values = [];
+  }
+  gauges.forEach((gauge, i) => gauge.set(values[i] ?? Number.NaN));
+}
+
 export class Metrics {
   readonly registry = new Registry();
   private readonly startedAt: number;
@@ -121,26 +132,10 @@ export class Metrics {
 
   /** The Prometheus exposition text; the replica is counted now, once for both gauges. */
   async render(): Promise<string> {
-    try {
-      const { bindings, aors } = this.opts.registrations();
-      this.bindingsGauge.set(bindings);
-      this.aorsGauge.set(aors);
-    } catch {
-      // A locked or broken database must not take the process metrics down with it; NaN says
-      // "unknown" where a stale number would mislead.
-      this.bindingsGauge.set(Number.NaN);
-      this.aorsGauge.set(Number.NaN);
-    }
-    if (this.opts.offline) {
-      try {
-        const { messages, bytes } = this.opts.offline();
-        this.offlineGauge.set(messages);
-        this.offlineBytesGauge.set(bytes);
-      } catch {
-        this.offlineGauge.set(Number.NaN);
-        this.offlineBytesGauge.set(Number.NaN);
-      }
-    }
+    // A locked or broken database must not take the process metrics down with it.
+    setGauges(() => { const { bindings, aors } = this.opts.registrations(); return [bindings, aors]; }, [this.bindingsGauge, this.aorsGauge]);
+    const offline = this.opts.offline;
+    if (offline) setGauges(() => { const { messages, bytes } = offline(); return [messages, bytes]; }, [this.offlineGauge, this.offlineBytesGauge]);
     return this.registry.metrics();
   }
 
