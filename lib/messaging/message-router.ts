@@ -6,7 +6,7 @@ import type { MessageOutcome } from '../ops/metrics.js';
 import { namesMidreg, retargetToUpstream } from '../sip/own-address.js';
 import type { OfflineStore } from '../store/offline-store.js';
 import { admitOffline, sipDate, type OfflineLimits, type SenderRate } from './offline-policy.js';
-import { branchFor, chooseFinal, classifySender, locate, type Branch } from './routing.js';
+import { branchFor, chooseFinal, classifySender, locate, understoodScheme, type Branch } from './routing.js';
 import { parseUri, type RequestHandler, type SipReply, type SipRequest } from '../sip/drachtio.js';
 import { askUpstream, nextMaxForwards, outboundBytes, replyHeaders, upstreamHeaders, type RequestSender, type UpstreamOutcome, type UpstreamTarget } from '../sip/upstream.js';
 
@@ -98,6 +98,11 @@ export function createMessageHandler(deps: MessageRouterDeps): RequestHandler {
     };
     const sender = classifySender(req.source, deps.trustedPeers,
       () => fromAor !== undefined && deps.store.isLiveSource(fromAor, req.source.address, req.source.port, now));
+    if (!understoodScheme(req.uri)) {
+      res.send(416, { reason: 'Unsupported URI Scheme' });
+      finish('failed', 416, { why: 'Request-URI scheme not sip, sips or tel (RFC 3261 §16.3 item 2)' });
+      return;
+    }
     if (sender.kind === 'unknown') {
       res.send(403, { reason: 'Sender Not Registered' });
       finish('forbidden', 403, { from: fromAor, why: 'no live binding of the From AoR registered from this source, and not a trusted peer' });

@@ -4,7 +4,7 @@ import { isServedDomain } from '../registrar/aor.js';
 import type { LocationStore } from '../store/location-store.js';
 import type { Logger } from '../ops/logger.js';
 import { namesMidreg, ownHosts, retargetToUpstream, type OwnAddresses } from '../sip/own-address.js';
-import { branchFor, flowUri, isTrustedPeer, locate } from './routing.js';
+import { branchFor, flowUri, isTrustedPeer, locate, understoodScheme } from './routing.js';
 import { parseUri, type RequestHandler, type SipUri } from '../sip/drachtio.js';
 import { nextMaxForwards } from '../sip/upstream.js';
 
@@ -42,6 +42,12 @@ export function createProxyHandler(deps: RequestProxyDeps): RequestHandler {
     if (req.method === 'OPTIONS' && pingsMidreg(ruri, own)) {
       res.send(200, { headers: { Allow: ALLOW, Accept: 'application/sdp, text/plain' } });
       log.info('OPTIONS answered', { ...base, status: 200 });
+      return;
+    }
+
+    if (!understoodScheme(req.uri)) {
+      res.send(416, { reason: 'Unsupported URI Scheme' });
+      log.info('request refused', { ...base, status: 416, why: 'Request-URI scheme not sip, sips or tel (RFC 3261 §16.3 item 2)' });
       return;
     }
 

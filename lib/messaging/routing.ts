@@ -6,6 +6,18 @@ import { namesMidreg, type OwnAddresses } from '../sip/own-address.js';
 import type { Binding } from '../registrar/registration.js';
 import { parseUri } from '../sip/drachtio.js';
 
+/** Request-URI schemes midreg routes: SIP, SIPS, and telephone numbers for the platform (RFC 3966). */
+const ROUTED_SCHEMES = new Set(['sip', 'sips', 'tel']);
+
+/**
+ * RFC 3261 §16.3 item 2: "If the Request-URI has a URI whose scheme is not understood by the
+ * proxy, the proxy SHOULD reject the request with a 416 (Unsupported URI Scheme) response."
+ */
+export function understoodScheme(requestUri: string): boolean {
+  const scheme = /^([a-z][a-z0-9+.-]*):/i.exec(requestUri)?.[1]?.toLowerCase();
+  return scheme !== undefined && ROUTED_SCHEMES.has(scheme);
+}
+
 /** RFC 3428 §8 / RFC 3261 §18.1.1: past 1300 bytes a request must use a congestion-controlled transport. */
 export const UDP_SAFE_BYTES = 1300;
 

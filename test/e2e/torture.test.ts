@@ -155,13 +155,11 @@ const TABLE: Record<string, Entry> = {
   insuf: { section: '3.3.1', title: 'Missing Required Header Fields', kind: 'invalid', rfc: '400', rfcAccepts: refusedWith(400), observed: refused(400) },
   unkscm: {
     section: '3.3.2', title: 'Request-URI with Unknown Scheme', kind: 'invalid', rfc: '416', rfcAccepts: refusedWith(416),
-    observed: { answer: [400], midreg: 'request proxied', upstream: true, sink: false },
-    why: 'midreg proxies every non-REGISTER/MESSAGE request to the platform whatever its Request-URI scheme; the platform (Kamailio\'s sanity check) answers 400, not 416',
+    observed: { answer: [416], midreg: 'request refused', upstream: false, sink: false },
   },
   novelsc: {
     section: '3.3.3', title: 'Request-URI with Known but Atypical Scheme', kind: 'invalid', rfc: '416 (or 404)', rfcAccepts: refusedWith(416, 404),
-    observed: { answer: [400], midreg: 'request proxied', upstream: true, sink: false },
-    why: 'as unkscm: proxied to the platform, which answers 400',
+    observed: { answer: [416], midreg: 'request refused', upstream: false, sink: false },
   },
   unksm2: {
     section: '3.3.4', title: 'Unknown URI Schemes in Header Fields', kind: 'invalid', rfc: 'a registrar answers 400 (To must be a SIP/SIPS AoR)', rfcAccepts: refusedWith(400),
@@ -194,7 +192,7 @@ const TABLE: Record<string, Entry> = {
 };
 
 /** How many of the 49 midreg (with drachtio-server in front) handles as RFC 4475 expects. */
-const RFC_CONFORMING = 40;
+const RFC_CONFORMING = 42;
 
 /** TCP when the top Via names a stream transport (sofia-sip drops a request whose Via transport differs from the one it arrived on). */
 function transportOf(raw: Buffer): 'udp' | 'tcp' {

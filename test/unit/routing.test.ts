@@ -1,7 +1,7 @@
 import { strict as assert } from 'node:assert';
 import { describe, it } from 'node:test';
 import type { Binding } from '../../lib/registrar/registration.js';
-import { branchFor, chooseFinal, classifySender, flowUri, locate, resolveTarget, UDP_SAFE_BYTES } from '../../lib/messaging/routing.js';
+import { branchFor, chooseFinal, classifySender, flowUri, locate, resolveTarget, UDP_SAFE_BYTES, understoodScheme } from '../../lib/messaging/routing.js';
 
 function binding(over: Partial<Binding> = {}): Binding {
   return {
@@ -76,5 +76,12 @@ describe('requests to a Contact midreg gave the registrar (contact insertion)', 
     assert.deepEqual(locate('sip:bob@203.0.113.5:5060;ctid=FORGED', lookup, own, 2000), { kind: 'unknown-key', key: 'FORGED' });
     assert.deepEqual(locate('sip:bob@203.0.113.5;ctid=OLD', lookup, own, 2000), { kind: 'expired-key', key: 'OLD', aor: 'sip:bob@example.test' });
     assert.deepEqual(locate('sip:bob@198.51.100.1:5060;ctid=K1', lookup, own, 2000), { kind: 'upstream' }, 'not midreg\'s address');
+  });
+});
+
+describe('Request-URI schemes (RFC 3261 §16.3 item 2)', () => {
+  it('routes sip, sips and tel whatever their case; anything else is 416 material', () => {
+    for (const uri of ['sip:bob@example.test', 'SIPS:bob@example.test', 'tel:+4930123456']) assert.ok(understoodScheme(uri), uri);
+    for (const uri of ['nobodyKnowsThisScheme:totallyopaquecontent', 'soap.beep://192.0.2.103:3002', 'http://example.test/', 'no-scheme']) assert.ok(!understoodScheme(uri), uri);
   });
 });
