@@ -14,7 +14,7 @@ import { branchFor, type Branch } from './routing.js';
 
 export interface OfflineCourierDeps {
   sender: RequestSender;
-  store: Pick<OfflineStore, 'pendingOf' | 'delivered' | 'postpone' | 'recipientsDue' | 'takeExpired' | 'recipients'>;
+  store: Pick<OfflineStore, 'nextOf' | 'delivered' | 'postpone' | 'recipientsDue' | 'takeExpired' | 'recipients'>;
   bindings: { liveBindings(aor: string, now: number): Binding[] };
   timeoutMs: number;
   logger: Logger;
@@ -24,12 +24,20 @@ export interface OfflineCourierDeps {
 
 /** How many expired messages one tick drops, so a large backlog never blocks the event loop. */
 const EXPIRE_BATCH = 500;
+/**
+ * Recipients delivered to at once. Without a bound, 1,000 users coming back at once meant 1,000
+ * delivery chains at once: drachtio-server's SIP socket overflowed and REGISTERs paid for it
+ * (bench/results/2026-12-05T01-31-26Z.md). The others wait their turn, in arrival order.
+ */
+export const MAX_CONCURRENT_RECIPIENTS = 16;
 
 export class OfflineCourier {
   /** Recipients with messages waiting: lets a REGISTER of everyone else skip the store. */
   private readonly waiting = new Set<string>();
   /** Recipients being delivered to right now (one delivery at a time each). */
   private readonly busy = new Set<string>();
+  /** Recipients waiting for a delivery slot, with whether they just registered. */
+  private readonly queued = new Map<string, boolean>();
   private readonly clock: () => number;
 
   constructor(private readonly deps: OfflineCourierDeps) {
@@ -63,18 +71,22 @@ export class OfflineCourier {
     }
   }
 
-  /** Deliveries in flight (for a clean stop). */
+  /** Deliveries in flight (for a clean stop); queued recipients are picked up after a restart. */
   get active(): number {
     return this.busy.size;
   }
 
   private async deliver(aor: string, registeredNow: boolean): Promise<void> {
     if (this.busy.has(aor)) return;
+    if (this.busy.size >= MAX_CONCURRENT_RECIPIENTS) {
+      this.queued.set(aor, (this.queued.get(aor) ?? false) || registeredNow);
+      return;
+    }
     this.busy.add(aor);
     try {
       for (;;) {
         const now = this.clock();
-        const [message] = this.deps.store.pendingOf(aor, now);
+        const message = this.deps.store.nextOf(aor, now);
         if (!message) { this.waiting.delete(aor); return; }
         // A fresh registration is the moment to try again; otherwise respect the backoff.
         if (!registeredNow && message.nextAttemptAt > now) return;
@@ -97,6 +109,12 @@ export class OfflineCourier {
       this.deps.logger.error('offline delivery failed', { event: 'offline', to: aor, error: err instanceof Error ? err.message : String(err) });
     } finally {
       this.busy.delete(aor);
+      const next = this.queued.entries().next();
+      if (!next.done) {
+        const [waiting, registered] = next.value;
+        this.queued.delete(waiting);
+        void this.deliver(waiting, registered);
+      }
     }
   }
 

@@ -90,6 +90,7 @@ export class Metrics {
     // Zero series exist from the start, so rate() and absent-series alerts work before the first event.
     for (const c of STATUS_CLASSES) this.registerTotal.inc({ class: c }, 0);
     for (const o of MESSAGE_OUTCOMES) this.messageTotal.inc({ outcome: o }, 0);
+    for (const o of OFFLINE_OUTCOMES) this.offlineTotal.inc({ outcome: o }, 0);
     this.replicaFailures.inc(0);
     this.drachtioGauge.set(0);
     this.tally = {

@@ -49,6 +49,8 @@ function prepare(db: Database.Database) {
     totalBytes: db.prepare<[], { bytes: number; messages: number }>(
       'SELECT coalesce(sum(length(CAST(body AS BLOB))), 0) AS bytes, count(*) AS messages FROM offline_message'),
     pendingOf: db.prepare<[string, number], Row>('SELECT * FROM offline_message WHERE recipient = ? AND expires_at > ? ORDER BY id'),
+    // One row: delivering a user's queue must not read the whole queue for each message.
+    nextOf: db.prepare<[string, number], Row>('SELECT * FROM offline_message WHERE recipient = ? AND expires_at > ? ORDER BY id LIMIT 1'),
     // Only recipients with a live binding: the others wait for their registration, at no cost per tick.
     recipientsDue: db.prepare<[number, number, number], { recipient: string }>(`SELECT DISTINCT m.recipient FROM offline_message m
       WHERE m.next_attempt_at <= ? AND m.expires_at > ? AND EXISTS (SELECT 1 FROM binding b WHERE b.aor = m.recipient AND b.expires_at > ?)`),
@@ -108,6 +110,12 @@ export class OfflineStore {
   /** The recipient's messages still within their time to live, oldest first. */
   pendingOf(recipient: string, now: number): OfflineMessage[] {
     return this.s.pendingOf.all(recipient, now).map(fromRow);
+  }
+
+  /** The recipient's oldest message still within its time to live. */
+  nextOf(recipient: string, now: number): OfflineMessage | undefined {
+    const row = this.s.nextOf.get(recipient, now);
+    return row ? fromRow(row) : undefined;
   }
 
   /** Recipients with a live binding and a message whose next attempt is due. */
