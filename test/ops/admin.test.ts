@@ -154,6 +154,8 @@ describe('admin API', () => {
         contact: 'sip:alice@198.51.100.7:5062',
         expires_in: 3600,
         expires_at: new Date(NOW + 3_600_000).toISOString(),
+        upstream_expires_in: null,
+        lapsed_at: null,
         source: { address: '198.51.100.7', port: 5062, transport: 'udp' },
         user_agent: 'Yealink SIP-T46S 66.86.0.15',
         q: 0.8,
