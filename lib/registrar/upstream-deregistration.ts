@@ -15,7 +15,7 @@ export const DEREGISTRATIONS_PER_RUN = 100;
 
 export interface DeregistrationDeps {
   sender: RequestSender;
-  store: Pick<LocationStore, 'pendingDeregistrations' | 'markLapsed' | 'deleteBinding' | 'bindingsOf'>;
+  store: Pick<LocationStore, 'pendingDeregistrations' | 'markLapsed' | 'deleteIfUnchanged' | 'bindingsOf'>;
   upstream: UpstreamTarget;
   logger: Logger;
   /** A binding was deleted from the replica (de-registered upstream): `emptied` when it was the AoR's last. */
@@ -69,17 +69,18 @@ export async function deregisterLapsed(deps: DeregistrationDeps, now: number, li
     if (outcome.kind === 'reply') {
       result = classifyDeregistration(outcome.reply.status);
       if (result === 'ok') {
-        if (deps.store.deleteBinding(b.aor, b.contact)) deps.onRemoved?.(deps.store.bindingsOf(b.aor).length === 0);
+        // Unless the phone came back and registered again while the de-registration was on its way.
+        if (deps.store.deleteIfUnchanged(b.aor, b.contact, b.updatedAt)) deps.onRemoved?.(deps.store.bindingsOf(b.aor).length === 0);
         deps.logger.info('binding de-registered upstream: its phone stopped refreshing', { ...base, status: outcome.reply.status });
       } else {
-        deps.store.markLapsed(b.aor, b.contact, Date.now());
+        deps.store.markLapsed(b.aor, b.contact, b.updatedAt, Date.now());
         deps.logger.warn(result === 'challenged'
           ? 'upstream de-registration challenged (midreg holds no credentials): binding kept as lapsed until its upstream expiry, requests for it get 480'
           : 'upstream de-registration refused: binding kept as lapsed until its upstream expiry, requests for it get 480', { ...base, status: outcome.reply.status });
       }
     } else {
       result = outcome.kind === 'timeout' ? 'timeout' : outcome.kind === 'unreachable' ? 'unreachable' : 'refused';
-      if (outcome.kind === 'too-large') deps.store.markLapsed(b.aor, b.contact, Date.now());
+      if (outcome.kind === 'too-large') deps.store.markLapsed(b.aor, b.contact, b.updatedAt, Date.now());
       deps.logger.warn('upstream de-registration not answered: tried again on the next run', { ...base, result });
     }
     deps.onResult?.(result);

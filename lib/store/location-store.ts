@@ -218,7 +218,8 @@ function prepareStatements(db: Database.Database) {
       'SELECT * FROM binding WHERE upstream_expires_at > ? AND expires_at <= ? AND lapsed_at IS NULL ORDER BY expires_at LIMIT ?'),
     countPendingDeregistrations: db.prepare<[number, number], { n: number }>(
       'SELECT count(*) AS n FROM binding WHERE upstream_expires_at > ? AND expires_at <= ? AND lapsed_at IS NULL'),
-    markLapsed: db.prepare<[number, string, string]>('UPDATE binding SET lapsed_at = ? WHERE aor = ? AND contact = ?'),
+    markLapsed: db.prepare<[number, string, string, number]>('UPDATE binding SET lapsed_at = ? WHERE aor = ? AND contact = ? AND updated_at = ?'),
+    deleteIfUnchanged: db.prepare<[string, string, number]>('DELETE FROM binding WHERE aor = ? AND contact = ? AND updated_at = ?'),
     absorbRefresh: db.prepare<[number, number, number, string, string]>(
       'UPDATE binding SET expires_at = ?, cseq = ?, updated_at = ? WHERE aor = ? AND contact = ?'),
     deleteBinding: db.prepare<[string, string]>('DELETE FROM binding WHERE aor = ? AND contact = ?'),
@@ -446,14 +447,17 @@ export class LocationStore {
     return this.stmt.countPendingDeregistrations.get(now, now)?.n ?? 0;
   }
 
-  /** The registrar did not accept midreg's de-registration: keep the binding, answered 480, until its upstream expiry. */
-  markLapsed(aor: string, contact: string, now: number): void {
-    this.stmt.markLapsed.run(now, aor, contact);
+  /**
+   * The registrar did not accept midreg's de-registration of the binding as it was at `updatedAt`:
+   * keep it, answered 480, until its upstream expiry. A binding the phone registered again since is left alone.
+   */
+  markLapsed(aor: string, contact: string, updatedAt: number, now: number): void {
+    this.stmt.markLapsed.run(now, aor, contact, updatedAt);
   }
 
-  /** Delete one binding; true when it existed. */
-  deleteBinding(aor: string, contact: string): boolean {
-    return this.stmt.deleteBinding.run(aor, contact).changes > 0;
+  /** Delete the binding unless it was written after `updatedAt` (the phone registered again meanwhile); true when deleted. */
+  deleteIfUnchanged(aor: string, contact: string, updatedAt: number): boolean {
+    return this.stmt.deleteIfUnchanged.run(aor, contact, updatedAt).changes > 0;
   }
 
   /** A refresh midreg answered itself (contact mode): the phone's new expiry and the CSeq it used. */

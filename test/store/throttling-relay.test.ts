@@ -149,10 +149,19 @@ describe('REGISTER relay in contact mode', () => {
       assert.deepEqual(t.store.purgeExpiredBatch(later, 10), { removed: 0, emptiedAors: 0 }, 'the sweep keeps it until its upstream expiry');
       assert.equal(t.store.purgeExpiredBatch(Date.now() + 3_601_000, 10).removed, 1);
 
+      // The phone registers again while midreg's de-registration is on its way: its binding stays.
       await t.handler(register(6, { expires: '1' }), responder());
       status = 200;
+      const racing = { ...deps, sender: { request: (out: OutboundRequest) => {
+        t.store.absorbRefresh(AOR, CONTACT, Date.now() + 300_000, 7, Date.now() + 1);
+        return deps.sender.request(out);
+      } } };
+      assert.equal(await deregisterLapsed(racing, later), 1);
+      assert.equal(t.store.bindingsOf(AOR).length, 1, 'registered again meanwhile: not deleted');
+      t.store.replaceAor(AOR, []);
+      await t.handler(register(8, { expires: '1' }), responder());
       assert.equal(await deregisterLapsed(deps, later), 1);
-      assert.deepEqual(results, ['challenged', 'ok']);
+      assert.deepEqual(results, ['challenged', 'ok', 'ok']);
       assert.deepEqual(t.store.bindingsOf(AOR), [], 'de-registered upstream: gone');
     } finally {
       t.store.close();
