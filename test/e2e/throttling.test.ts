@@ -7,6 +7,8 @@ import { after, before, describe, it } from 'node:test';
 import { LocationStore } from '../../lib/store/location-store.js';
 import type { Binding } from '../../lib/registrar/registration.js';
 import { e2eSkipReason, freePort, logLines } from '../support/processes.js';
+import { sipMessage } from '../hostile/corpus.js';
+import { sendAndCollect, SipPeer } from '../support/raw-sip.js';
 import { receivedResponses, runSipp, startSippUas, type SippResult } from '../support/sipp.js';
 import { DOMAIN_MODES, startStack, type Stack } from '../support/stack.js';
 
@@ -157,6 +159,18 @@ for (const mode of DOMAIN_MODES) describe(`contact throttling, end to end (domai
     // The platform routes MESSAGEs for both through midreg (Path): the lapsed one gets 480.
     const platform = `127.0.0.1:${stack.kamailio?.port ?? 0}`;
     assertPassed(await sipp(stack, 'uac-message', { to: 'lapsy', from: 'openx', expect: '480', body: 'are you there' }, undefined, { target: platform }));
+    // An INVITE the platform routes to the lapsed contact is answered 480 by midreg too.
+    const caller = await SipPeer.open();
+    try {
+      const id = `lapsed-invite-${mode}-${Date.now()}`;
+      const invite = await sendAndCollect(caller, stack.kamailio?.port ?? 0, sipMessage(`INVITE sip:lapsy@${stack.domain.uriHost} SIP/2.0`, [
+        `Via: SIP/2.0/UDP 127.0.0.1:${caller.port};branch=z9hG4bK-${id}`, 'Max-Forwards: 70', `From: <sip:openx@${stack.domain.uriHost}>;tag=${id}`,
+        `To: <sip:lapsy@${stack.domain.uriHost}>`, `Call-ID: ${id}`, 'CSeq: 1 INVITE', `Contact: <sip:openx@127.0.0.1:${caller.port}>`,
+      ]), { transport: 'udp', waitMs: 3000 });
+      assert.deepEqual(invite.statuses.filter((s) => s >= 200).slice(0, 1), [480], `INVITE answered ${invite.statuses.join(',')}`);
+    } finally {
+      await caller.close();
+    }
     const uas = startSippUas({ scenario: 'uas-message', localPort: livePort, calls: 1, timeoutSec: 10 });
     await uas.ready;
     assertPassed(await sipp(stack, 'uac-message', { to: 'livy', from: 'openx', expect: '200', body: 'hello' }, undefined, { target: platform }));
