@@ -46,7 +46,7 @@ function responder(): SipResponder & { sent: Array<{ status: number; opts: SendO
   return { sent, get finalSent() { return sent.length > 0; }, send(status, opts) { sent.push({ status, opts }); } };
 }
 
-function setup(file: string, answer: (out: OutboundRequest) => SipReply) {
+function setup(file: string, answer: (out: OutboundRequest) => SipReply, opts: { insertion?: boolean } = {}) {
   const store = new LocationStore(join(dir, file));
   const upstream: OutboundRequest[] = [];
   const counters = { bindings: 0, aors: 0 };
@@ -63,6 +63,7 @@ function setup(file: string, answer: (out: OutboundRequest) => SipReply) {
     counters,
     throttle: { outgoingExpiresSec: 3600, refreshMarginSec: 60 },
     onRegisterAbsorbed: () => { absorbed += 1; },
+    ...(opts.insertion ? { contactInsertion: { self: () => ({ scheme: 'sip' as const, hostport: '127.0.0.1:5060', transport: 'udp' }) } } : {}),
   });
   return { store, upstream, counters, handler, absorbed: () => absorbed };
 }
@@ -99,6 +100,28 @@ describe('REGISTER relay in contact mode', () => {
       await t.handler(register(7, { expires: '0' }), responder());
       assert.equal(t.upstream.length, 5, 'a de-registration is relayed');
       assert.equal(t.upstream[4]?.headers['expires'], '0', 'a de-registration is not raised');
+    } finally {
+      t.store.close();
+    }
+  });
+
+  it('with contact insertion: the registrar gets midreg\'s Contact with the raised expiry, the phone its own with its own expiry', async () => {
+    const t = setup('insertion.sqlite', (out) => {
+      const uri = /<([^>]+)>/.exec(out.headers['contact'] ?? '')?.[1] ?? '';
+      return reply(200, [{ uri, params: { expires: '3600' } }]);
+    }, { insertion: true });
+    try {
+      const first = responder();
+      await t.handler(register(1), first);
+      assert.match(t.upstream[0]?.headers['contact'] ?? '', /^<sip:dave@127\.0\.0\.1:5060;ctid=[\w-]+>$/);
+      assert.equal(t.upstream[0]?.headers['expires'], '3600');
+      assert.equal(first.sent[0]?.opts?.headers?.['contact'], `<${CONTACT}>;expires=300`);
+      const [b] = t.store.bindingsOf(AOR);
+      assert.ok(b?.insertion && b.upstreamExpiresAt !== null);
+      const refresh = responder();
+      await t.handler(register(2), refresh);
+      assert.equal(t.upstream.length, 1, 'absorbed');
+      assert.equal(refresh.sent[0]?.opts?.headers?.['contact'], `<${CONTACT}>;expires=300`);
     } finally {
       t.store.close();
     }
