@@ -315,8 +315,10 @@ export function createRegisterHandler(deps: RegistrationRelayDeps): RequestHandl
         }
       } else if (throttle && Array.isArray(attempt.contacts) && isFinalRefusal(reply.status) && (state.lastCseq === undefined || state.lastCseq <= attempt.cseq)) {
         // The registrar is obeyed: a refused refresh (account disabled: 403…) must not leave a
-        // binding midreg would go on refreshing by itself.
-        const kept = state.bindings.filter((b) => !requested.has(contactKey(b.contact)));
+        // binding midreg would go on refreshing by itself. Only that binding's own refresh (same
+        // Call-ID and Contact) counts: a stranger's refused REGISTER naming the phone's Contact
+        // under another Call-ID removes nothing.
+        const kept = state.bindings.filter((b) => !(b.callId === attempt.callId && requested.has(contactKey(b.contact))));
         if (kept.length < state.bindings.length) {
           deps.store.replaceAor(attempt.aor, kept, state.bindings);
           deps.counters.bindings -= state.bindings.length - kept.length;
@@ -355,7 +357,7 @@ export function createRegisterHandler(deps: RegistrationRelayDeps): RequestHandl
     deps.onRegisterAnswered?.(reply.status, outcome.elapsedMs);
 
     const detail = plan?.kind === 'save'
-      ? { decision: 'saved', bindings: plan.bindings.map((b) => ({ contact: b.contact, grantedExpiry: Math.round((b.expiresAt - clock()) / 1000), ...(b.insertion ? { upstreamContact: b.insertion.contact } : {}) })), added: plan.added.length, removed: plan.removed.length }
+      ? { decision: 'saved', bindings: plan.bindings.map((b) => ({ contact: b.contact, grantedExpiry: Math.round((b.expiresAt - clock()) / 1000), ...(b.upstreamExpiresAt !== null ? { upstreamExpiry: Math.round((b.upstreamExpiresAt - clock()) / 1000) } : {}), ...(b.insertion ? { upstreamContact: b.insertion.contact } : {}) })), added: plan.added.length, removed: plan.removed.length }
       : { decision: plan ? plan.reason : 'replica-error', ...(refusedRemoved > 0 ? { refusedRemoved } : {}) };
     if (limited) log.warn('replica limit hit', { ...base, status: reply.status, why: limited.why, ...(limited.dropped ? { notKept: limited.dropped } : {}) });
     if (replicaError) log.error('REGISTER relayed but replica not written', { ...base, status: reply.status, upstreamMs: outcome.elapsedMs, error: replicaError });

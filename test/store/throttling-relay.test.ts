@@ -139,6 +139,8 @@ describe('REGISTER relay in contact mode', () => {
       assert.equal(challenged.sent[0]?.status, 401);
       assert.equal(t.store.bindingsOf(AOR).length, 1, 'a challenge leaves it');
       status = 403;
+      await t.handler(register(3, { expires: '3600', source: { ...PHONE, port: 6000 }, callId: 'stranger' }), responder());
+      assert.equal(t.store.bindingsOf(AOR).length, 1, 'a refused REGISTER under another Call-ID removes nothing');
       const refused = responder();
       await t.handler(register(3, { expires: '3600', source: { ...PHONE, port: 6000 } }), refused);
       assert.equal(refused.sent[0]?.status, 403, 'the phone gets the registrar\'s answer');
