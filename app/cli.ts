@@ -108,6 +108,8 @@ const statsSchema = z.object({
   bindings: z.number(),
   aors: z.number(),
   register: z.record(z.string(), z.number()),
+  /** Absent from a service older than contact throttling. */
+  register_absorbed: z.number().optional(),
   message: z.record(z.string(), z.number()),
   replica_write_failures: z.number(),
 });
@@ -170,6 +172,7 @@ export function formatStats(stats: ServiceStats, source: string): string {
     // The service counts what the replica stores; an expired binding stays until the next sweep.
     ['bindings', `${stats.bindings} stored, ${stats.aors} AoR${stats.aors === 1 ? '' : 's'}`],
     ['REGISTER answered', tally(stats.register)],
+    ...(stats.register_absorbed ? [['REGISTER answered locally', String(stats.register_absorbed)] as [string, string]] : []),
     ['MESSAGE', tally(stats.message)],
     ['replica write failures', String(stats.replica_write_failures)],
   ];

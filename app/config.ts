@@ -22,6 +22,12 @@ export interface Config {
   /** midreg's SIP URI as the registrar reaches it (Path entry, host of rewritten Contacts); by default derived from drachtio-server's first SIP address. */
   pathUri: string | undefined;
   purgeIntervalSec: number;
+  /** mirror: every REGISTER relayed; contact: refreshes of accepted bindings answered by midreg (throttling). */
+  mode: 'mirror' | 'contact';
+  /** Contact mode: the expiry asked of the registrar for each relayed Contact, seconds. */
+  outgoingExpiresSec: number;
+  /** Contact mode: a refresh is relayed once the upstream registration has less than (phone's expiry + this) left. */
+  refreshMarginSec: number;
   /** Addresses (`ip` or `ip:port`) of the platform: may send MESSAGE, and their requests go to users. */
   trustedPeers: string[];
   noBindingStatus: 404 | 480;
@@ -79,6 +85,10 @@ export const SETTINGS = {
   },
   pathUri: { env: 'MIDREG_PATH_URI', schema: z.string().regex(/^sips?:[^\s<>]+$/i, 'must be a SIP URI').optional() },
   purgeIntervalSec: { env: 'MIDREG_PURGE_INTERVAL_SEC', schema: z.coerce.number().int().min(1).max(3600).default(30) },
+  // `aor` (AoR throttling) is not implemented and therefore not accepted.
+  mode: { env: 'MIDREG_MODE', schema: z.enum(['mirror', 'contact']).default('mirror') },
+  outgoingExpiresSec: { env: 'MIDREG_OUTGOING_EXPIRES', schema: z.coerce.number().int().min(60).max(86_400).default(3600) },
+  refreshMarginSec: { env: 'MIDREG_REFRESH_MARGIN_SEC', schema: z.coerce.number().int().min(0).max(3600).default(60) },
   trustedPeers: {
     env: 'MIDREG_TRUSTED_PEERS',
     schema: z.union([z.string(), z.array(z.string())])
@@ -169,6 +179,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     addPath: v.addPath ?? v.insertion === 'path',
     pathUri: v.pathUri,
     purgeIntervalSec: v.purgeIntervalSec,
+    mode: v.mode,
+    outgoingExpiresSec: v.outgoingExpiresSec,
+    refreshMarginSec: v.refreshMarginSec,
     trustedPeers: v.trustedPeers ?? defaultTrustedPeers(v.upstream),
     noBindingStatus: v.noBindingStatus,
     maxMessageBytes: v.maxMessageBytes,

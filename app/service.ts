@@ -12,6 +12,7 @@ import { SenderRate } from '../lib/messaging/offline-policy.js';
 import { OfflineStore } from '../lib/store/offline-store.js';
 import { Metrics } from '../lib/ops/metrics.js';
 import { createRegisterHandler, type ReplicaCounters } from '../lib/registrar/registration-relay.js';
+import { deregisterLapsed } from '../lib/registrar/upstream-deregistration.js';
 import { createProxyHandler, PROXIED_METHODS } from '../lib/messaging/request-proxy.js';
 import { isTrustedPeer } from '../lib/messaging/routing.js';
 import { SipEngine, type RequestHandler } from '../lib/sip/drachtio.js';
@@ -55,6 +56,7 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
   const metrics = new Metrics({
     registrations: () => ({ bindings: counters.bindings, aors: counters.aors }),
     ...(offlineStore ? { offline: () => ({ ...offlineStore.totals() }) } : {}),
+    ...(config.mode === 'contact' ? { pendingDeregistrations: () => store.countPendingDeregistrations(Date.now()) } : {}),
   });
 
   const engine = new SipEngine((err, req) => {
@@ -104,6 +106,8 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
     sipAddresses: () => engine.sipAddresses,
     pathUri: () => (config.addPath ? ownUri() : undefined),
     ...(config.insertion === 'contact' ? { contactInsertion: { self: () => selfAddressFrom(ownUri() ?? '') } } : {}),
+    ...(config.mode === 'contact' ? { throttle: { outgoingExpiresSec: config.outgoingExpiresSec, refreshMarginSec: config.refreshMarginSec } } : {}),
+    onRegisterAbsorbed: () => metrics.registerAbsorbed(),
     logger,
     limits: { maxBindingsPerAor: config.maxBindingsPerAor, maxAors: config.maxAors },
     counters,
@@ -156,7 +160,7 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
     logger.warn('lost drachtio-server; reconnecting', { drachtio: `${config.drachtio.host}:${config.drachtio.port}`, reason });
     metrics.drachtioConnected(false);
   });
-  logger.info('waiting for drachtio-server', { drachtio: `${config.drachtio.host}:${config.drachtio.port}`, upstream: config.upstream, domains: config.domains });
+  logger.info('waiting for drachtio-server', { drachtio: `${config.drachtio.host}:${config.drachtio.port}`, upstream: config.upstream, domains: config.domains, mode: config.mode, ...(config.mode === 'contact' ? { outgoingExpiresSec: config.outgoingExpiresSec, refreshMarginSec: config.refreshMarginSec } : {}) });
   engine.connect(config.drachtio);
 
   const admin = config.admin.port === undefined
@@ -190,14 +194,28 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
       logger.info('database writable again', { db: config.dbFile });
     }
     purging = true;
-    sweepExpired(sweeper, {
+    // Contact mode: phones that stopped refreshing are de-registered upstream first (bounded per
+    // run); what the registrar accepted is deleted, the rest waits as lapsed until its upstream expiry.
+    const deregistered = config.mode === 'contact' && engine.connected
+      ? deregisterLapsed({
+        sender: engine,
+        store,
+        upstream,
+        logger,
+        onRemoved: (emptied) => { counters.bindings -= 1; if (emptied) counters.aors -= 1; },
+        onResult: (result) => metrics.upstreamDeregistration(result),
+      }, Date.now()).catch((err: unknown) => {
+        logger.error('upstream de-registration run failed', { error: err instanceof Error ? err.message : String(err) });
+      })
+      : Promise.resolve();
+    void deregistered.then(() => sweepExpired(sweeper, {
       now: Date.now,
       stopped: () => stopping,
       onStep: ({ removed, emptiedAors }) => {
         counters.bindings -= removed;
         counters.aors -= emptiedAors;
       },
-    }).then((swept) => {
+    })).then((swept) => {
       if (reason === 'start' || swept > 0) logger.info('expiry sweep done', { reason, expiredRemoved: swept, bindings: counters.bindings, aors: counters.aors });
     }, (err: unknown) => {
       logger.error('expiry sweep failed', { error: err instanceof Error ? err.message : String(err) });

@@ -126,7 +126,7 @@ function makeBinding(i: number, t0: number, expiring: boolean, rand: () => numbe
     cseq: 1 + (i % 97),
     userAgent: AGENTS[i % AGENTS.length] ?? null,
     source: { address: `203.0.${a}.${b}`, port, transport: 'udp' },
-    insertion: null,
+    insertion: null, upstreamExpiresAt: null, lapsedAt: null,
     registeredAt: at,
     updatedAt: at,
   };

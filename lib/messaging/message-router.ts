@@ -12,7 +12,7 @@ import { askUpstream, nextMaxForwards, outboundBytes, replyHeaders, upstreamHead
 
 export interface MessageRouterDeps {
   sender: RequestSender;
-  store: Pick<LocationStore, 'liveBindings' | 'liveBindingsByContact' | 'bindingsByInsertionKey' | 'isLiveSource'>;
+  store: Pick<LocationStore, 'liveBindings' | 'liveBindingsByContact' | 'bindingsByInsertionKey' | 'isLiveSource'> & Partial<Pick<LocationStore, 'lapsedBindingsByContact'>>;
   upstream: UpstreamTarget;
   domains: readonly string[];
   /** drachtio-server's SIP addresses as announced (`udp/127.0.0.1:5060`); [] until connected. */
@@ -135,6 +135,11 @@ export function createMessageHandler(deps: MessageRouterDeps): RequestHandler {
       const status = target.kind === 'unknown-key' ? 404 : 480;
       res.send(status);
       finish('not_found', status, { key: target.key, why: target.kind === 'unknown-key' ? 'no stored binding has this key' : 'its binding expired' });
+      return;
+    }
+    if (target.kind === 'lapsed') {
+      res.send(480, { reason: 'Temporarily Unavailable' });
+      finish('not_found', 480, { aor: target.aor, contact: target.contact, why: 'its phone stopped refreshing (still registered upstream)' });
       return;
     }
     if (target.kind === 'upstream') {

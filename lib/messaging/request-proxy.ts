@@ -13,7 +13,7 @@ export const PROXIED_METHODS = ['INVITE', 'OPTIONS', 'SUBSCRIBE', 'NOTIFY', 'INF
 export const ALLOW = ['INVITE', 'ACK', 'CANCEL', 'BYE', 'OPTIONS', 'REGISTER', 'MESSAGE', 'SUBSCRIBE', 'NOTIFY', 'INFO', 'REFER', 'PUBLISH', 'UPDATE'].join(', ');
 
 export interface RequestProxyDeps {
-  store: Pick<LocationStore, 'liveBindings' | 'liveBindingsByContact' | 'bindingsByInsertionKey'>;
+  store: Pick<LocationStore, 'liveBindings' | 'liveBindingsByContact' | 'bindingsByInsertionKey'> & Partial<Pick<LocationStore, 'lapsedBindingsByContact'>>;
   upstreamUri: string;
   domains: readonly string[];
   trustedPeers: readonly string[];
@@ -74,6 +74,11 @@ export function createProxyHandler(deps: RequestProxyDeps): RequestHandler {
         const status = target.kind === 'unknown-key' ? 404 : 480;
         res.send(status);
         log.info('request refused: no live binding for this key', { ...base, status, key: target.key, why: target.kind === 'unknown-key' ? 'no stored binding has this key' : 'its binding expired' });
+        return;
+      }
+      if (target.kind === 'lapsed') {
+        res.send(480, { reason: 'Temporarily Unavailable' });
+        log.info('request refused: its phone stopped refreshing', { ...base, status: 480, aor: target.aor, contact: target.contact });
         return;
       }
       if (target.kind === 'upstream') {

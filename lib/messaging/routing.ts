@@ -30,6 +30,13 @@ export type Target =
   | { kind: 'unknown-key'; key: string }
   /** …whose binding expired (RFC 3261 §21.4.18, 480: known, "currently unavailable"). */
   | { kind: 'expired-key'; key: string; aor: string }
+  /**
+   * Contact mode: a contact whose phone stopped refreshing but which the registrar still holds
+   * (midreg's de-registration is pending or was challenged). RFC 3261 §21.4.18: 480, the callee's
+   * "end system was contacted successfully but the callee is currently unavailable" — not a
+   * forward to a dead phone.
+   */
+  | { kind: 'lapsed'; contact: string; aor: string }
   | { kind: 'upstream' };
 
 /**
@@ -51,6 +58,8 @@ export interface BindingLookup {
   liveBindingsByContact(contact: string, now: number): Binding[];
   liveBindings(aor: string, now: number): Binding[];
   bindingsByInsertionKey(key: string): Binding[];
+  /** Contact mode: bindings of this contact expired for the phone but still registered upstream. */
+  lapsedBindingsByContact?(contact: string, now: number): Binding[];
 }
 
 /**
@@ -69,8 +78,13 @@ export function locate(requestUri: string, lookup: BindingLookup, own: OwnAddres
     return stored[0] ? { kind: 'expired-key', key, aor: stored[0].aor } : { kind: 'unknown-key', key };
   }
   const servedAor = ruri && ruri.user !== undefined && isServedDomain(ruri.host, domains) ? canonicalAor(ruri) : undefined;
+  const byContact = lookup.liveBindingsByContact(requestUri, now);
+  if (byContact.length === 0 && lookup.lapsedBindingsByContact) {
+    const [lapsed] = lookup.lapsedBindingsByContact(requestUri, now);
+    if (lapsed) return { kind: 'lapsed', contact: lapsed.contact, aor: lapsed.aor };
+  }
   return resolveTarget({
-    byContact: lookup.liveBindingsByContact(requestUri, now),
+    byContact,
     servedAor,
     byAor: servedAor ? lookup.liveBindings(servedAor, now) : [],
   });

@@ -192,6 +192,8 @@ function routes(deps: AdminDeps): { match(path: string): { route: Route; deletes
       bindings: counts.bindings,
       aors: counts.aors,
       register: snap.register,
+      /** Contact mode: REGISTER refreshes midreg answered itself (not in `register`). */
+      register_absorbed: snap.registerAbsorbed,
       message: snap.message,
       replica_write_failures: snap.replicaWriteFailures,
     });

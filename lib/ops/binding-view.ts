@@ -10,6 +10,13 @@ export interface BindingView {
   /** Seconds left, rounded up: a live binding never shows 0. */
   expires_in: number;
   expires_at: string;
+  /**
+   * Contact mode: seconds left of the registration midreg holds for this binding at the registrar
+   * (MIDREG_OUTGOING_EXPIRES, as granted); null in mirror mode. May outlast expires_in: the phone's own.
+   */
+  upstream_expires_in: number | null;
+  /** Contact mode: set when the phone stopped refreshing and the registrar did not accept midreg's de-registration (requests get 480). */
+  lapsed_at: string | null;
   source: { address: string; port: number; transport: string } | null;
   user_agent: string | null;
   q: number | null;
@@ -30,6 +37,8 @@ export function bindingView(b: Binding, now: number): BindingView {
     contact: b.contact,
     expires_in: Math.max(0, Math.ceil((b.expiresAt - now) / 1000)),
     expires_at: new Date(b.expiresAt).toISOString(),
+    upstream_expires_in: b.upstreamExpiresAt === null ? null : Math.max(0, Math.ceil((b.upstreamExpiresAt - now) / 1000)),
+    lapsed_at: b.lapsedAt === null ? null : new Date(b.lapsedAt).toISOString(),
     source: b.source ? { address: b.source.address, port: b.source.port, transport: b.source.transport } : null,
     user_agent: b.userAgent,
     q: b.q,
@@ -104,7 +113,7 @@ export function* liveBindingPages(store: PagingStore, now: number, opts: { batch
   }
 }
 
-export const TABLE_HEADER = ['AOR', 'CONTACT', 'SOURCE', 'EXPIRES', 'Q', 'USER-AGENT'] as const;
+export const TABLE_HEADER = ['AOR', 'CONTACT', 'SOURCE', 'EXPIRES', 'UPSTREAM', 'Q', 'USER-AGENT'] as const;
 
 export function tableRow(b: Binding, now: number): string[] {
   const v = bindingView(b, now);
@@ -113,6 +122,7 @@ export function tableRow(b: Binding, now: number): string[] {
     v.contact,
     v.source ? `${v.source.transport}:${v.source.address}:${v.source.port}` : '-',
     `${v.expires_in}s`,
+    v.upstream_expires_in === null ? '-' : `${v.upstream_expires_in}s`,
     v.q === null ? '-' : String(v.q),
     v.user_agent ?? '-',
   ];

@@ -1,6 +1,7 @@
 // What midreg counts, for Prometheus (/metrics) and for `midreg stats`. A Registry of its own, not
 // prom-client's global one, so two instances (tests, or an embedding app) never share counters.
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { DEREGISTRATION_RESULTS, type DeregistrationResult } from '../registrar/upstream-deregistration.js';
 
 export const MESSAGE_OUTCOMES = ['delivered', 'not_found', 'forbidden', 'too_large', 'failed', 'relayed', 'stored', 'offline_refused'] as const;
 /** What became of stored offline messages. */
@@ -18,6 +19,8 @@ export interface MetricsSnapshot {
   register: Record<string, number>;
   message: Record<MessageOutcome, number>;
   replicaWriteFailures: number;
+  /** Contact mode: REGISTERs midreg answered itself (never sent to the registrar). */
+  registerAbsorbed: number;
   drachtioConnected: boolean;
 }
 
@@ -26,6 +29,8 @@ export interface MetricsOptions {
   registrations: () => { bindings: number; aors: number };
   /** Offline messages waiting and their body bytes; called once per scrape. */
   offline?: () => { messages: number; bytes: number };
+  /** Contact mode: bindings waiting for midreg to de-register them upstream; called once per scrape. */
+  pendingDeregistrations?: () => number;
   now?: () => number;
 }
 
@@ -57,9 +62,12 @@ export class Metrics {
   private readonly offlineGauge: Gauge;
   private readonly offlineBytesGauge: Gauge;
   private readonly offlineTotal: Counter<'outcome'>;
+  private readonly absorbedTotal: Counter;
+  private readonly deregistrationTotal: Counter<'result'>;
+  private readonly pendingDeregistrationsGauge: Gauge;
   // Plain tallies beside the prom-client ones: prom-client's reads are async and shaped for
   // exposition, `stats` wants numbers.
-  private readonly tally: { register: Record<string, number>; message: Record<MessageOutcome, number>; replicaWriteFailures: number; drachtio: boolean };
+  private readonly tally: { register: Record<string, number>; message: Record<MessageOutcome, number>; replicaWriteFailures: number; absorbed: number; drachtio: boolean };
 
   constructor(private readonly opts: MetricsOptions) {
     this.startedAt = (opts.now ?? Date.now)();
@@ -85,6 +93,9 @@ export class Metrics {
     this.offlineGauge = new Gauge({ name: 'midreg_offline_messages', help: 'Offline messages waiting for their recipient to register', registers });
     this.offlineBytesGauge = new Gauge({ name: 'midreg_offline_bytes', help: 'Body bytes of the offline messages waiting', registers });
     this.offlineTotal = new Counter({ name: 'midreg_offline_total', help: 'Offline messages delivered, retried after a failed attempt, expired unsent, or purged by an operator', labelNames: ['outcome'] as const, registers });
+    this.absorbedTotal = new Counter({ name: 'midreg_register_absorbed_total', help: 'REGISTER refreshes answered 200 by midreg itself in contact mode, never sent to the registrar (not counted in midreg_register_relayed_total)', registers });
+    this.deregistrationTotal = new Counter({ name: 'midreg_upstream_deregistrations_total', help: 'Contact mode: de-registrations midreg sent the registrar for phones that stopped refreshing, by result', labelNames: ['result'] as const, registers });
+    this.pendingDeregistrationsGauge = new Gauge({ name: 'midreg_upstream_deregistrations_pending', help: 'Contact mode: bindings expired for their phone, still registered upstream, not yet de-registered there', registers });
     collectDefaultMetrics({ register: this.registry });
 
     // Zero series exist from the start, so rate() and absent-series alerts work before the first event.
@@ -92,11 +103,14 @@ export class Metrics {
     for (const o of MESSAGE_OUTCOMES) this.messageTotal.inc({ outcome: o }, 0);
     for (const o of OFFLINE_OUTCOMES) this.offlineTotal.inc({ outcome: o }, 0);
     this.replicaFailures.inc(0);
+    this.absorbedTotal.inc(0);
+    for (const r of DEREGISTRATION_RESULTS) this.deregistrationTotal.inc({ result: r }, 0);
     this.drachtioGauge.set(0);
     this.tally = {
       register: Object.fromEntries(STATUS_CLASSES.map((c) => [c, 0])),
       message: Object.fromEntries(MESSAGE_OUTCOMES.map((o) => [o, 0])) as Record<MessageOutcome, number>,
       replicaWriteFailures: 0,
+      absorbed: 0,
       drachtio: false,
     };
   }
@@ -106,6 +120,15 @@ export class Metrics {
     this.registerTotal.inc({ class: cls });
     this.tally.register[cls] = (this.tally.register[cls] ?? 0) + 1;
     if (upstreamMs !== undefined) this.upstreamSeconds.observe(upstreamMs / 1000);
+  }
+
+  registerAbsorbed(): void {
+    this.absorbedTotal.inc();
+    this.tally.absorbed += 1;
+  }
+
+  upstreamDeregistration(result: DeregistrationResult): void {
+    this.deregistrationTotal.inc({ result });
   }
 
   messageOutcome(outcome: MessageOutcome): void {
@@ -136,6 +159,8 @@ export class Metrics {
     // A locked or broken database must not take the process metrics down with it.
     setGauges(() => { const { bindings, aors } = this.opts.registrations(); return [bindings, aors]; }, [this.bindingsGauge, this.aorsGauge]);
     const offline = this.opts.offline;
+    const pending = this.opts.pendingDeregistrations;
+    if (pending) setGauges(() => [pending()], [this.pendingDeregistrationsGauge]);
     if (offline) setGauges(() => { const { messages, bytes } = offline(); return [messages, bytes]; }, [this.offlineGauge, this.offlineBytesGauge]);
     return this.registry.metrics();
   }
@@ -146,6 +171,7 @@ export class Metrics {
       register: { ...this.tally.register },
       message: { ...this.tally.message },
       replicaWriteFailures: this.tally.replicaWriteFailures,
+      registerAbsorbed: this.tally.absorbed,
       drachtioConnected: this.tally.drachtio,
     };
   }

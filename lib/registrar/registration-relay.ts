@@ -7,11 +7,12 @@ import type { Logger } from '../ops/logger.js';
 import { formatContact, mapReplyContacts, rewriteContacts, type MappedContact, type SelfAddress } from './contact-insertion.js';
 import { namesMidreg, ownHosts, retargetToUpstream } from '../sip/own-address.js';
 import { RegisterSequence } from './register-sequence.js';
-import { contactKey, limitPlan, planReplicaUpdate, type Binding, type RegisterAttempt, type ReplicaLimits, type ReplicaPlan } from './registration.js';
+import { isFinalRefusal, localAnswerContacts, raiseExpires, requestedExpiry, throttleDecision, type RelayReason } from './throttle.js';
+import { contactKey, grantedExpiry, limitPlan, planReplicaUpdate, RFC_DEFAULT_EXPIRES, type Binding, type RegisterAttempt, type ReplicaLimits, type ReplicaPlan } from './registration.js';
 import { parseUri, SipParseError, type NameAddr, type RequestHandler, type SipReply, type SipRequest, type SipResponder, type SipUri } from '../sip/drachtio.js';
 import { askUpstream, nextMaxForwards, replyHeaders, upstreamHeaders, type RequestSender, type UpstreamTarget } from '../sip/upstream.js';
 
-export type ReplicaStore = Pick<LocationStore, 'bindingsOf' | 'replaceAor'>;
+export type ReplicaStore = Pick<LocationStore, 'bindingsOf' | 'replaceAor' | 'absorbRefresh'>;
 
 /** Counted as rows change, so nothing on a hot path (or a metrics scrape) runs a COUNT over the table. */
 export interface ReplicaCounters { bindings: number; aors: number }
@@ -20,6 +21,8 @@ export interface RegisterEvents {
   /** Called once per REGISTER with what the UA was answered (for metrics). */
   onRegisterAnswered?(status: number, upstreamMs: number | undefined): void;
   onReplicaWriteFailed?(err: unknown): void;
+  /** Contact mode: a refresh answered 200 by midreg itself, never sent to the registrar. */
+  onRegisterAbsorbed?(): void;
   /** A 2xx was written to the replica; `bindings` live bindings of `aor` now. */
   onReplicaWritten?(aor: string, bindings: number): void;
 }
@@ -38,6 +41,11 @@ export interface RegistrationRelayDeps extends RegisterEvents {
    * undefined until drachtio-server has told it. Absent: Contacts are relayed as the phone sent them.
    */
   contactInsertion?: { self(): SelfAddress | undefined };
+  /**
+   * Contact throttling (MIDREG_MODE=contact): refreshes of accepted bindings are answered by
+   * midreg (lib/registrar/throttle.ts), the rest relayed with expiries raised. Absent: mirror mode.
+   */
+  throttle?: { outgoingExpiresSec: number; refreshMarginSec: number };
   logger: Logger;
   limits: ReplicaLimits;
   /** Bindings and AoRs stored in the replica, kept up to date by every writer. */
@@ -128,6 +136,25 @@ function insertionsOf(mapped: readonly MappedContact[]): Map<string, NonNullable
   return insertions;
 }
 
+/**
+ * Contact mode: the reply's Contacts as the phone sees them. RFC 3261 §10.2.4: the phone learns
+ * its expiry from the "expires" parameter of its Contact in the 200; here that is the
+ * phone-facing expiry (min(asked, granted), or the planned binding's), never the upstream one.
+ * Contacts already expired for the phone are not listed.
+ */
+function phoneFacingContacts(contacts: readonly NameAddr[], planned: readonly Binding[] | undefined, requested: ReadonlyMap<string, number>, expiresHeader: string | undefined, now: number): NameAddr[] {
+  const byKey = new Map((planned ?? []).map((b) => [contactKey(b.contact), b] as const));
+  const out: NameAddr[] = [];
+  for (const c of contacts) {
+    const key = contactKey(c.uri);
+    const granted = grantedExpiry(c, expiresHeader);
+    const binding = byKey.get(key);
+    const seconds = binding ? Math.ceil((binding.expiresAt - now) / 1000) : Math.min(requested.get(key) ?? granted, granted);
+    if (seconds > 0) out.push({ uri: c.uri, params: { ...c.params, expires: String(seconds) } });
+  }
+  return out;
+}
+
 /** After a failed replica write, writes pause this long so a locked or full database costs one lock wait a second, not one per REGISTER. */
 export const REPLICA_RETRY_MS = 1000;
 
@@ -161,13 +188,58 @@ export function createRegisterHandler(deps: RegistrationRelayDeps): RequestHandl
     // sent them, so the AoR is unchanged and the digest `uri` still names what the phone signed.
     const upstreamUri = ruri && namesMidreg(ruri, own) ? retargetToUpstream(ruri, deps.upstream.uri) : req.uri;
 
+    const throttle = deps.throttle;
+    let throttled: { reason: RelayReason | 'replica-unreadable' } | undefined;
+    if (throttle) {
+      const now = clock();
+      try {
+        const bindings = deps.store.bindingsOf(attempt.aor);
+        const decision = throttleDecision(attempt, req.header('Expires'), bindings, now, throttle.refreshMarginSec);
+        if (decision.kind === 'absorb') {
+          const expiresAt = now + decision.expires * 1000;
+          // The refresh's CSeq is recorded, so the next refresh must be higher (RFC 3261 §10.3 step 7).
+          deps.store.absorbRefresh(attempt.aor, decision.binding.contact, expiresAt, attempt.cseq, now);
+          const after = bindings.map((b) => (b === decision.binding ? { ...b, expiresAt, cseq: attempt.cseq, updatedAt: now } : b));
+          // RFC 3261 §10.3 step 8: the 200 "MUST contain Contact header field values enumerating
+          // all current bindings" and "SHOULD include a Date header field".
+          const contact = localAnswerContacts(after, now);
+          res.send(200, { reason: 'OK', headers: { ...(contact ? { contact } : {}), date: new Date(now).toUTCString() } });
+          deps.onRegisterAbsorbed?.();
+          log.info('REGISTER answered locally', {
+            event: 'register', decision: 'absorbed', status: 200, aor: attempt.aor, callId: attempt.callId, cseq: attempt.cseq,
+            contact: decision.binding.contact, expires: decision.expires,
+            upstreamExpiresIn: Math.round(((decision.binding.upstreamExpiresAt ?? now) - now) / 1000),
+            source: `${attempt.source.transport}:${attempt.source.address}:${attempt.source.port}`,
+          });
+          return;
+        }
+        throttled = { reason: decision.reason };
+      } catch (err) {
+        // A replica that cannot be read or written answers nothing itself: the registrar decides.
+        throttled = { reason: 'replica-unreadable' };
+        deps.onReplicaWriteFailed?.(err);
+      }
+    }
+
     const headers = upstreamHeaders(req.headers(), { maxForwards: checked.maxForwards, pathUri: deps.pathUri() });
+    // Contact mode: what each Contact asked for (the phone's expiry is never longer), and the
+    // REGISTER as the registrar gets it: each non-zero expiry raised to MIDREG_OUTGOING_EXPIRES.
+    const requested = new Map<string, number>();
+    let contactsOut = Array.isArray(attempt.contacts) ? attempt.contacts : undefined;
+    if (throttle && contactsOut) {
+      for (const c of contactsOut) requested.set(contactKey(c.uri), requestedExpiry(c, req.header('Expires')) ?? RFC_DEFAULT_EXPIRES);
+      const raised = raiseExpires(contactsOut, req.header('Expires'), throttle.outgoingExpiresSec);
+      contactsOut = raised.contacts;
+      if (raised.expiresHeader !== undefined) headers['expires'] = raised.expiresHeader;
+      delete headers['m'];
+      headers['contact'] = contactsOut.map(formatContact).join(', ');
+    }
     // Contacts midreg rewrote for this REGISTER, by key (contact insertion only).
     let sentByKey: ReadonlyMap<string, NameAddr> | undefined;
-    if (deps.contactInsertion && Array.isArray(attempt.contacts)) {
+    if (deps.contactInsertion && contactsOut) {
       const self = deps.contactInsertion.self();
       if (!self) { refuse(req, res, { status: 503, reason: 'Not Ready', why: 'contact insertion: drachtio-server has not announced its SIP address yet' }); return; }
-      const rewritten = rewriteContacts(attempt.aor, attempt.contacts, self);
+      const rewritten = rewriteContacts(attempt.aor, contactsOut, self);
       delete headers['m'];
       headers['contact'] = rewritten.header;
       sentByKey = rewritten.byKey;
@@ -185,6 +257,7 @@ export function createRegisterHandler(deps: RegistrationRelayDeps): RequestHandl
       event: 'register', aor: attempt.aor, callId: attempt.callId, cseq: attempt.cseq, kind: registerKind(req, attempt.contacts),
       source: `${attempt.source.transport}:${attempt.source.address}:${attempt.source.port}`,
       ...(upstreamUri !== req.uri ? { ruri: req.uri, upstreamRuri: upstreamUri } : {}),
+      ...(throttled ? { relayReason: throttled.reason } : {}),
     };
 
     if (outcome.kind === 'too-large') {
@@ -212,6 +285,7 @@ export function createRegisterHandler(deps: RegistrationRelayDeps): RequestHandl
     let limited: { why: string; dropped?: string[] } | undefined;
     // The reply's Contacts as the phone knows them (contact insertion and a 2xx only).
     let mapped: MappedContact[] | undefined;
+    let refusedRemoved = 0;
     try {
       const now = clock();
       if (now < replicaPausedUntil && is2xx) throw new Error('replica writes paused after a database error');
@@ -223,6 +297,7 @@ export function createRegisterHandler(deps: RegistrationRelayDeps): RequestHandl
         contacts: mapped ? mapped.map((m) => m.contact) : is2xx ? reply.contacts() : [],
         expiresHeader: reply.header('Expires'),
         ...(mapped ? { insertions: insertionsOf(mapped) } : {}),
+        ...(throttle ? { throttle: { requested } } : {}),
       }, state, now);
       if (plan.kind === 'save') {
         const hadBindings = state.bindings.length > 0;
@@ -237,6 +312,19 @@ export function createRegisterHandler(deps: RegistrationRelayDeps): RequestHandl
           deps.counters.bindings += plan.bindings.length - state.bindings.length;
           deps.counters.aors += (plan.bindings.length > 0 ? 1 : 0) - (hadBindings ? 1 : 0);
           deps.onReplicaWritten?.(plan.aor, plan.bindings.length);
+        }
+      } else if (throttle && Array.isArray(attempt.contacts) && isFinalRefusal(reply.status) && (state.lastCseq === undefined || state.lastCseq <= attempt.cseq)) {
+        // The registrar is obeyed: a refused refresh (account disabled: 403…) must not leave a
+        // binding midreg would go on refreshing by itself. Only that binding's own refresh (same
+        // Call-ID and Contact) counts: a stranger's refused REGISTER naming the phone's Contact
+        // under another Call-ID removes nothing.
+        const kept = state.bindings.filter((b) => !(b.callId === attempt.callId && requested.has(contactKey(b.contact))));
+        if (kept.length < state.bindings.length) {
+          deps.store.replaceAor(attempt.aor, kept, state.bindings);
+          deps.counters.bindings -= state.bindings.length - kept.length;
+          if (kept.length === 0) deps.counters.aors -= 1;
+          refusedRemoved = state.bindings.length - kept.length;
+          deps.onReplicaWritten?.(attempt.aor, kept.length);
         }
       }
     } catch (err) {
@@ -256,12 +344,21 @@ export function createRegisterHandler(deps: RegistrationRelayDeps): RequestHandl
       if (toPhone.length > 0) answerHeaders['contact'] = toPhone.map((m) => formatContact(m.contact)).join(', ');
       else delete answerHeaders['contact'];
     }
+    if (throttle && is2xx) {
+      // The phone is told its own expiry, never the upstream one MIDREG_OUTGOING_EXPIRES asked for.
+      const asPhone = mapped ? mapped.map((m) => m.contact) : deps.contactInsertion ? mapToPhone(reply, sentByKey, []).map((m) => m.contact) : reply.contacts();
+      const facing = phoneFacingContacts(asPhone, plan?.kind === 'save' ? plan.bindings : undefined, requested, reply.header('Expires'), clock());
+      delete answerHeaders['m'];
+      delete answerHeaders['expires'];
+      if (facing.length > 0) answerHeaders['contact'] = facing.map(formatContact).join(', ');
+      else delete answerHeaders['contact'];
+    }
     res.send(reply.status, { reason: reply.reason, headers: answerHeaders, body: reply.body });
     deps.onRegisterAnswered?.(reply.status, outcome.elapsedMs);
 
     const detail = plan?.kind === 'save'
-      ? { decision: 'saved', bindings: plan.bindings.map((b) => ({ contact: b.contact, grantedExpiry: Math.round((b.expiresAt - clock()) / 1000), ...(b.insertion ? { upstreamContact: b.insertion.contact } : {}) })), added: plan.added.length, removed: plan.removed.length }
-      : { decision: plan ? plan.reason : 'replica-error' };
+      ? { decision: 'saved', bindings: plan.bindings.map((b) => ({ contact: b.contact, grantedExpiry: Math.round((b.expiresAt - clock()) / 1000), ...(b.upstreamExpiresAt !== null ? { upstreamExpiry: Math.round((b.upstreamExpiresAt - clock()) / 1000) } : {}), ...(b.insertion ? { upstreamContact: b.insertion.contact } : {}) })), added: plan.added.length, removed: plan.removed.length }
+      : { decision: plan ? plan.reason : 'replica-error', ...(refusedRemoved > 0 ? { refusedRemoved } : {}) };
     if (limited) log.warn('replica limit hit', { ...base, status: reply.status, why: limited.why, ...(limited.dropped ? { notKept: limited.dropped } : {}) });
     if (replicaError) log.error('REGISTER relayed but replica not written', { ...base, status: reply.status, upstreamMs: outcome.elapsedMs, error: replicaError });
     else log.info('REGISTER relayed', { ...base, status: reply.status, upstreamMs: outcome.elapsedMs, ...detail });

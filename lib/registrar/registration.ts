@@ -11,8 +11,23 @@ export const MAX_EXPIRES = 2 ** 32 - 1;
 export interface Binding {
   aor: string;
   contact: string;
-  /** Absolute expiry, Unix milliseconds: the expiry the registrar granted, counted from its reply. */
+  /**
+   * Absolute expiry, Unix milliseconds, as the phone sees it: what every lookup uses. In mirror mode
+   * the expiry the registrar granted; in contact mode (throttling) min(what the phone asked, what
+   * the registrar granted), renewed by refreshes midreg answers itself.
+   */
   expiresAt: number;
+  /**
+   * Contact mode only: when the registration midreg relayed for this binding ends at the registrar
+   * (Unix ms). Null in mirror mode and for bindings midreg did not register upstream itself.
+   */
+  upstreamExpiresAt: number | null;
+  /**
+   * When midreg tried to de-register this binding upstream after the phone stopped refreshing and
+   * the registrar did not accept it (challenged: midreg holds no credentials). The binding then
+   * stays known, and answered 480 for, until upstreamExpiresAt. Null otherwise.
+   */
+  lapsedAt: number | null;
   q: number | null;
   instance: string | null;
   regId: number | null;
@@ -48,6 +63,11 @@ export interface RegistrarAnswer {
   expiresHeader: string | undefined;
   /** With contact insertion: what the registrar holds for each phone Contact, by contactKey(). */
   insertions?: ReadonlyMap<string, Insertion>;
+  /**
+   * Contact mode (throttling): the expiry each Contact of the REGISTER asked for, in seconds, by
+   * contactKey(), before midreg raised it to MIDREG_OUTGOING_EXPIRES for the registrar.
+   */
+  throttle?: { requested: ReadonlyMap<string, number> };
 }
 
 /** What the replica currently holds for the AoR. */
@@ -114,6 +134,24 @@ export function contactKey(uri: string): string {
 }
 
 /**
+ * Contact mode: the phone-facing and upstream expiry of one binding the registrar listed with
+ * `grantedSeconds`. A Contact of this REGISTER gets min(what the phone asked, what the registrar
+ * granted): the phone's expiry is never longer than the upstream one. Another binding midreg
+ * registered upstream keeps its phone-facing expiry (never past the new upstream one); a binding
+ * midreg did not register upstream is mirrored as granted, and never de-registered by midreg.
+ */
+export function throttledExpiry(
+  grantedSeconds: number,
+  binding: { kind: 'sent'; requestedSeconds: number | undefined } | { kind: 'other'; before: Binding | undefined },
+  now: number,
+): { expiresAt: number; upstreamExpiresAt: number | null } {
+  const upstreamExpiresAt = now + grantedSeconds * 1000;
+  if (binding.kind === 'sent') return { expiresAt: now + Math.min(binding.requestedSeconds ?? grantedSeconds, grantedSeconds) * 1000, upstreamExpiresAt };
+  if (binding.before?.upstreamExpiresAt == null) return { expiresAt: upstreamExpiresAt, upstreamExpiresAt: null };
+  return { expiresAt: Math.min(binding.before.expiresAt, upstreamExpiresAt), upstreamExpiresAt };
+}
+
+/**
  * Turn a registrar's final reply into the new binding set of the AoR.
  *
  * - Only a 2xx changes anything: RFC 3261 §10.3 step 8, the 200 "MUST contain Contact header
@@ -141,14 +179,18 @@ export function planReplicaUpdate(
     const key = contactKey(contact.uri);
     const seconds = grantedExpiry(contact, answer.expiresHeader);
     if (seconds === 0) { next.delete(key); continue; }
-    const expiresAt = now + seconds * 1000;
     const sent = requested.get(key);
     const before = existing.get(key);
+    const { expiresAt, upstreamExpiresAt } = answer.throttle
+      ? throttledExpiry(seconds, sent ? { kind: 'sent', requestedSeconds: answer.throttle.requested.get(key) } : { kind: 'other', before }, now)
+      : { expiresAt: now + seconds * 1000, upstreamExpiresAt: null };
     const params = { ...sent?.params, ...contact.params };
     const common = {
       aor: attempt.aor,
       contact: contact.uri,
       expiresAt,
+      upstreamExpiresAt,
+      lapsedAt: sent ? null : before?.lapsedAt ?? null,
       q: parseQ(params['q']),
       instance: params['+sip.instance'] ?? before?.instance ?? null,
       regId: parseRegId(params['reg-id']) ?? before?.regId ?? null,

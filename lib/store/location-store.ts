@@ -27,6 +27,8 @@ interface BindingRow {
   transport: string | null;
   upstream_contact: string | null;
   insertion_key: string | null;
+  upstream_expires_at: number | null;
+  lapsed_at: number | null;
   registered_at: number;
   updated_at: number;
 }
@@ -59,6 +61,8 @@ function toRow(b: Binding): BindingRow {
     transport: b.source?.transport ?? null,
     upstream_contact: b.insertion?.contact ?? null,
     insertion_key: b.insertion?.key ?? null,
+    upstream_expires_at: b.upstreamExpiresAt,
+    lapsed_at: b.lapsedAt,
     registered_at: b.registeredAt,
     updated_at: b.updatedAt,
   };
@@ -80,6 +84,8 @@ function fromRow(r: BindingRow): Binding {
       ? { address: r.source_address, port: r.source_port, transport: r.transport ?? 'udp' }
       : null,
     insertion: r.upstream_contact !== null && r.insertion_key !== null ? { contact: r.upstream_contact, key: r.insertion_key } : null,
+    upstreamExpiresAt: r.upstream_expires_at ?? null,
+    lapsedAt: r.lapsed_at ?? null,
     registeredAt: r.registered_at,
     updatedAt: r.updated_at,
   };
@@ -191,18 +197,31 @@ function prepareStatements(db: Database.Database) {
     // the contact index is left alone, only the expiry index moves. Against UPDATE-then-INSERT
     // it spares each new binding a search of the primary key that finds nothing.
     upsert: db.prepare<BindingRow>(`INSERT INTO binding (aor, contact, expires_at, q, instance, reg_id, path,
-      call_id, cseq, user_agent, source_address, source_port, transport, upstream_contact, insertion_key, registered_at, updated_at)
+      call_id, cseq, user_agent, source_address, source_port, transport, upstream_contact, insertion_key, upstream_expires_at, lapsed_at, registered_at, updated_at)
       VALUES (@aor, @contact, @expires_at, @q, @instance, @reg_id, @path, @call_id, @cseq, @user_agent,
-      @source_address, @source_port, @transport, @upstream_contact, @insertion_key, @registered_at, @updated_at)
+      @source_address, @source_port, @transport, @upstream_contact, @insertion_key, @upstream_expires_at, @lapsed_at, @registered_at, @updated_at)
       ON CONFLICT (aor, contact) DO UPDATE SET expires_at = excluded.expires_at, q = excluded.q,
       instance = excluded.instance, reg_id = excluded.reg_id, path = excluded.path, call_id = excluded.call_id,
       cseq = excluded.cseq, user_agent = excluded.user_agent, source_address = excluded.source_address,
       source_port = excluded.source_port, transport = excluded.transport, upstream_contact = excluded.upstream_contact,
-      insertion_key = excluded.insertion_key, registered_at = excluded.registered_at,
+      insertion_key = excluded.insertion_key, upstream_expires_at = excluded.upstream_expires_at,
+      lapsed_at = excluded.lapsed_at, registered_at = excluded.registered_at,
       updated_at = excluded.updated_at`),
     contactsOf: db.prepare<[string], { contact: string }>('SELECT contact FROM binding WHERE aor = ?'),
-    expiredBatch: db.prepare<[number, number], { aor: string; contact: string }>(
-      'SELECT aor, contact FROM binding WHERE expires_at <= ? LIMIT ?'),
+    // A binding still registered upstream (contact mode) stays until midreg de-registered it there
+    // or its upstream registration ended: until then requests for it are answered 480.
+    expiredBatch: db.prepare<[number, number, number], { aor: string; contact: string }>(
+      'SELECT aor, contact FROM binding WHERE expires_at <= ? AND (upstream_expires_at IS NULL OR upstream_expires_at <= ?) LIMIT ?'),
+    lapsedByContact: db.prepare<[string, number, number], BindingRow>(
+      'SELECT * FROM binding WHERE contact = ? AND expires_at <= ? AND upstream_expires_at > ?'),
+    pendingDeregistrations: db.prepare<[number, number, number], BindingRow>(
+      'SELECT * FROM binding WHERE upstream_expires_at > ? AND expires_at <= ? AND lapsed_at IS NULL ORDER BY expires_at LIMIT ?'),
+    countPendingDeregistrations: db.prepare<[number, number], { n: number }>(
+      'SELECT count(*) AS n FROM binding WHERE upstream_expires_at > ? AND expires_at <= ? AND lapsed_at IS NULL'),
+    markLapsed: db.prepare<[number, string, string, number]>('UPDATE binding SET lapsed_at = ? WHERE aor = ? AND contact = ? AND updated_at = ?'),
+    deleteIfUnchanged: db.prepare<[string, string, number]>('DELETE FROM binding WHERE aor = ? AND contact = ? AND updated_at = ?'),
+    absorbRefresh: db.prepare<[number, number, number, string, string]>(
+      'UPDATE binding SET expires_at = ?, cseq = ?, updated_at = ? WHERE aor = ? AND contact = ?'),
     deleteBinding: db.prepare<[string, string]>('DELETE FROM binding WHERE aor = ? AND contact = ?'),
     aorExists: db.prepare<[string], { n: number }>('SELECT 1 AS n FROM binding WHERE aor = ? LIMIT 1'),
     countAll: db.prepare<[], { bindings: number; aors: number }>(
@@ -349,7 +368,7 @@ export class LocationStore {
       if (before.length === 0 && rows[0]) stmt.rememberAor.run(aor, rows[0].registered_at);
     });
     this.purgeTx = db.transaction((now: number, limit: number) => {
-      const expired = stmt.expiredBatch.all(now, limit);
+      const expired = stmt.expiredBatch.all(now, now, limit);
       for (const row of expired) stmt.deleteBinding.run(row.aor, row.contact);
       let emptiedAors = 0;
       for (const aor of new Set(expired.map((row) => row.aor))) if (!stmt.aorExists.get(aor)) emptiedAors++;
@@ -409,6 +428,41 @@ export class LocationStore {
   /** Bindings still live at `now`, highest q first. */
   liveBindings(aor: string, now: number): Binding[] {
     return this.stmt.liveOf.all(aor, now).map(fromRow);
+  }
+
+  /**
+   * Contact mode: bindings with this contact URI that expired for the phone but are still
+   * registered upstream (the phone stopped refreshing): requests for them get 480.
+   */
+  lapsedBindingsByContact(contact: string, now: number): Binding[] {
+    return this.stmt.lapsedByContact.all(contact, now, now).map(fromRow);
+  }
+
+  /** Contact mode: up to `limit` bindings to de-register upstream (expired for the phone, still registered there, not tried yet). */
+  pendingDeregistrations(now: number, limit: number): Binding[] {
+    return this.stmt.pendingDeregistrations.all(now, now, limit).map(fromRow);
+  }
+
+  countPendingDeregistrations(now: number): number {
+    return this.stmt.countPendingDeregistrations.get(now, now)?.n ?? 0;
+  }
+
+  /**
+   * The registrar did not accept midreg's de-registration of the binding as it was at `updatedAt`:
+   * keep it, answered 480, until its upstream expiry. A binding the phone registered again since is left alone.
+   */
+  markLapsed(aor: string, contact: string, updatedAt: number, now: number): void {
+    this.stmt.markLapsed.run(now, aor, contact, updatedAt);
+  }
+
+  /** Delete the binding unless it was written after `updatedAt` (the phone registered again meanwhile); true when deleted. */
+  deleteIfUnchanged(aor: string, contact: string, updatedAt: number): boolean {
+    return this.stmt.deleteIfUnchanged.run(aor, contact, updatedAt).changes > 0;
+  }
+
+  /** A refresh midreg answered itself (contact mode): the phone's new expiry and the CSeq it used. */
+  absorbRefresh(aor: string, contact: string, expiresAt: number, cseq: number, now: number): void {
+    this.stmt.absorbRefresh.run(expiresAt, cseq, now, aor, contact);
   }
 
   /** Live bindings whose contact URI is exactly `contact` (a request the platform routed to a registered contact). */

@@ -154,6 +154,8 @@ describe('admin API', () => {
         contact: 'sip:alice@198.51.100.7:5062',
         expires_in: 3600,
         expires_at: new Date(NOW + 3_600_000).toISOString(),
+        upstream_expires_in: null,
+        lapsed_at: null,
         source: { address: '198.51.100.7', port: 5062, transport: 'udp' },
         user_agent: 'Yealink SIP-T46S 66.86.0.15',
         q: 0.8,
@@ -295,6 +297,7 @@ describe('admin API', () => {
         bindings: LIVE_BINDINGS + 1,
         aors: LIVE_AORS + 1,
         register: { '2xx': 2, '3xx': 0, '4xx': 3, '5xx': 0, '6xx': 0 },
+        register_absorbed: 0,
         message: { delivered: 2, not_found: 1, forbidden: 0, too_large: 0, failed: 0, relayed: 0, stored: 0, offline_refused: 0 },
         replica_write_failures: 1,
       });

@@ -44,11 +44,11 @@ function midreg(args: string[], env: Record<string, string> = {}): Promise<{ cod
 
 describe('midreg CLI', () => {
   describe('registrations', () => {
-    it('prints a table of live bindings: AoR, contact, source, expiry, q, User-Agent', async () => {
+    it('prints a table of live bindings: AoR, contact, source, expiry, upstream expiry, q, User-Agent', async () => {
       const { code, stdout, stderr } = await midreg(['registrations', '--db', file]);
       assert.equal(code, 0, stderr);
       const lines = stdout.trimEnd().split('\n');
-      assert.match(lines[0] ?? '', /^AOR\s+CONTACT\s+SOURCE\s+EXPIRES\s+Q\s+USER-AGENT$/);
+      assert.match(lines[0] ?? '', /^AOR\s+CONTACT\s+SOURCE\s+EXPIRES\s+UPSTREAM\s+Q\s+USER-AGENT$/);
       const phone = lines.find((l) => l.includes('sip:alice@198.51.100.7:5062'));
       assert.ok(phone, stdout);
       const cells = phone.split(/\s{2,}/);
@@ -56,9 +56,10 @@ describe('midreg CLI', () => {
       assert.equal(cells[2], 'udp:198.51.100.7:5062');
       const expires = Number(/^(\d+)s$/.exec(cells[3] ?? '')?.[1]);
       assert.ok(expires > 3500 && expires <= 3600, `expires ${cells[3]}`);
-      assert.equal(cells[4], '0.8');
-      assert.equal(cells[5], 'Yealink SIP-T46S 66.86.0.15');
-      assert.match(stdout, /^sip:alice@example\.test\s+sip:alice@10\.1\.1\.1\s+-\s+\d+s\s+-\s+-$/m, 'no source, q or UA shown as -');
+      assert.equal(cells[4], '-', 'no upstream expiry in mirror mode');
+      assert.equal(cells[5], '0.8');
+      assert.equal(cells[6], 'Yealink SIP-T46S 66.86.0.15');
+      assert.match(stdout, /^sip:alice@example\.test\s+sip:alice@10\.1\.1\.1\s+-\s+\d+s\s+-\s+-\s+-$/m, 'no source, q or UA shown as -');
       assert.ok(!stdout.includes('sip:bob@'), 'expired bindings are not shown');
       assert.equal(lines.filter((l) => l.startsWith('sip:')).length, LIVE_BINDINGS);
       assert.equal(lines.at(-1), `${LIVE_BINDINGS} bindings, ${LIVE_AORS} AoRs`);
@@ -85,8 +86,8 @@ describe('midreg CLI', () => {
       assert.equal(code, 0, stderr);
       const bindings = JSON.parse(stdout) as Array<Record<string, unknown>>;
       assert.equal(bindings.length, LIVE_BINDINGS);
-      assert.deepEqual(Object.keys(bindings[0] ?? {}).sort(), ['aor', 'call_id', 'contact', 'cseq', 'expires_at', 'expires_in', 'instance', 'path',
-        'q', 'reg_id', 'registered_at', 'source', 'updated_at', 'upstream_contact', 'user_agent']);
+      assert.deepEqual(Object.keys(bindings[0] ?? {}).sort(), ['aor', 'call_id', 'contact', 'cseq', 'expires_at', 'expires_in', 'instance', 'lapsed_at', 'path',
+        'q', 'reg_id', 'registered_at', 'source', 'updated_at', 'upstream_contact', 'upstream_expires_in', 'user_agent']);
       const phone = bindings.find((b) => b['contact'] === 'sip:alice@198.51.100.7:5062');
       assert.deepEqual(phone?.['source'], { address: '198.51.100.7', port: 5062, transport: 'udp' });
       assert.equal(phone?.['reg_id'], 1);

@@ -9,7 +9,7 @@ import type { Binding } from '../../lib/registrar/registration.js';
 export function binding(aor: string, contact: string, expiresAt: number, over: Partial<Binding> = {}): Binding {
   return {
     aor, contact, expiresAt, q: null, instance: null, regId: null, path: null, callId: `${aor}-call`, cseq: 1,
-    userAgent: null, source: null, insertion: null, registeredAt: expiresAt - 3_600_000, updatedAt: expiresAt - 3_600_000, ...over,
+    userAgent: null, source: null, insertion: null, upstreamExpiresAt: null, lapsedAt: null, registeredAt: expiresAt - 3_600_000, updatedAt: expiresAt - 3_600_000, ...over,
   };
 }
 

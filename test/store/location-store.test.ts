@@ -13,7 +13,7 @@ function binding(aor: string, contact: string, expiresAt: number, over: Partial<
   return {
     aor, contact, expiresAt, q: null, instance: null, regId: null, path: '<sip:edge.example;lr>', callId: 'c1', cseq: 1,
     userAgent: "ua'; DROP TABLE binding; --", source: { address: '192.0.2.1', port: 5060, transport: 'udp' },
-    insertion: null, registeredAt: 1, updatedAt: 1, ...over,
+    insertion: null, upstreamExpiresAt: null, lapsedAt: null, registeredAt: 1, updatedAt: 1, ...over,
   };
 }
 

@@ -16,6 +16,15 @@ describe('configuration', () => {
     assert.equal(config.addPath, true);
   });
 
+  it('throttling: mirror by default; contact with its defaults, with either insertion; aor is refused, not ignored', () => {
+    assert.deepEqual([loadConfig(minimal).mode, loadConfig(minimal).outgoingExpiresSec, loadConfig(minimal).refreshMarginSec], ['mirror', 3600, 60]);
+    const contact = loadConfig({ ...minimal, MIDREG_MODE: 'contact', MIDREG_OUTGOING_EXPIRES: '1800', MIDREG_REFRESH_MARGIN_SEC: '30' });
+    assert.deepEqual([contact.mode, contact.outgoingExpiresSec, contact.refreshMarginSec, contact.insertion], ['contact', 1800, 30, 'path']);
+    assert.equal(loadConfig({ ...minimal, MIDREG_MODE: 'contact', MIDREG_INSERTION: 'contact' }).insertion, 'contact');
+    assert.throws(() => loadConfig({ ...minimal, MIDREG_MODE: 'aor' }), (err: unknown) => err instanceof ConfigError && err.problems.some((p) => p.startsWith('MIDREG_MODE')));
+    assert.throws(() => loadConfig({ ...minimal, MIDREG_OUTGOING_EXPIRES: '10' }), (err: unknown) => err instanceof ConfigError && err.problems.some((p) => p.startsWith('MIDREG_OUTGOING_EXPIRES')));
+  });
+
   it('names every bad setting on its own line and never echoes the secret', () => {
     try {
       loadConfig({ DRACHTIO_PORT: 'ninety', MIDREG_UPSTREAM: 'http://x', MIDREG_DOMAINS: ' , ', MIDREG_LOG_LEVEL: 'loud' });

@@ -127,7 +127,7 @@ describe('flood guard', () => {
 describe('replica bounds', () => {
   const b = (contact: string, callId: string, expiresAt: number): Binding => ({
     aor: 'sip:a@example.test', contact, expiresAt, q: null, instance: null, regId: null, path: null, callId, cseq: 1,
-    userAgent: null, source: null, insertion: null, registeredAt: 0, updatedAt: 0,
+    userAgent: null, source: null, insertion: null, upstreamExpiresAt: null, lapsedAt: null, registeredAt: 0, updatedAt: 0,
   });
   it('keeps the device that just registered and the longest-lived others when an AoR has too many bindings', () => {
     const plan = { kind: 'save' as const, aor: 'sip:a@example.test', bindings: [b('sip:1@h', 'old', 500), b('sip:2@h', 'old', 900), b('sip:3@h', 'now', 100)], added: ['sip:3@h'], refreshed: [], removed: [] };

@@ -19,7 +19,7 @@ function stored(uri: string, over: Partial<Binding> = {}): Binding {
   return {
     aor: 'sip:alice@example.test', contact: uri, expiresAt: NOW + 60_000, q: null, instance: null, regId: null,
     path: null, callId: 'other-call', cseq: 7, userAgent: 'desk/2', source: { address: '198.51.100.7', port: 5062, transport: 'tcp' },
-    insertion: null, registeredAt: NOW - 100_000, updatedAt: NOW - 50_000, ...over,
+    insertion: null, upstreamExpiresAt: null, lapsedAt: null, registeredAt: NOW - 100_000, updatedAt: NOW - 50_000, ...over,
   };
 }
 

@@ -7,7 +7,7 @@ function binding(over: Partial<Binding> = {}): Binding {
   return {
     aor: 'sip:bob@example.test', contact: 'sip:bob@10.0.0.7:5060', expiresAt: 2e12, q: null, instance: null, regId: null,
     path: null, callId: 'c', cseq: 1, userAgent: null, source: { address: '203.0.113.5', port: 40123, transport: 'udp' },
-    insertion: null, registeredAt: 0, updatedAt: 0, ...over,
+    insertion: null, upstreamExpiresAt: null, lapsedAt: null, registeredAt: 0, updatedAt: 0, ...over,
   };
 }
 

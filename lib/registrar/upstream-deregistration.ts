@@ -1,0 +1,89 @@
+// Contact throttling: a phone that stopped refreshing is removed at the registrar by midreg. The
+// registrar holds the Contact for up to MIDREG_OUTGOING_EXPIRES, the phone only for its own
+// expiry; once that passes, midreg sends the registrar the de-registration the phone never will.
+import type { LocationStore } from '../store/location-store.js';
+import type { Logger } from '../ops/logger.js';
+import type { Binding } from './registration.js';
+import { askUpstream, type RequestSender, type UpstreamTarget } from '../sip/upstream.js';
+import { randomBytes } from 'node:crypto';
+
+export const DEREGISTRATION_RESULTS = ['ok', 'challenged', 'refused', 'timeout', 'unreachable'] as const;
+export type DeregistrationResult = (typeof DEREGISTRATION_RESULTS)[number];
+
+/** At most this many de-registrations per run of the periodic job (MIDREG_PURGE_INTERVAL_SEC). */
+export const DEREGISTRATIONS_PER_RUN = 100;
+
+export interface DeregistrationDeps {
+  sender: RequestSender;
+  store: Pick<LocationStore, 'pendingDeregistrations' | 'markLapsed' | 'deleteIfUnchanged' | 'bindingsOf'>;
+  upstream: UpstreamTarget;
+  logger: Logger;
+  /** A binding was deleted from the replica (de-registered upstream): `emptied` when it was the AoR's last. */
+  onRemoved?(emptied: boolean): void;
+  onResult?(result: DeregistrationResult): void;
+}
+
+/** What a de-registration answer means for the binding. */
+export function classifyDeregistration(status: number): DeregistrationResult {
+  if (status >= 200 && status < 300) return 'ok';
+  if (status === 401 || status === 407) return 'challenged';
+  return 'refused';
+}
+
+/**
+ * The REGISTER that removes one binding at the registrar. RFC 3261 §10.2.2: a UA removes a
+ * binding with "an expiration interval of "0" for that contact address"; §10.3 step 7 accepts it
+ * only with the binding's Call-ID and a higher CSeq, so midreg uses the phone's Call-ID and the
+ * CSeq after the last one it saw. The Contact is the one the registrar holds (midreg's own, with
+ * contact insertion).
+ */
+export function deregistrationRequest(b: Binding, upstreamUri: string): { uri: string; headers: Record<string, string> } {
+  const contact = b.insertion?.contact ?? b.contact;
+  return {
+    uri: upstreamUri,
+    headers: {
+      from: `<${b.aor}>;tag=${randomBytes(6).toString('hex')}`,
+      to: `<${b.aor}>`,
+      'call-id': b.callId ?? '',
+      cseq: `${(b.cseq ?? 0) + 1} REGISTER`,
+      contact: `<${contact}>;expires=0`,
+      expires: '0',
+      'user-agent': 'midreg',
+    },
+  };
+}
+
+/**
+ * One run: de-register upstream up to `limit` bindings expired for their phone but still
+ * registered there (contact mode). A 2xx removes the binding; a challenge or refusal keeps it,
+ * lapsed, until its upstream expiry (requests for it are answered 480); no answer leaves it for
+ * the next run. Resolves with how many were tried.
+ */
+export async function deregisterLapsed(deps: DeregistrationDeps, now: number, limit = DEREGISTRATIONS_PER_RUN): Promise<number> {
+  const pending = deps.store.pendingDeregistrations(now, limit).filter((b) => b.callId !== null);
+  await Promise.all(pending.map(async (b) => {
+    const request = deregistrationRequest(b, deps.upstream.uri);
+    const outcome = await askUpstream(deps.sender, { method: 'REGISTER', ...request, nextHop: deps.upstream.uri }, deps.upstream.timeoutMs);
+    const base = { event: 'deregister', aor: b.aor, contact: b.contact, callId: b.callId, cseq: (b.cseq ?? 0) + 1, upstreamExpiresIn: Math.round(((b.upstreamExpiresAt ?? now) - Date.now()) / 1000) };
+    let result: DeregistrationResult;
+    if (outcome.kind === 'reply') {
+      result = classifyDeregistration(outcome.reply.status);
+      if (result === 'ok') {
+        // Unless the phone came back and registered again while the de-registration was on its way.
+        if (deps.store.deleteIfUnchanged(b.aor, b.contact, b.updatedAt)) deps.onRemoved?.(deps.store.bindingsOf(b.aor).length === 0);
+        deps.logger.info('binding de-registered upstream: its phone stopped refreshing', { ...base, status: outcome.reply.status });
+      } else {
+        deps.store.markLapsed(b.aor, b.contact, b.updatedAt, Date.now());
+        deps.logger.warn(result === 'challenged'
+          ? 'upstream de-registration challenged (midreg holds no credentials): binding kept as lapsed until its upstream expiry, requests for it get 480'
+          : 'upstream de-registration refused: binding kept as lapsed until its upstream expiry, requests for it get 480', { ...base, status: outcome.reply.status });
+      }
+    } else {
+      result = outcome.kind === 'timeout' ? 'timeout' : outcome.kind === 'unreachable' ? 'unreachable' : 'refused';
+      if (outcome.kind === 'too-large') deps.store.markLapsed(b.aor, b.contact, b.updatedAt, Date.now());
+      deps.logger.warn('upstream de-registration not answered: tried again on the next run', { ...base, result });
+    }
+    deps.onResult?.(result);
+  }));
+  return pending.length;
+}

@@ -1,0 +1,193 @@
+// End to end: contact throttling (MIDREG_MODE=contact) with sipp phones → real drachtio-server →
+// midreg → real Kamailio with digest auth. Kamailio's max_expires is lowered to 20 s (MAX_EXPIRES)
+// so an upstream registration ends, and is renewed, within the test. Kamailio logs every request
+// it receives with its CSeq and Call-ID, which is how "the registrar never saw it" is checked.
+import { strict as assert } from 'node:assert';
+import { after, before, describe, it } from 'node:test';
+import { LocationStore } from '../../lib/store/location-store.js';
+import type { Binding } from '../../lib/registrar/registration.js';
+import { e2eSkipReason, freePort, logLines } from '../support/processes.js';
+import { sipMessage } from '../hostile/corpus.js';
+import { sendAndCollect, SipPeer } from '../support/raw-sip.js';
+import { receivedResponses, runSipp, startSippUas, type SippResult } from '../support/sipp.js';
+import { DOMAIN_MODES, startStack, type Stack } from '../support/stack.js';
+
+const skip = e2eSkipReason();
+if (skip) console.log(`# e2e throttling suite SKIPPED: ${skip}`);
+
+/** Kamailio's max_expires in this suite: every upstream registration is granted this. */
+const UPSTREAM_SEC = 20;
+const PURGE_SEC = 1;
+
+function replica(stack: Stack, user: string): Binding[] {
+  const store = new LocationStore(stack.dbFile, { readonly: true });
+  try { return store.liveBindings(stack.domain.aor(user), Date.now()); } finally { store.close(); }
+}
+
+async function sipp(stack: Stack, scenario: string, vars: Record<string, string>, localPort?: number, opts: { target?: string; callId?: string } = {}): Promise<SippResult & { localPort: number }> {
+  const port = localPort ?? await freePort();
+  const result = await runSipp({
+    scenario, target: opts.target ?? stack.sipTarget, localPort: port, vars: { domain: stack.domain.uriHost, ...vars }, timeoutSec: 30,
+    ...(opts.callId ? { extraArgs: ['-cid_str', opts.callId] } : {}),
+  });
+  return Object.assign(result, { localPort: port });
+}
+
+function assertPassed(result: SippResult): void {
+  assert.equal(result.code, 0, `sipp ${result.command} failed (${result.code}):\n${result.stdout.slice(-1500)}\n${result.errors.slice(-1500)}\n${result.messages.slice(-3000)}`);
+}
+
+const finals = (r: SippResult): number[] => receivedResponses(r.messages).map((x) => x.status).filter((s) => s >= 200);
+const callIdOf = (r: SippResult): string => /^Call-ID:\s*(\S+)/mi.exec(r.messages)?.[1] ?? assert.fail('no Call-ID in the sipp trace');
+
+/** CSeqs of the REGISTERs with this Call-ID that Kamailio received (its log prefix carries both). */
+function upstreamCseqs(stack: Stack, callId: string): number[] {
+  const escaped = callId.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  const re = new RegExp(`\\{\\d+ (\\d+) REGISTER ${escaped}\\}.*REGISTER sip:\\S+ from \\d+\\.\\d+\\.\\d+\\.\\d+:\\d+ \\(`, 'g');
+  return [...(stack.kamailio?.log() ?? '').matchAll(re)].map((m) => Number(m[1]));
+}
+
+async function until<T>(what: string, deadlineMs: number, probe: () => Promise<T | undefined> | T | undefined): Promise<T> {
+  const deadline = Date.now() + deadlineMs;
+  for (;;) {
+    const value = await probe();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) assert.fail(`${what}: not within ${deadlineMs} ms`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+async function metric(port: number, series: string): Promise<number> {
+  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith(`${series} `));
+  return line === undefined ? Number.NaN : Number(line.slice(series.length + 1));
+}
+
+for (const mode of DOMAIN_MODES) describe(`contact throttling, end to end (domain: ${mode})`, { skip: skip ?? false, timeout: 240_000 }, () => {
+  let stack: Stack;
+  let adminPort: number;
+  before(async () => {
+    adminPort = await freePort();
+    stack = await startStack({
+      domain: mode,
+      kamailioDefines: [`MAX_EXPIRES=${UPSTREAM_SEC}`],
+      env: { MIDREG_MODE: 'contact', MIDREG_REFRESH_MARGIN_SEC: '2', MIDREG_PURGE_INTERVAL_SEC: String(PURGE_SEC), MIDREG_ADMIN_PORT: String(adminPort) },
+    });
+  });
+  after(async () => { await stack?.stop(); });
+
+  it('first REGISTER relayed with its 401; refreshes answered by midreg, unseen by the registrar; the upstream registration renewed before it lapses', async () => {
+    // 10 REGISTERs in one call: CSeq 1 (401), 2 (credentials, 200), then 8 refreshes 2 s apart
+    // asking 5 s. Upstream gets 20 s at t=0: refreshes are absorbed while more than 5 + 2 s of it
+    // remain, the one after that is relayed and renews it.
+    const run = await sipp(stack, 'register-refresh', { user: 'alice', expires: '5' });
+    assertPassed(run);
+    assert.deepEqual(finals(run), [401, 200, 200, 200, 200, 200, 200, 200, 200, 200]);
+    const callId = callIdOf(run);
+    const seen = upstreamCseqs(stack, callId);
+    assert.deepEqual(seen.slice(0, 2), [1, 2], 'the registrar challenged the first REGISTER and accepted the second');
+    const renewals = seen.slice(2);
+    assert.ok(renewals.length >= 1 && renewals.length <= 2, `one renewal relayed (the registrar saw CSeqs ${seen.join(',')})`);
+    const absorbed = logLines(stack.midreg, { message: 'REGISTER answered locally', callId });
+    assert.equal(absorbed.length, 8 - renewals.length, 'every other refresh answered by midreg');
+    for (const line of absorbed) assert.ok(!seen.includes(Number(line['cseq'])), `CSeq ${String(line['cseq'])} never reached the registrar`);
+    const renewal = logLines(stack.midreg, { message: 'REGISTER relayed', callId, relayReason: 'upstream-ending' });
+    assert.equal(renewal.length, renewals.length, 'relayed because the upstream registration was ending');
+    // The phone is told its own 5 s, never the registrar's 20 s; midreg's own 200s carry a Date.
+    const oks = receivedResponses(run.messages).filter((r) => r.status === 200);
+    for (const ok of oks) assert.match(ok.text, /;expires=5\b/, ok.text);
+    assert.ok(oks.filter((ok) => /^Date: /m.test(ok.text)).length >= absorbed.length, 'local 200s carry Date');
+    const upstream = await stack.kamailio?.lookup(stack.domain.aor('alice'));
+    assert.equal(upstream?.length, 1, 'still registered upstream after the run');
+    const [binding] = replica(stack, 'alice');
+    assert.ok(binding?.upstreamExpiresAt && binding.upstreamExpiresAt - binding.expiresAt > 5_000, 'replica keeps the upstream expiry apart from the phone\'s');
+    assert.equal(binding.cseq, 10, 'the last refresh\'s CSeq is recorded');
+  });
+
+  it('the same Call-ID from another port, and a second device, are relayed and challenged; after a restart the phone\'s refresh is still absorbed', async () => {
+    const phone = await sipp(stack, 'register-auth', { user: 'bob', expires: '60' });
+    assertPassed(phone);
+    const [b] = replica(stack, 'bob');
+    assert.ok(b?.callId && b.cseq !== null);
+    assert.ok(b.expiresAt - Date.now() <= UPSTREAM_SEC * 1000, 'phone expiry capped at what the registrar granted');
+    const refresh = (seq: number, expect: string, port?: number) => sipp(stack, 'register-replay', {
+      user: 'bob', seq: String(seq), contact: b.contact, expires: '15', expect,
+    }, port, { callId: b.callId ?? '' });
+
+    const forged = await refresh(b.cseq + 1, '401');
+    assertPassed(forged);
+    assert.ok(upstreamCseqs(stack, b.callId).includes(b.cseq + 1), 'the registrar got the REGISTER from the other port');
+    assert.equal(logLines(stack.midreg, { message: 'REGISTER relayed', callId: b.callId, relayReason: 'other-source', status: 401 }).length, 1);
+
+    const second = await sipp(stack, 'register-challenge-only', { user: 'bob' });
+    assertPassed(second);
+    assert.deepEqual(upstreamCseqs(stack, callIdOf(second)), [1], 'a second device reaches the registrar');
+    assert.equal(replica(stack, 'bob').length, 1);
+
+    const own = await refresh(b.cseq + 2, '200', phone.localPort);
+    assertPassed(own);
+    assert.ok(!upstreamCseqs(stack, b.callId).includes(b.cseq + 2), 'the phone\'s own refresh is absorbed');
+
+    const midreg = await stack.restartMidreg();
+    const afterRestart = await refresh(b.cseq + 3, '200', phone.localPort);
+    assertPassed(afterRestart);
+    assert.ok(!upstreamCseqs(stack, b.callId).includes(b.cseq + 3), 'absorbed after a restart too: no refresh storm');
+    assert.equal(logLines(midreg, { message: 'REGISTER answered locally', callId: b.callId, cseq: b.cseq + 3 }).length, 1);
+  });
+
+  it('a phone that stops refreshing is de-registered upstream; a challenged de-registration leaves it lapsed (counted, 480); a live phone still gets MESSAGE', async () => {
+    const open = await sipp(stack, 'register-noauth', { user: 'openstop', expires: '10' });
+    assertPassed(open);
+    const started = Date.now();
+    const lapsy = await sipp(stack, 'register-auth', { user: 'lapsy', expires: '10' });
+    assertPassed(lapsy);
+    const livePort = await freePort();
+    assertPassed(await sipp(stack, 'register-auth', { user: 'livy', expires: '60' }, livePort));
+    assert.equal((await stack.kamailio?.lookup(stack.domain.aor('openstop')))?.length, 1);
+
+    // Removed upstream within its expiry plus the sweep interval (and a second of slack).
+    await until('openstop removed upstream', (10 + PURGE_SEC + 3) * 1000, async () => ((await stack.kamailio?.lookup(stack.domain.aor('openstop')))?.length === 0 ? true : undefined));
+    assert.ok(Date.now() - started <= (10 + PURGE_SEC + 1) * 1000 + 1000, `removed after ${Date.now() - started} ms`);
+    assert.deepEqual(replica(stack, 'openstop'), []);
+
+    await until('lapsy\'s de-registration challenged', 10_000, () => logLines(stack.midreg, { aor: stack.domain.aor('lapsy'), event: 'deregister', status: 401 })[0]);
+    assert.equal((await stack.kamailio?.lookup(stack.domain.aor('lapsy')))?.length, 1, 'the registrar keeps it (midreg has no credentials)');
+    assert.ok(await metric(adminPort, 'midreg_upstream_deregistrations_total{result="ok"}') >= 1);
+    assert.ok(await metric(adminPort, 'midreg_upstream_deregistrations_total{result="challenged"}') >= 1);
+    assert.ok(await metric(adminPort, 'midreg_register_absorbed_total') >= 1);
+
+    // The platform routes MESSAGEs for both through midreg (Path): the lapsed one gets 480.
+    const platform = `127.0.0.1:${stack.kamailio?.port ?? 0}`;
+    assertPassed(await sipp(stack, 'uac-message', { to: 'lapsy', from: 'openx', expect: '480', body: 'are you there' }, undefined, { target: platform }));
+    // An INVITE the platform routes to the lapsed contact is answered 480 by midreg too.
+    const caller = await SipPeer.open();
+    try {
+      const id = `lapsed-invite-${mode}-${Date.now()}`;
+      const invite = await sendAndCollect(caller, stack.kamailio?.port ?? 0, sipMessage(`INVITE sip:lapsy@${stack.domain.uriHost} SIP/2.0`, [
+        `Via: SIP/2.0/UDP 127.0.0.1:${caller.port};branch=z9hG4bK-${id}`, 'Max-Forwards: 70', `From: <sip:openx@${stack.domain.uriHost}>;tag=${id}`,
+        `To: <sip:lapsy@${stack.domain.uriHost}>`, `Call-ID: ${id}`, 'CSeq: 1 INVITE', `Contact: <sip:openx@127.0.0.1:${caller.port}>`,
+      ]), { transport: 'udp', waitMs: 3000 });
+      assert.deepEqual(invite.statuses.filter((s) => s >= 200).slice(0, 1), [480], `INVITE answered ${invite.statuses.join(',')}`);
+    } finally {
+      await caller.close();
+    }
+    const uas = startSippUas({ scenario: 'uas-message', localPort: livePort, calls: 1, timeoutSec: 10 });
+    await uas.ready;
+    assertPassed(await sipp(stack, 'uac-message', { to: 'livy', from: 'openx', expect: '200', body: 'hello' }, undefined, { target: platform }));
+    assert.equal((await uas.done).code, 0, 'the live phone got the MESSAGE');
+  });
+
+  it('a de-registration and Contact: * clear both sides', async () => {
+    const keep = await sipp(stack, 'register-auth', { user: 'dana', expires: '60' });
+    const drop = await sipp(stack, 'register-auth', { user: 'dana', expires: '60' });
+    assertPassed(keep); assertPassed(drop);
+    assert.equal(replica(stack, 'dana').length, 2);
+    assertPassed(await sipp(stack, 'deregister', { user: 'dana' }, drop.localPort));
+    const contactOf = (port: number): string => `sip:dana@127.0.0.1:${port}`;
+    assert.deepEqual(replica(stack, 'dana').map((b) => b.contact), [contactOf(keep.localPort)]);
+    assert.deepEqual((await stack.kamailio?.lookup(stack.domain.aor('dana')))?.map((b) => b.contact), [contactOf(keep.localPort)]);
+    assertPassed(await sipp(stack, 'deregister-star', { user: 'dana' }));
+    assert.deepEqual(replica(stack, 'dana'), []);
+    assert.deepEqual(await stack.kamailio?.lookup(stack.domain.aor('dana')), []);
+  });
+});
