@@ -1,9 +1,9 @@
-// The processes the benchmark starts: drachtio-server, Kamailio (registrar or peer), midreg and the
+// The processes the benchmark starts: drachtio-server, Kamailio (registrar or peer), OpenSIPS, midreg and the
 // drachtio reference app. Each writes its output to a file in the run's work dir (never into this
 // process's memory: at load drachtio-server alone logs megabytes per second), listens on
 // 127.0.0.1 only, and is stopped by the bench (process groups are SIGKILLed on exit as a backstop).
-import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, openSync, readFileSync, readSync, statSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { kamcmd, KAMAILIO_CFG } from '../test/support/kamailio.js';
@@ -219,4 +219,97 @@ export async function startReference(opts: NodeAppOptions & { mode: 'relay' | 'p
   });
   await svc.waitForLog(/reference connected/, 15_000);
   return svc;
+}
+
+// ---- OpenSIPS mid_registrar (the peer built for midreg's job) ---------------------------------
+
+/** The shared OpenSIPS 3.5.9 build beside the repository (`start.sh MODE LISTEN REGISTRAR [WORKDIR]`). */
+export const OPENSIPS_DIR = join(REPO_ROOT, '..', 'shared', 'peers', 'opensips');
+export const OPENSIPS_START = join(OPENSIPS_DIR, 'start.sh');
+export const OPENSIPS_BIN = join(OPENSIPS_DIR, 'opensips');
+/**
+ * OpenSIPS' shared and private memory (-m, -M), as the bench gives the Kamailio processes: with
+ * start.sh's defaults (32 MB shm) tm runs out of memory within a second at 1,000 REGISTER/s
+ * ("tm:new_t: out of mem", answered 500), since every transaction lives on for its wait timer and
+ * each new AoR stays in usrloc.
+ */
+export const OPENSIPS_SHM_MB = 2048;
+export const OPENSIPS_PKG_MB = 16;
+
+/**
+ * start.sh runs `$(dirname $0)/opensips` and takes no memory options, so it is run from a
+ * directory of links to the shared folder whose `opensips` is a wrapper adding -m/-M and exec'ing
+ * the shared binary (same PID: still the process-group leader start.sh prints).
+ */
+function opensipsShim(workDir: string): string {
+  const shim = join(workDir, 'opensips-peer');
+  mkdirSync(shim, { recursive: true });
+  for (const name of ['start.sh', 'midreg.cfg.in', 'modules']) {
+    if (!existsSync(join(shim, name))) symlinkSync(join(OPENSIPS_DIR, name), join(shim, name));
+  }
+  const wrapper = join(shim, 'opensips');
+  writeFileSync(wrapper, `#!/bin/sh\nexec '${OPENSIPS_BIN}' -m ${OPENSIPS_SHM_MB} -M ${OPENSIPS_PKG_MB} "$@"\n`);
+  chmodSync(wrapper, 0o755);
+  return join(shim, 'start.sh');
+}
+
+export interface OpensipsService {
+  readonly name: string;
+  /** Leader of OpenSIPS' own session and process group (its workers are in it). */
+  readonly pid: number;
+  readonly port: number;
+  readonly mode: 0 | 1 | 2;
+  readonly logFile: string;
+  /** SIGTERM to the group, SIGKILL after `timeoutMs`; resolves once no member is left. Idempotent. */
+  stop(timeoutMs?: number): Promise<void>;
+}
+
+const liveGroups = new Set<number>();
+let groupHookInstalled = false;
+
+function groupAlive(pgid: number): boolean {
+  try { process.kill(-pgid, 0); return true; } catch { return false; }
+}
+
+/**
+ * OpenSIPS mid_registrar started by the shared start.sh (with -m/-M, see opensipsShim) on 127.0.0.1:`port` (UDP and TCP) in
+ * `mode` (0 contact mirroring, 1 contact throttling, 2 AoR throttling), relaying to `registrar`.
+ * start.sh detaches it (setsid) and returns once its UDP socket listens; it is not our child, so it
+ * is stopped by process group, and SIGKILLed when the bench exits as a backstop.
+ */
+export async function startOpensips(workDir: string, opts: { mode: 0 | 1 | 2; registrar: string; port?: number; workers?: number }): Promise<OpensipsService> {
+  const port = opts.port ?? await freePort();
+  const r = spawnSync(opensipsShim(workDir), [String(opts.mode), `127.0.0.1:${port}`, opts.registrar, workDir], {
+    encoding: 'utf8', timeout: 20_000, env: { ...process.env, OPENSIPS_WORKERS: String(opts.workers ?? 2) },
+  });
+  const pid = Number(r.stdout.trim());
+  if (r.status !== 0 || !Number.isInteger(pid) || pid <= 0) {
+    throw new Error(`OpenSIPS (mode ${opts.mode}) did not start (exit ${String(r.status)}${r.error ? `, ${r.error.message}` : ''}): ${r.stdout}${r.stderr}`.trim());
+  }
+  liveGroups.add(pid);
+  if (!groupHookInstalled) {
+    groupHookInstalled = true;
+    process.once('exit', () => { for (const g of liveGroups) { try { process.kill(-g, 'SIGKILL'); } catch { /* gone */ } } });
+  }
+  let stopping: Promise<void> | undefined;
+  return {
+    name: `opensips-mode${opts.mode}`,
+    pid,
+    port,
+    mode: opts.mode,
+    logFile: join(workDir, 'opensips.log'),
+    stop(timeoutMs = 5000) {
+      stopping ??= (async () => {
+        try { process.kill(-pid, 'SIGTERM'); } catch { /* gone */ }
+        const deadline = Date.now() + timeoutMs;
+        while (groupAlive(pid) && Date.now() < deadline) await delay(50);
+        if (groupAlive(pid)) {
+          try { process.kill(-pid, 'SIGKILL'); } catch { /* gone */ }
+          for (let i = 0; i < 100 && groupAlive(pid); i++) await delay(20);
+        }
+        liveGroups.delete(pid);
+      })();
+      return stopping;
+    },
+  };
 }

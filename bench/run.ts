@@ -1,6 +1,6 @@
 #!/usr/bin/env node
-// `npm run bench`: midreg against the drachtio reference (relay and proxy) and a Kamailio peer,
-// each in front of its own Kamailio registrar, under bounded sipp rate sweeps (REGISTER with
+// `npm run bench`: midreg against the drachtio reference (relay and proxy), a Kamailio peer and
+// OpenSIPS' mid_registrar (when ../shared/peers/opensips is there), each in front of its own Kamailio registrar, under bounded sipp rate sweeps (REGISTER with
 // distinct AoRs; MESSAGE to registered sipp UAS users), plus the replica at 1M bindings
 // (bench/scale.ts). Starts everything it needs on 127.0.0.1, stops it all, prints the tables and
 // the targets' pass/fail, and saves bench/results/<timestamp>.json and .md.
@@ -16,18 +16,20 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { cpuDelta, machineBusyCpu, PeakThreadWatcher, probeSipp, sampleCpu } from './cpu.js';
 import { runLoad, startUas, type LoadResult, type Quantiles } from './load.js';
-import { BENCH_DIR, DRACHTIO_BIN_DEFAULT, delay, freePort, REPO_ROOT } from './procs.js';
+import { BENCH_DIR, DRACHTIO_BIN_DEFAULT, delay, freePort, OPENSIPS_BIN, REPO_ROOT } from './procs.js';
 import { runProbe, type ProbeResult } from './probe.js';
 import { formatProfile, summarizeProfile, type ProfileSummary } from './profile.js';
 import { fmt1, fmtInt, fmtPct, markdownTable, textTable, type Table } from './report.js';
 import { runScale, worstSplit, type ScaleResult } from './scale.js';
-import { startSystem, SYSTEM_IDS, SYSTEM_LABELS, type RunningSystem, type SystemId } from './systems.js';
+import {
+  startSystem, sweepLabel, SYSTEM_IDS, SYSTEM_LABELS, SYSTEM_NOTES, systemUnavailable, type RunningSystem, type SystemId,
+} from './systems.js';
 
 type Kind = 'register' | 'message';
 const KINDS: readonly Kind[] = ['register', 'message'];
 const KIND_LABEL: Record<Kind, string> = { register: 'REGISTER', message: 'MESSAGE' };
 /** Order of the run: midreg last, so its targets (relative to the others) are known before profiling it. */
-const RUN_ORDER: readonly SystemId[] = ['kamailio', 'proxy', 'reference', 'midreg'];
+const RUN_ORDER: readonly SystemId[] = ['kamailio', 'opensips', 'proxy', 'reference', 'midreg'];
 const SIPP_DIR = join(BENCH_DIR, 'sipp');
 const RESULTS_DIR = join(BENCH_DIR, 'results');
 const DOMAIN = 'example.test';
@@ -42,7 +44,8 @@ const NOISY_PCT = 25;
 const HELP = `usage: npm run bench -- [options]
   --quick                 fewer and shorter steps, 100k-binding replica (a few minutes)
   --only <what>           register | message | scale (repeatable; default: all)
-  --systems <list>        comma-separated subset of ${SYSTEM_IDS.join(',')} (default: all)
+  --systems <list>        comma-separated subset of ${SYSTEM_IDS.join(',')} (default: all; opensips is
+                          skipped when ../shared/peers/opensips/start.sh is absent)
   --rates <list>          rates per second to sweep (default 500,1000,1500,2000,2500,3000,4000,5000,6500,8000,10000;
                           quick 500,1000,2000,3000,4500,6500)
   --step-seconds <n>      seconds of load per step (default 3, quick 2.5; the half-max latency step runs 1.5×)
@@ -50,7 +53,7 @@ const HELP = `usage: npm run bench -- [options]
   --drachtio-loglevel <l> override drachtio.conf.xml's <loglevel> (as shipped: info, which logs every SIP message)
   --midreg-log-level <l>  MIDREG_LOG_LEVEL for midreg (default info, as shipped)
   --upstream-transport <t> tcp (default) | udp: how midreg and the drachtio references reach their
-                          registrar (the Kamailio peer stays on UDP); over UDP drachtio-server's
+                          registrar (the Kamailio and OpenSIPS peers stay on UDP); over UDP drachtio-server's
                           socket drops the registrar's replies in bursts (docs/drachtio-findings.md, D4)
   --midreg-env <K=V>      extra environment for midreg, e.g. MIDREG_OVERLOAD_QUEUE_MS=0 (repeatable)
   --profile               always capture midreg CPU profiles (default: only when a target is missed)
@@ -395,7 +398,7 @@ async function prepareMessage(ctx: RunContext, sys: RunningSystem): Promise<{ se
   await uas.finish(100);
   if (probe.successful === 1) return { setup };
   const answered = probe.unexpectedStatuses.length > 0 ? `answered ${probe.unexpectedStatuses.join('/')}` : 'no answer';
-  const what = sys.id === 'midreg' ? 'midreg MESSAGE routing not available' : `${sys.label}: MESSAGE to a registered user failed`;
+  const what = sys.id === 'midreg' ? 'midreg MESSAGE routing not available' : `${sweepLabel(sys.id, 'message')}: MESSAGE to a registered user failed`;
   return { skip: `${what} (${answered} to a MESSAGE for a registered user)` };
 }
 
@@ -405,7 +408,7 @@ async function sweep(ctx: RunContext, sys: RunningSystem, kind: Kind): Promise<S
   if (kind === 'message') {
     const prepared = await prepareMessage(ctx, sys);
     if ('skip' in prepared) {
-      ctx.log(`  ${prepared.skip} — skipping the ${sys.label} MESSAGE row`);
+      ctx.log(`  ${prepared.skip} — skipping the ${sweepLabel(sys.id, 'message')} MESSAGE row`);
       record.skipped = prepared.skip;
       return record;
     }
@@ -562,16 +565,30 @@ function throughputTable(results: SweepRecord[], systems: SystemId[]): Table {
   for (const kind of KINDS) {
     const m = mid(kind);
     if (!usable(m) || m.max === 0) continue;
-    const ratios = (['reference', 'proxy', 'kamailio'] as const).flatMap((other) => {
+    const peers = (['reference', 'proxy', 'kamailio', 'opensips'] as const).filter((other) => {
       const o = sweepOf(results, other, kind);
-      return usable(o) && o.max > 0 ? [`midreg/${other} ${(m.max / o.max).toFixed(2)}×`] : [];
+      return usable(o) && o.max > 0;
     });
-    if (ratios.length > 0) notes.push(`${KIND_LABEL[kind]}: ${ratios.join(', ')}`);
+    const ratios = peers.map((other) => {
+      const o = sweepOf(results, other, kind);
+      return o ? `midreg/${other} ${(m.max / o.max).toFixed(2)}× (${maxText(m)} vs ${maxText(o)})` : '';
+    });
+    if (ratios.length > 0) {
+      const cpu = ['midreg' as const, ...peers].flatMap((id) => {
+        const text = ownCpuText(sweepOf(results, id, kind)?.atMax);
+        return text ? [`${id} ${text}`] : [];
+      });
+      notes.push(`${KIND_LABEL[kind]}, same run: ${ratios.join(', ')}${cpu.length > 0 ? `; CPU µs per ${KIND_LABEL[kind]} at each max: ${cpu.join(', ')}` : ''}`);
+    }
   }
   const regAlone = results.filter((r) => r.kind === 'register' && r.half?.registrarProbe)
-    .map((r) => `${SYSTEM_LABELS[r.system]} ${fmtMs(r.half?.registrarProbe?.us.p50 ?? 0)} / ${fmtMs(r.half?.registrarProbe?.us.p99 ?? 0)}`);
+    .map((r) => `${sweepLabel(r.system, r.kind)} ${fmtMs(r.half?.registrarProbe?.us.p50 ?? 0)} / ${fmtMs(r.half?.registrarProbe?.us.p99 ?? 0)}`);
   if (regAlone.length > 0) notes.push(`the Kamailio registrar alone during those REGISTER half-max steps (p50/p99, probed directly): ${regAlone.join('; ')}`);
-  for (const r of results.filter((x) => x.skipped)) notes.push(`${SYSTEM_LABELS[r.system]} ${KIND_LABEL[r.kind]}: ${r.skipped}`);
+  for (const r of results.filter((x) => x.skipped)) notes.push(`${sweepLabel(r.system, r.kind)} ${KIND_LABEL[r.kind]}: ${r.skipped}`);
+  for (const id of systems) {
+    const note = SYSTEM_NOTES[id];
+    if (note && results.some((r) => r.system === id && !r.skipped)) notes.push(note);
+  }
   return {
     title: 'Max sustained rate (2 CPU cores shared by everything, all on 127.0.0.1)',
     head: ['system', 'REGISTER max', 'p50/p99 @½', 'overload 1.5×', 'MESSAGE max', 'p50/p99 @½', 'overload 1.5×'],
@@ -580,13 +597,27 @@ function throughputTable(results: SweepRecord[], systems: SystemId[]): Table {
   };
 }
 
+/** The system's own CPU per request at a step (node + drachtio, or the peer's process group), excluding registrar and sipp. */
+function ownCpuText(s: StepRecord | undefined): string {
+  if (!s) return '';
+  const us = (name: string): number | undefined => (s.cpuSec[name] === undefined ? undefined : s.cpuUsPerTx[name] ?? 0);
+  const node = us('node');
+  const drachtio = us('drachtio');
+  if (node !== undefined) return `node ${fmtInt(node)}${drachtio !== undefined ? ` + drachtio ${fmtInt(drachtio)}` : ''}`;
+  for (const name of ['opensips', 'kamailio-peer']) {
+    const v = us(name);
+    if (v !== undefined) return `${fmtInt(v)} (process group)`;
+  }
+  return '';
+}
+
 function latencyCell(s: StepRecord): string {
   const sipp = `${Math.round(s.responseMs.p50)}/${Math.round(s.responseMs.p99)}`;
   if (!s.probe || s.probe.ok === 0) return `${sipp} ms (sipp)`;
   return `${fmtMs(s.probe.us.p50).replace(' ms', '')} / ${fmtMs(s.probe.us.p99)} [${sipp}]`;
 }
 
-const CPU_COLUMNS = ['drachtio', 'node', 'kamailio-peer', 'kamailio-registrar', 'sipp'] as const;
+const CPU_COLUMNS = ['drachtio', 'node', 'kamailio-peer', 'opensips', 'kamailio-registrar', 'sipp'] as const;
 
 function cpuTable(results: SweepRecord[], which: 'atMax' | 'half'): Table {
   const rows: string[][] = [];
@@ -599,13 +630,13 @@ function cpuTable(results: SweepRecord[], which: 'atMax' | 'half'): Table {
       return `${fmtPct(s.cpuPct[name] ?? 0)}${thread !== undefined ? ` [${fmtPct(thread)}]` : ''} · ${fmtInt(s.cpuUsPerTx[name] ?? 0)} µs`;
     };
     const total = Object.values(s.cpuPct).reduce((a, b) => a + b, 0);
-    rows.push([`${SYSTEM_LABELS[r.system]} ${KIND_LABEL[r.kind]} @${fmtInt(s.rate)}/s`, ...CPU_COLUMNS.map(cell), fmtPct(total), fmtPct(s.otherPct)]);
+    rows.push([`${sweepLabel(r.system, r.kind)} ${KIND_LABEL[r.kind]} @${fmtInt(s.rate)}/s`, ...CPU_COLUMNS.map(cell), fmtPct(total), fmtPct(s.otherPct)]);
   }
   return {
     title: which === 'atMax' ? 'CPU at the max sustained step (% of one core · CPU µs per transaction)' : 'CPU at half the maximum (% of one core · CPU µs per transaction)',
     head: ['system / step', ...CPU_COLUMNS, 'total', 'other'],
     rows,
-    notes: ['from /proc/<pid>/stat utime+stime before/after each step, averaged over the whole step (Kamailio: its whole process group; sipp: UAC+UAS, reaped); [n%] = the busiest thread of drachtio-server / node over its busiest second (100% = that thread is saturated); "other" = the rest of the machine (not the bench)'],
+    notes: ['from /proc/<pid>/stat utime+stime before/after each step, averaged over the whole step (Kamailio, OpenSIPS: the whole process group; sipp: UAC+UAS, reaped); [n%] = the busiest thread of drachtio-server / node over its busiest second (100% = that thread is saturated); "other" = the rest of the machine (not the bench)'],
   };
 }
 
@@ -690,9 +721,10 @@ async function main(): Promise<void> {
     drachtio: version(process.env['DRACHTIO_BIN'] || DRACHTIO_BIN_DEFAULT, ['--version']),
     kamailio: version('kamailio', ['-v']),
     sipp: version('sipp', ['-v']),
+    opensips: opts.systems.includes('opensips') && !systemUnavailable('opensips') ? version(OPENSIPS_BIN, ['-V']) : undefined,
     git: version('git', ['-C', REPO_ROOT, 'describe', '--always', '--dirty']),
   };
-  log(`midreg bench ${stamp}: ${meta.host.cpus} × ${meta.host.model}, load average ${meta.host.loadavg.map((l) => l.toFixed(2)).join(' ')}; node ${meta.node}, drachtio ${meta.drachtio}, ${meta.kamailio.replace(/^version: /, '')}, ${meta.sipp}`);
+  log(`midreg bench ${stamp}: ${meta.host.cpus} × ${meta.host.model}, load average ${meta.host.loadavg.map((l) => l.toFixed(2)).join(' ')}; node ${meta.node}, drachtio ${meta.drachtio}, ${meta.kamailio.replace(/^version: /, '')}, ${meta.sipp}${meta.opensips ? `, ${meta.opensips.replace(/^version: /, '')}` : ''}`);
   log(`options: ${opts.quick ? 'quick, ' : ''}${[...opts.only].join('+')}, systems ${opts.systems.join(',')}, rates ${opts.rates.join(',')}/s, ${opts.stepSec} s per step, drachtio loglevel ${opts.drachtioLoglevel ?? 'as shipped'}, midreg log level ${opts.midregLogLevel}, upstream over ${opts.upstreamTransport}${envText(opts.midregEnv)}; work dir ${workDir}`);
 
   const sweeps: SweepRecord[] = [];
@@ -709,14 +741,24 @@ async function main(): Promise<void> {
       for (const id of opts.systems) {
         if (interrupted) break;
         log(`\n== ${SYSTEM_LABELS[id]}  [${clock()}]`);
+        const unavailable = systemUnavailable(id);
+        if (unavailable) {
+          log(`  ${SYSTEM_LABELS[id]} ${unavailable}`);
+          for (const kind of sipKinds) sweeps.push({ system: id, kind, skipped: unavailable, steps: [], max: 0, capped: false });
+          continue;
+        }
         let sys: RunningSystem | undefined;
         try {
           sys = await startSystem(id, { workDir, midregLogLevel: opts.midregLogLevel, upstreamTransport: opts.upstreamTransport, midregEnv: opts.midregEnv, ...(opts.drachtioLoglevel ? { drachtioLoglevel: opts.drachtioLoglevel } : {}) });
           running.add(sys);
           for (const kind of sipKinds) {
+            if (sys.beforeSweep) {
+              await sys.beforeSweep(kind);
+              if (id === 'opensips') log(`  ${sweepLabel(id, kind)} for the ${KIND_LABEL[kind]} sweep`);
+            }
             const rec = await sweep(ctx, sys, kind);
             sweeps.push(rec);
-            if (!rec.skipped) log(`  => ${SYSTEM_LABELS[id]} ${KIND_LABEL[kind]}: max sustained ${maxText(rec)}${rec.firstFail ? ` (${fmtInt(rec.firstFail)}/s failed)` : ''}`);
+            if (!rec.skipped) log(`  => ${sweepLabel(id, kind)} ${KIND_LABEL[kind]}: max sustained ${maxText(rec)}${rec.firstFail ? ` (${fmtInt(rec.firstFail)}/s failed)` : ''}`);
           }
           if (id === 'midreg') {
             const missed = evaluateSipTargets(sweeps).filter((t) => t.pass === false);
@@ -773,7 +815,7 @@ async function main(): Promise<void> {
   const md = [
     `# midreg benchmark ${stamp}`,
     '',
-    `${meta.host.cpus} × ${meta.host.model} · node ${meta.node} · drachtio ${meta.drachtio} · ${meta.kamailio.replace(/^version: /, '')} · ${meta.sipp} · git ${meta.git}`,
+    `${meta.host.cpus} × ${meta.host.model} · node ${meta.node} · drachtio ${meta.drachtio} · ${meta.kamailio.replace(/^version: /, '')} · ${meta.sipp}${meta.opensips ? ` · ${meta.opensips.replace(/^version: /, '')}` : ''} · git ${meta.git}`,
     '',
     `Options: ${opts.quick ? '--quick, ' : ''}${[...opts.only].join('+')}; rates ${opts.rates.join(', ')}/s, ${opts.stepSec} s per step; drachtio loglevel ${opts.drachtioLoglevel ?? 'as shipped (drachtio.conf.xml)'}; midreg log level ${opts.midregLogLevel}; registrar reached over ${opts.upstreamTransport.toUpperCase()} by the drachtio systems${envText(opts.midregEnv)}. Took ${(durationSec / 60).toFixed(1)} min.`,
     '',
