@@ -8,12 +8,16 @@ import { aorLookupKey, aorSearchPrefix, bindingView, decodeCursor, encodeCursor 
 import type { LocationStore } from '../store/location-store.js';
 import type { OfflineStore } from '../store/offline-store.js';
 import type { Logger } from './logger.js';
+import type { Reachability } from '../reachability/reachability.js';
+import type { Binding } from '../registrar/registration.js';
 import type { Metrics } from './metrics.js';
 
 export interface AdminDeps {
   store: Pick<LocationStore, 'listLiveAfter' | 'liveBindings' | 'counts' | 'checkWritable'>;
   drachtioConnected(): boolean;
   metrics: Metrics;
+  /** What qualify knows of a binding, shown with each binding (the service's memory, not the replica). */
+  reachability?: (binding: Binding) => Reachability;
   /** An operator purged a recipient's offline messages (for the log and metrics). */
   onOfflinePurged?(aor: string, purged: number): void;
   /** The offline message queue; undefined while MIDREG_OFFLINE_MESSAGES is off. */
@@ -126,7 +130,7 @@ function routes(deps: AdminDeps): { match(path: string): { route: Route; deletes
     const page = rows.slice(0, limit);
     const last = page[page.length - 1];
     sendJson(res, 200, {
-      bindings: page.map((b) => bindingView(b, at)),
+      bindings: page.map((b) => bindingView(b, at, deps.reachability?.(b))),
       next: rows.length > limit && last ? encodeCursor({ aor: last.aor, contact: last.contact }) : null,
     });
   };
@@ -143,7 +147,7 @@ function routes(deps: AdminDeps): { match(path: string): { route: Route; deletes
     const at = now();
     const bindings = deps.store.liveBindings(aor, at);
     if (bindings.length === 0) { sendJson(res, 404, { error: 'no live registration', aor }); return; }
-    sendJson(res, 200, { aor, bindings: bindings.map((b) => bindingView(b, at)) });
+    sendJson(res, 200, { aor, bindings: bindings.map((b) => bindingView(b, at, deps.reachability?.(b))) });
   };
 
   const offlineStore = (): NonNullable<AdminDeps['offline']> => {

@@ -2,11 +2,16 @@
 // prom-client's global one, so two instances (tests, or an embedding app) never share counters.
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 
-export const MESSAGE_OUTCOMES = ['delivered', 'not_found', 'forbidden', 'too_large', 'failed', 'relayed', 'stored', 'offline_refused'] as const;
+export const MESSAGE_OUTCOMES = ['delivered', 'not_found', 'forbidden', 'too_large', 'failed', 'relayed', 'stored', 'offline_refused', 'unreachable'] as const;
 /** What became of stored offline messages. */
 export const OFFLINE_OUTCOMES = ['delivered', 'retry', 'expired', 'purged'] as const;
 export type OfflineOutcome = (typeof OFFLINE_OUTCOMES)[number];
 export type MessageOutcome = (typeof MESSAGE_OUTCOMES)[number];
+/** How a qualify ping ended: any answer from the phone, silence until the timeout, or a transport failure. */
+export const QUALIFY_RESULTS = ['answered', 'timeout', 'failed'] as const;
+export type QualifyResult = (typeof QUALIFY_RESULTS)[number];
+/** Reachability states as lib/reachability/reachability.ts names them. */
+const REACHABILITY = ['unknown', 'reachable', 'unreachable'] as const;
 
 /** Final status classes a UA can be answered with. */
 export const STATUS_CLASSES = ['2xx', '3xx', '4xx', '5xx', '6xx'] as const;
@@ -26,6 +31,8 @@ export interface MetricsOptions {
   registrations: () => { bindings: number; aors: number };
   /** Offline messages waiting and their body bytes; called once per scrape. */
   offline?: () => { messages: number; bytes: number };
+  /** Bindings qualify knows reachable and unreachable (the other live ones are unknown); called once per scrape. */
+  reachability?: () => { reachable: number; unreachable: number };
   now?: () => number;
 }
 
@@ -57,6 +64,9 @@ export class Metrics {
   private readonly offlineGauge: Gauge;
   private readonly offlineBytesGauge: Gauge;
   private readonly offlineTotal: Counter<'outcome'>;
+  private readonly reachabilityGauge: Gauge<'state'>;
+  private readonly qualifySent: Counter;
+  private readonly qualifyTotal: Counter<'result'>;
   // Plain tallies beside the prom-client ones: prom-client's reads are async and shaped for
   // exposition, `stats` wants numbers.
   private readonly tally: { register: Record<string, number>; message: Record<MessageOutcome, number>; replicaWriteFailures: number; drachtio: boolean };
@@ -85,12 +95,17 @@ export class Metrics {
     this.offlineGauge = new Gauge({ name: 'midreg_offline_messages', help: 'Offline messages waiting for their recipient to register', registers });
     this.offlineBytesGauge = new Gauge({ name: 'midreg_offline_bytes', help: 'Body bytes of the offline messages waiting', registers });
     this.offlineTotal = new Counter({ name: 'midreg_offline_total', help: 'Offline messages delivered, retried after a failed attempt, expired unsent, or purged by an operator', labelNames: ['outcome'] as const, registers });
+    this.reachabilityGauge = new Gauge({ name: 'midreg_bindings_reachability', help: 'Bindings by what qualify knows of them: unknown (not pinged yet, or qualify off), reachable, unreachable', labelNames: ['state'] as const, registers });
+    this.qualifySent = new Counter({ name: 'midreg_qualify_sent_total', help: 'Qualify OPTIONS pings sent', registers });
+    this.qualifyTotal = new Counter({ name: 'midreg_qualify_pings_total', help: 'Qualify OPTIONS pings ended: answered (any final response), timeout, failed (transport)', labelNames: ['result'] as const, registers });
     collectDefaultMetrics({ register: this.registry });
 
     // Zero series exist from the start, so rate() and absent-series alerts work before the first event.
     for (const c of STATUS_CLASSES) this.registerTotal.inc({ class: c }, 0);
     for (const o of MESSAGE_OUTCOMES) this.messageTotal.inc({ outcome: o }, 0);
     for (const o of OFFLINE_OUTCOMES) this.offlineTotal.inc({ outcome: o }, 0);
+    for (const r of QUALIFY_RESULTS) this.qualifyTotal.inc({ result: r }, 0);
+    this.qualifySent.inc(0);
     this.replicaFailures.inc(0);
     this.drachtioGauge.set(0);
     this.tally = {
@@ -117,6 +132,14 @@ export class Metrics {
     this.offlineTotal.inc({ outcome }, count);
   }
 
+  qualifySentOne(): void {
+    this.qualifySent.inc();
+  }
+
+  qualifyEnded(result: QualifyResult): void {
+    this.qualifyTotal.inc({ result });
+  }
+
   replicaWriteFailed(): void {
     this.replicaFailures.inc();
     this.tally.replicaWriteFailures += 1;
@@ -134,7 +157,11 @@ export class Metrics {
   /** The Prometheus exposition text; the replica is counted now, once for both gauges. */
   async render(): Promise<string> {
     // A locked or broken database must not take the process metrics down with it.
-    setGauges(() => { const { bindings, aors } = this.opts.registrations(); return [bindings, aors]; }, [this.bindingsGauge, this.aorsGauge]);
+    let stored = Number.NaN;
+    setGauges(() => { const { bindings, aors } = this.opts.registrations(); stored = bindings; return [bindings, aors]; }, [this.bindingsGauge, this.aorsGauge]);
+    const reach = this.opts.reachability?.() ?? { reachable: 0, unreachable: 0 };
+    const known = { reachable: reach.reachable, unreachable: reach.unreachable, unknown: Math.max(0, stored - reach.reachable - reach.unreachable) };
+    for (const state of REACHABILITY) this.reachabilityGauge.set({ state }, known[state]);
     const offline = this.opts.offline;
     if (offline) setGauges(() => { const { messages, bytes } = offline(); return [messages, bytes]; }, [this.offlineGauge, this.offlineBytesGauge]);
     return this.registry.metrics();
