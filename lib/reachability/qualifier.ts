@@ -135,6 +135,10 @@ export class Qualifier {
       const before = this.deps.table.of(b).state;
       const after = this.deps.table.record(b, verdict, this.clock());
       this.deps.onPing?.(verdict.kind === 'reachable' ? 'answered' : verdict.why === 'timeout' ? 'timeout' : 'failed');
+      this.deps.logger.debug('qualify ping', {
+        event: 'qualify', aor: b.aor, contact: b.contact, outcome: outcome.kind, state: after.state, ms: outcome.elapsedMs,
+        ...(outcome.kind === 'reply' ? { status: outcome.reply.status, ...(outcome.reply.local ? { local: true } : {}) } : {}),
+      });
       if (before !== after.state) {
         const detail = {
           event: 'qualify', aor: b.aor, contact: b.contact, to: branch.nextHop ?? branch.route ?? branch.requestUri, from: before, state: after.state,

@@ -32,20 +32,17 @@ export type PingVerdict = { kind: 'reachable'; rttMs: number } | { kind: 'unreac
 
 /**
  * Any final response from the phone proves it is there: RFC 3261 §11.2 has a UA answer OPTIONS
- * as it would an INVITE, and a 404, 405 or 481 is still an answer from its SIP stack. Silence is
- * not (the ping timed out), nor is a transport failure. drachtio-server (sofia-sip) reports a
- * failure of its own flow as a locally made response (503 for a transport error, 408 for timer F);
- * such a response has no To tag, which a UA's cannot lack (RFC 3261 §8.2.6.2: "the UAS MUST add a
- * tag to the To header field in the response"), so a final response without one is counted as
- * the transport failing, not the phone answering.
+ * "as if the OPTIONS were an INVITE", and a 404, 405 or 481 is still an answer from its SIP stack.
+ * Silence is not (the ping timed out), nor is a transport failure. drachtio-server (sofia-sip)
+ * reports a failure of its own flow as a response it makes itself (503 for ICMP port unreachable
+ * or a refused connection, 408 for its timer F), To tag included, so such a response is told apart
+ * by where it came from (`local`: not received from the network), not by its content.
  */
 export function pingVerdict(outcome: UpstreamOutcome): PingVerdict {
   switch (outcome.kind) {
-    case 'reply': {
-      const to = outcome.reply.header('To') ?? '';
-      if (!/;\s*tag\s*=/i.test(to)) return { kind: 'unreachable', why: outcome.reply.status === 408 ? 'timeout' : 'transport' };
+    case 'reply':
+      if (outcome.reply.local === true) return { kind: 'unreachable', why: outcome.reply.status === 408 ? 'timeout' : 'transport' };
       return { kind: 'reachable', rttMs: outcome.elapsedMs };
-    }
     case 'timeout':
       return { kind: 'unreachable', why: 'timeout' };
     default:
