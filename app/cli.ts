@@ -110,6 +110,7 @@ const statsSchema = z.object({
   register: z.record(z.string(), z.number()),
   message: z.record(z.string(), z.number()),
   replica_write_failures: z.number(),
+  reachability: z.object({ reachable: z.number(), unreachable: z.number(), unknown: z.number() }).optional(),
 });
 export type ServiceStats = z.infer<typeof statsSchema>;
 
@@ -172,6 +173,7 @@ export function formatStats(stats: ServiceStats, source: string): string {
     ['REGISTER answered', tally(stats.register)],
     ['MESSAGE', tally(stats.message)],
     ['replica write failures', String(stats.replica_write_failures)],
+    ...(stats.reachability ? [['reachability', `${stats.reachability.reachable} reachable, ${stats.reachability.unreachable} unreachable, ${stats.reachability.unknown} unknown`] as [string, string]] : []),
   ];
   const width = Math.max(...lines.map(([k]) => k.length));
   return lines.map(([k, v]) => `${k.padEnd(width)}  ${v}\n`).join('');

@@ -199,6 +199,7 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
         offline: offlineStore,
         // Always shown: with qualify off every binding is `unknown`.
         reachability: (b) => reachability.of(b),
+        reachabilityTotals: () => reachability.counts(),
         onOfflinePurged: (aor, purged) => {
           logger.info('offline messages purged', { event: 'offline', outcome: 'purged', aor, purged });
           metrics.offlineOutcome('purged', purged);

@@ -18,6 +18,8 @@ export interface AdminDeps {
   metrics: Metrics;
   /** What qualify knows of a binding, shown with each binding (the service's memory, not the replica). */
   reachability?: (binding: Binding) => Reachability;
+  /** Bindings qualify knows reachable and unreachable, for /stats (the other live ones are unknown). */
+  reachabilityTotals?: () => { reachable: number; unreachable: number };
   /** An operator purged a recipient's offline messages (for the log and metrics). */
   onOfflinePurged?(aor: string, purged: number): void;
   /** The offline message queue; undefined while MIDREG_OFFLINE_MESSAGES is off. */
@@ -42,6 +44,11 @@ export const DEFAULT_PAGE_SIZE = 100;
 export const MAX_PAGE_SIZE = 1000;
 
 export class AdminConfigError extends Error {}
+
+/** Live bindings by reachability state; `unknown` is whatever qualify has no verdict on. */
+function reachabilityTotals(known: { reachable: number; unreachable: number }, live: number): { reachable: number; unreachable: number; unknown: number } {
+  return { reachable: known.reachable, unreachable: known.unreachable, unknown: Math.max(0, live - known.reachable - known.unreachable) };
+}
 
 /** Whether only this machine can reach `host`. */
 export function isLoopback(host: string): boolean {
@@ -198,6 +205,7 @@ function routes(deps: AdminDeps): { match(path: string): { route: Route; deletes
       register: snap.register,
       message: snap.message,
       replica_write_failures: snap.replicaWriteFailures,
+      ...(deps.reachabilityTotals ? { reachability: reachabilityTotals(deps.reachabilityTotals(), counts.bindings) } : {}),
     });
   };
 

@@ -220,7 +220,7 @@ describe('midreg reachability', () => {
     const metrics = new Metrics({ registrations: () => store.counts(Date.now()) });
     const server = await startAdminServer({
       host: '127.0.0.1', port: 0, logger: captureLogger().logger,
-      deps: { store, metrics, drachtioConnected: () => true, reachability: (b) => table.of(b) },
+      deps: { store, metrics, drachtioConnected: () => true, reachability: (b) => table.of(b), reachabilityTotals: () => table.counts() },
     });
     cleanup.push(() => server.close());
     const url = `http://127.0.0.1:${server.port}`;
@@ -237,6 +237,10 @@ describe('midreg reachability', () => {
     assert.equal(all.code, 0, all.stderr);
     const bindings = JSON.parse(all.stdout) as Array<{ reachability: { state: string } | null }>;
     assert.equal(bindings.length, LIVE_BINDINGS, 'every page of the admin API');
+
+    const stats = await midreg(['stats', '--url', url]);
+    assert.equal(stats.code, 0, stats.stderr);
+    assert.match(stats.stdout, new RegExp(`^reachability\\s+1 reachable, 1 unreachable, ${LIVE_BINDINGS - 2} unknown$`, 'm'));
 
     const nobody = await midreg(['reachability', 'nobody@example.test', '--url', url]);
     assert.equal(nobody.code, 1);
