@@ -35,6 +35,19 @@ async function send(stack: Stack, peer: SipPeer, method: 'REGISTER' | 'MESSAGE',
   return { statuses: ex.statuses.filter((s) => s >= 200), ms: (final?.at ?? Date.now()) - started };
 }
 
+/** A request from the platform (a trusted peer) to a user; resolves with its final statuses and how long the first took. */
+async function fromPlatform(stack: Stack, platform: SipPeer, user: string): Promise<{ statuses: number[]; ms: number; callId: string }> {
+  const id = `qp-${process.pid}-${seq++}`;
+  const domain = stack.domain.uriHost;
+  const started = Date.now();
+  const ex = await sendAndCollect(platform, stack.drachtio.sipPort, sipMessage(`OPTIONS sip:${user}@${domain} SIP/2.0`, [
+    `Via: SIP/2.0/UDP 127.0.0.1:${platform.port};branch=z9hG4bK-${id}`, 'Max-Forwards: 70',
+    `From: <sip:platform@127.0.0.1:${platform.port}>;tag=${id}`, `To: <sip:${user}@${domain}>`, `Call-ID: ${id}`, 'CSeq: 1 OPTIONS',
+  ], ''), { transport: 'udp', waitMs: 5000, graceMs: 0 });
+  const final = ex.received.find((m) => (m.status ?? 0) >= 200);
+  return { statuses: ex.statuses.filter((st) => st >= 200), ms: (final?.at ?? Date.now()) - started, callId: id };
+}
+
 /** A phone that answers OPTIONS and MESSAGE with 200 while `alive`, and nothing otherwise. */
 class Device {
   private constructor(readonly peer: SipPeer, private readonly state: { alive: boolean }) {}
@@ -73,14 +86,20 @@ for (const mode of DOMAIN_MODES) {
     let stack: Stack;
     let admin: string;
     let alice: SipPeer;
+    let platform: SipPeer;
     let phone: Device;
     let laptop: Device;
     let laptopClosed = false;
     before(async () => {
       const adminPort = await freePort();
+      // Stands in for the platform: its requests go to users (MIDREG_TRUSTED_PEERS).
+      platform = await SipPeer.open();
       stack = await startStack({
         domain: mode,
-        env: { MIDREG_QUALIFY_INTERVAL_SEC: String(INTERVAL_MS / 1000), MIDREG_QUALIFY_TIMEOUT_MS: String(TIMEOUT_MS), MIDREG_ADMIN_PORT: String(adminPort) },
+        env: {
+          MIDREG_QUALIFY_INTERVAL_SEC: String(INTERVAL_MS / 1000), MIDREG_QUALIFY_TIMEOUT_MS: String(TIMEOUT_MS), MIDREG_ADMIN_PORT: String(adminPort),
+          MIDREG_TRUSTED_PEERS: `127.0.0.1:${platform.port}`,
+        },
       });
       admin = `http://127.0.0.1:${adminPort}`;
       alice = await SipPeer.open({ answer: (req) => (req.method === 'OPTIONS' ? { status: 200, reason: 'OK' } : undefined) });
@@ -91,7 +110,7 @@ for (const mode of DOMAIN_MODES) {
       assert.deepEqual((await send(stack, laptop.peer, 'REGISTER', 'openbob')).statuses, [200]);
     });
     after(async () => {
-      for (const p of [alice, phone?.peer, laptopClosed ? undefined : laptop?.peer]) await p?.close();
+      for (const p of [alice, platform, phone?.peer, laptopClosed ? undefined : laptop?.peer]) await p?.close();
       await stack?.stop();
     });
 
@@ -123,6 +142,12 @@ for (const mode of DOMAIN_MODES) {
       assert.equal(phone.messages().length, phoneBefore + 1);
       assert.equal(phone.messages().at(-1)?.body.toString(), 'to the live device');
       assert.equal(laptop.peer.received.slice(laptopBefore).filter((m) => m.method === 'MESSAGE').length, 0, 'nothing forked to the silent laptop');
+
+      // A request from the platform to bob goes to the live device too.
+      const asked = await fromPlatform(stack, platform, 'openbob');
+      assert.deepEqual(asked.statuses, [200]);
+      assert.ok(phone.pings().some((m) => headerOf(m, 'Call-ID') === asked.callId), 'the platform\'s request reached the live phone');
+      assert.ok(!laptop.pings().some((m) => headerOf(m, 'Call-ID') === asked.callId), 'and not the silent laptop');
     });
 
     it('with both devices silent the sender gets 480 at once, and the replica keeps both bindings', async () => {
@@ -134,6 +159,9 @@ for (const mode of DOMAIN_MODES) {
       assert.ok(sent.ms < 500, `480 after ${sent.ms} ms`);
       assert.equal(phone.messages().length + laptop.messages().length, before, 'no branch sent');
       assert.equal((await reachabilityOf(admin, bob())).size, 2, 'reachability is never a deletion');
+      const asked = await fromPlatform(stack, platform, 'openbob');
+      assert.deepEqual(asked.statuses, [480], 'the platform learns it at once too');
+      assert.ok(asked.ms < 500, `480 after ${asked.ms} ms`);
     });
 
     it('a device that answers again becomes reachable and gets the next MESSAGE', async () => {
