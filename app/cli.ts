@@ -112,6 +112,7 @@ const statsSchema = z.object({
   register_absorbed: z.number().optional(),
   message: z.record(z.string(), z.number()),
   replica_write_failures: z.number(),
+  reachability: z.object({ reachable: z.number(), unreachable: z.number(), unknown: z.number() }).optional(),
 });
 export type ServiceStats = z.infer<typeof statsSchema>;
 
@@ -175,9 +176,84 @@ export function formatStats(stats: ServiceStats, source: string): string {
     ...(stats.register_absorbed ? [['REGISTER answered locally', String(stats.register_absorbed)] as [string, string]] : []),
     ['MESSAGE', tally(stats.message)],
     ['replica write failures', String(stats.replica_write_failures)],
+    ...(stats.reachability ? [['reachability', `${stats.reachability.reachable} reachable, ${stats.reachability.unreachable} unreachable, ${stats.reachability.unknown} unknown`] as [string, string]] : []),
   ];
   const width = Math.max(...lines.map(([k]) => k.length));
   return lines.map(([k, v]) => `${k.padEnd(width)}  ${v}\n`).join('');
+}
+
+// ---- reachability --------------------------------------------------------------------------------
+
+const reachabilitySchema = z.object({
+  state: z.enum(['unknown', 'reachable', 'unreachable']),
+  rtt_ms: z.number().nullable(),
+  since: z.string().nullable(),
+  checked_at: z.string().nullable(),
+});
+const reachableBindingSchema = z.object({
+  aor: z.string(),
+  contact: z.string(),
+  source: z.object({ address: z.string(), port: z.number(), transport: z.string() }).nullable(),
+  reachability: reachabilitySchema.nullable(),
+});
+export type ReachableBinding = z.infer<typeof reachableBindingSchema>;
+const bindingPageSchema = z.object({ bindings: z.array(reachableBindingSchema), next: z.string().nullable().optional() });
+
+/** One GET to the admin API, as JSON; undefined for a 404 (the caller says what was not found). */
+async function adminGet(baseUrl: string, token: string | undefined, path: string): Promise<unknown> {
+  let res: Response;
+  try {
+    res = await fetch(`${baseUrl.replace(/\/+$/, '')}${path}`, { headers: token ? { Authorization: `Bearer ${token}` } : {}, signal: AbortSignal.timeout(10_000) });
+  } catch (err) {
+    const cause = err instanceof Error && err.cause instanceof Error ? err.cause.message : err instanceof Error ? err.message : String(err);
+    throw new CliError(`cannot reach the midreg admin API at ${baseUrl}: ${cause}`);
+  }
+  if (res.status === 401) throw new CliError(`the admin API at ${baseUrl} ${token ? 'refused the token' : 'requires a token'} (401): give --token or set MIDREG_ADMIN_TOKEN`);
+  if (res.status === 404) return undefined;
+  if (res.status !== 200) throw new CliError(`the admin API at ${baseUrl} answered ${res.status} ${res.statusText}`);
+  return res.json().catch(() => undefined);
+}
+
+/**
+ * Reachability lives in the running service's memory, never in the SQLite file, so it is asked
+ * of the admin API: every live binding (paged), or one AoR's.
+ */
+export async function fetchReachability(baseUrl: string, token: string | undefined, aor: string | undefined): Promise<ReachableBinding[]> {
+  const bad = (): CliError => new CliError(`${baseUrl} did not answer /registrations like the midreg admin API`);
+  if (aor !== undefined) {
+    const key = aorLookupKey(aor);
+    const body = await adminGet(baseUrl, token, `/registrations/${encodeURIComponent(key)}`);
+    if (body === undefined) throw new CliError(`no live registration for ${key}`);
+    const parsed = bindingPageSchema.safeParse(body);
+    if (!parsed.success) throw bad();
+    return parsed.data.bindings;
+  }
+  const all: ReachableBinding[] = [];
+  let from: string | null | undefined;
+  do {
+    const body = await adminGet(baseUrl, token, `/registrations?limit=1000${from ? `&from=${encodeURIComponent(from)}` : ''}`);
+    const parsed = bindingPageSchema.safeParse(body);
+    if (!parsed.success) throw bad();
+    all.push(...parsed.data.bindings);
+    from = parsed.data.next;
+  } while (from);
+  return all;
+}
+
+export function formatReachability(bindings: readonly ReachableBinding[]): string {
+  if (bindings.length === 0) return 'no live registrations\n';
+  const header = ['AOR', 'CONTACT', 'SOURCE', 'STATE', 'RTT', 'SINCE'];
+  const rows = bindings.map((b) => {
+    const r = b.reachability;
+    return [
+      b.aor, b.contact, b.source ? `${b.source.transport}:${b.source.address}:${b.source.port}` : '-',
+      r?.state ?? 'unknown', r?.rtt_ms !== null && r?.rtt_ms !== undefined ? `${r.rtt_ms}ms` : '-', r?.since ?? '-',
+    ];
+  });
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (cells: string[]): string => `${cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i] ?? 0))).join('  ').trimEnd()}\n`;
+  const count = (state: string): number => bindings.filter((b) => (b.reachability?.state ?? 'unknown') === state).length;
+  return `${[header, ...rows].map(line).join('')}\n${bindings.length} binding${bindings.length === 1 ? '' : 's'}: ${count('reachable')} reachable, ${count('unreachable')} unreachable, ${count('unknown')} unknown\n`;
 }
 
 // ---- offline messages ---------------------------------------------------------------------------
@@ -307,6 +383,20 @@ export function program(env: NodeJS.ProcessEnv): Command {
       }
       const stats = await fetchStats(url, opts.token ?? (env['MIDREG_ADMIN_TOKEN'] || undefined));
       await write(process.stdout, opts.json ? `${JSON.stringify(stats, null, 2)}\n` : formatStats(stats, url));
+    });
+
+  cli.command('reachability')
+    .description('what qualify knows of each live binding (reachable with round trip, unreachable since when, unknown), from the running service\'s admin API')
+    .argument('[aor]', 'one address-of-record, e.g. sip:alice@example.com')
+    .option('--url <url>', 'admin API base URL (env MIDREG_ADMIN_URL, else http://MIDREG_ADMIN_HOST:MIDREG_ADMIN_PORT)')
+    .option('--token <token>', 'admin API token (env MIDREG_ADMIN_TOKEN)')
+    .option('--json', 'print JSON', false)
+    .action(async (aor: string | undefined, opts: { url?: string; token?: string; json: boolean }) => {
+      const url = opts.url ?? defaultAdminUrl(env);
+      // The SQLite file holds registrations only: reachability is the service's memory.
+      if (url === undefined) throw new CliError('no admin API to ask: give --url http://127.0.0.1:PORT (or set MIDREG_ADMIN_PORT); reachability is known only to the running service');
+      const bindings = await fetchReachability(url, opts.token ?? (env['MIDREG_ADMIN_TOKEN'] || undefined), aor);
+      await write(process.stdout, opts.json ? `${JSON.stringify(bindings, null, 2)}\n` : formatReachability(bindings));
     });
 
   cli.command('offline')

@@ -16,6 +16,9 @@ import { deregisterLapsed } from '../lib/registrar/upstream-deregistration.js';
 import { createProxyHandler, PROXIED_METHODS } from '../lib/messaging/request-proxy.js';
 import { isTrustedPeer } from '../lib/messaging/routing.js';
 import { SipEngine, type RequestHandler } from '../lib/sip/drachtio.js';
+import { ReachabilityTable } from '../lib/reachability/reachability.js';
+import { Qualifier } from '../lib/reachability/qualifier.js';
+import type { Binding } from '../lib/registrar/registration.js';
 
 export interface Midreg {
   readonly engine: SipEngine;
@@ -53,8 +56,13 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
   const counters: ReplicaCounters = store.countStored();
   logger.info('replica opened', { db: config.dbFile, schema: store.schemaVersion, bindings: counters.bindings, aors: counters.aors });
   const offlineStore = config.offline ? new OfflineStore(store) : undefined;
+  // Reachability lives in memory beside the replica, never in it (lib/reachability/).
+  const reachability = new ReachabilityTable();
+  const qualifyOn = config.qualify.intervalSec > 0;
+  const reachabilityOf = qualifyOn ? (b: Binding) => reachability.of(b) : undefined;
   const metrics = new Metrics({
     registrations: () => ({ bindings: counters.bindings, aors: counters.aors }),
+    reachability: () => reachability.counts(),
     ...(offlineStore ? { offline: () => ({ ...offlineStore.totals() }) } : {}),
     ...(config.mode === 'contact' ? { pendingDeregistrations: () => store.countPendingDeregistrations(Date.now()) } : {}),
   });
@@ -134,6 +142,7 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
         stored: (aor: string) => courier.stored(aor),
       },
     } : {}),
+    ...(reachabilityOf ? { reachability: reachabilityOf } : {}),
     onOutcome: (outcome) => metrics.messageOutcome(outcome),
   })));
   const proxy = createProxyHandler({
@@ -144,8 +153,22 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
     noBindingStatus: config.noBindingStatus,
     sipAddresses: () => engine.sipAddresses,
     logger,
+    ...(reachabilityOf ? { reachability: reachabilityOf } : {}),
   });
   for (const method of PROXIED_METHODS) engine.handle(method, proxy);
+
+  const qualifier = qualifyOn ? new Qualifier({
+    sender: engine,
+    store,
+    table: reachability,
+    intervalMs: config.qualify.intervalSec * 1000,
+    timeoutMs: config.qualify.timeoutMs,
+    selfHost: () => /^sips?:([^;>]+)/i.exec(ownUri() ?? '')?.[1],
+    ready: () => engine.connected && engine.sipAddresses.length > 0,
+    logger,
+    onSent: () => metrics.qualifySentOne(),
+    onPing: (result) => metrics.qualifyEnded(result),
+  }) : undefined;
 
   let markConnected: () => void = () => undefined;
   const connected = new Promise<void>((resolve) => { markConnected = resolve; });
@@ -153,6 +176,10 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
     logger.info('connected to drachtio-server', { drachtio: `${config.drachtio.host}:${config.drachtio.port}`, sip: hostport });
     metrics.drachtioConnected(true);
     markConnected();
+    if (qualifier) {
+      qualifier.start();
+      logger.info('qualify on', { intervalSec: config.qualify.intervalSec, timeoutMs: config.qualify.timeoutMs });
+    }
     // After a restart: messages stored before it go out to whoever is registered.
     if (courier && store.readOnlyReason === undefined) setImmediate(() => courier.tick());
   });
@@ -174,6 +201,9 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
         metrics,
         drachtioConnected: () => engine.connected,
         offline: offlineStore,
+        // Always shown: with qualify off every binding is `unknown`.
+        reachability: (b) => reachability.of(b),
+        reachabilityTotals: () => reachability.counts(),
         onOfflinePurged: (aor, purged) => {
           logger.info('offline messages purged', { event: 'offline', outcome: 'purged', aor, purged });
           metrics.offlineOutcome('purged', purged);
@@ -244,6 +274,7 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
       // First, so health checks fail at once and load balancers stop sending while we drain.
       await admin.then((server) => server?.close(), () => undefined);
       clearInterval(purgeTimer);
+      qualifier?.stop();
       if (courierTimer) clearInterval(courierTimer);
       stopping = true;
       const deadline = Date.now() + config.stopTimeoutMs;

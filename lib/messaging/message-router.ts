@@ -6,6 +6,8 @@ import type { MessageOutcome } from '../ops/metrics.js';
 import { namesMidreg, retargetToUpstream } from '../sip/own-address.js';
 import type { OfflineStore } from '../store/offline-store.js';
 import { admitOffline, sipDate, type OfflineLimits, type SenderRate } from './offline-policy.js';
+import { ALL_UNREACHABLE, chooseReachable, type Reachability } from '../reachability/reachability.js';
+import type { Binding } from '../registrar/registration.js';
 import { branchFor, chooseFinal, classifySender, locate, understoodScheme, type Branch } from './routing.js';
 import { parseUri, type RequestHandler, type SipReply, type SipRequest } from '../sip/drachtio.js';
 import { askUpstream, nextMaxForwards, outboundBytes, replyHeaders, upstreamHeaders, type RequestSender, type UpstreamOutcome, type UpstreamTarget } from '../sip/upstream.js';
@@ -32,6 +34,8 @@ export interface MessageRouterDeps {
     /** Called once a message is on disk (the courier delivers it when the user registers). */
     stored(aor: string): void;
   };
+  /** What qualify knows of each binding (absent: every binding is tried, as without qualify). */
+  reachability?: (binding: Binding) => Reachability;
   onOutcome?(outcome: MessageOutcome): void;
   clock?: () => number;
 }
@@ -157,8 +161,16 @@ export function createMessageHandler(deps: MessageRouterDeps): RequestHandler {
       return;
     }
 
+    // Bindings qualify found silent are skipped while the AoR has another one; with none left the
+    // sender learns it at once instead of after a timeout (lib/reachability/reachability.ts).
+    const choice = deps.reachability ? chooseReachable(target.bindings, deps.reachability) : { kind: 'send' as const, bindings: target.bindings, skipped: [] };
+    if (choice.kind === 'all-unreachable') {
+      res.send(ALL_UNREACHABLE.status, { reason: ALL_UNREACHABLE.reason });
+      finish('unreachable', ALL_UNREACHABLE.status, { aor: target.aor, unreachable: choice.skipped.map((b) => b.contact) });
+      return;
+    }
     const size = outboundBytes({ method: 'MESSAGE', uri: req.uri, headers: branchHeaders(req, hops.value, undefined), body: req.body });
-    const branches: Branch[] = target.bindings.map((b) => branchFor(b, size));
+    const branches: Branch[] = choice.bindings.map((b) => branchFor(b, size));
     const sendable = branches.filter((b): b is Extract<Branch, { kind: 'send' }> => b.kind === 'send');
     if (sendable.length === 0) {
       const skipped = branches[0];
@@ -178,6 +190,7 @@ export function createMessageHandler(deps: MessageRouterDeps): RequestHandler {
     const delivered = outcome.status >= 200 && outcome.status < 300;
     finish(delivered ? 'delivered' : 'failed', outcome.status, {
       aor: target.aor, branches: sendable.length, skipped: branches.length - sendable.length,
+      ...(choice.skipped.length > 0 ? { unreachable: choice.skipped.map((b) => b.contact) } : {}),
       to: sendable.map((b) => b.nextHop ?? b.requestUri),
     });
   };

@@ -4,6 +4,8 @@ import { isServedDomain } from '../registrar/aor.js';
 import type { LocationStore } from '../store/location-store.js';
 import type { Logger } from '../ops/logger.js';
 import { namesMidreg, ownHosts, retargetToUpstream, type OwnAddresses } from '../sip/own-address.js';
+import { ALL_UNREACHABLE, chooseReachable, type Reachability } from '../reachability/reachability.js';
+import type { Binding } from '../registrar/registration.js';
 import { branchFor, flowUri, isTrustedPeer, locate, understoodScheme } from './routing.js';
 import { parseUri, type RequestHandler, type SipUri } from '../sip/drachtio.js';
 import { nextMaxForwards } from '../sip/upstream.js';
@@ -21,6 +23,8 @@ export interface RequestProxyDeps {
   /** drachtio-server's SIP addresses as announced (`udp/127.0.0.1:5060`); [] until connected. */
   sipAddresses(): readonly string[];
   logger: Logger;
+  /** What qualify knows of each binding (absent: the best binding is used, as without qualify). */
+  reachability?: (binding: Binding) => Reachability;
   clock?: () => number;
 }
 
@@ -86,8 +90,16 @@ export function createProxyHandler(deps: RequestProxyDeps): RequestHandler {
         log.info('request refused: not for a registered user', { ...base, status: 404 });
         return;
       }
+      // Bindings qualify found silent are passed over while another one may answer; with none
+      // left the platform gets 480 at once (lib/reachability/reachability.ts).
+      const choice = deps.reachability ? chooseReachable(target.bindings, deps.reachability) : { kind: 'send' as const, bindings: target.bindings, skipped: [] };
+      if (choice.kind === 'all-unreachable') {
+        res.send(ALL_UNREACHABLE.status, { reason: ALL_UNREACHABLE.reason });
+        log.info('request refused: no reachable binding', { ...base, status: ALL_UNREACHABLE.status, aor: target.aor, unreachable: choice.skipped.map((b) => b.contact) });
+        return;
+      }
       // The platform already forked per contact; an AoR-addressed request goes to the best one.
-      const branch = branchFor(target.bindings[0] as NonNullable<(typeof target.bindings)[0]>, 0);
+      const branch = branchFor(choice.bindings[0] as NonNullable<(typeof choice.bindings)[0]>, 0);
       // A Request-URI at midreg's own address (a Contact midreg gave the registrar, or an AoR at
       // midreg's IP) is replaced by the destination: that must name the phone's user.
       destination = branch.kind !== 'send' ? branch.binding.contact

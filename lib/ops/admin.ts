@@ -8,12 +8,18 @@ import { aorLookupKey, aorSearchPrefix, bindingView, decodeCursor, encodeCursor 
 import type { LocationStore } from '../store/location-store.js';
 import type { OfflineStore } from '../store/offline-store.js';
 import type { Logger } from './logger.js';
+import type { Reachability } from '../reachability/reachability.js';
+import type { Binding } from '../registrar/registration.js';
 import type { Metrics } from './metrics.js';
 
 export interface AdminDeps {
   store: Pick<LocationStore, 'listLiveAfter' | 'liveBindings' | 'counts' | 'checkWritable'>;
   drachtioConnected(): boolean;
   metrics: Metrics;
+  /** What qualify knows of a binding, shown with each binding (the service's memory, not the replica). */
+  reachability?: (binding: Binding) => Reachability;
+  /** Bindings qualify knows reachable and unreachable, for /stats (the other live ones are unknown). */
+  reachabilityTotals?: () => { reachable: number; unreachable: number };
   /** An operator purged a recipient's offline messages (for the log and metrics). */
   onOfflinePurged?(aor: string, purged: number): void;
   /** The offline message queue; undefined while MIDREG_OFFLINE_MESSAGES is off. */
@@ -38,6 +44,11 @@ export const DEFAULT_PAGE_SIZE = 100;
 export const MAX_PAGE_SIZE = 1000;
 
 export class AdminConfigError extends Error {}
+
+/** Live bindings by reachability state; `unknown` is whatever qualify has no verdict on. */
+function reachabilityTotals(known: { reachable: number; unreachable: number }, live: number): { reachable: number; unreachable: number; unknown: number } {
+  return { reachable: known.reachable, unreachable: known.unreachable, unknown: Math.max(0, live - known.reachable - known.unreachable) };
+}
 
 /** Whether only this machine can reach `host`. */
 export function isLoopback(host: string): boolean {
@@ -126,7 +137,7 @@ function routes(deps: AdminDeps): { match(path: string): { route: Route; deletes
     const page = rows.slice(0, limit);
     const last = page[page.length - 1];
     sendJson(res, 200, {
-      bindings: page.map((b) => bindingView(b, at)),
+      bindings: page.map((b) => bindingView(b, at, deps.reachability?.(b))),
       next: rows.length > limit && last ? encodeCursor({ aor: last.aor, contact: last.contact }) : null,
     });
   };
@@ -143,7 +154,7 @@ function routes(deps: AdminDeps): { match(path: string): { route: Route; deletes
     const at = now();
     const bindings = deps.store.liveBindings(aor, at);
     if (bindings.length === 0) { sendJson(res, 404, { error: 'no live registration', aor }); return; }
-    sendJson(res, 200, { aor, bindings: bindings.map((b) => bindingView(b, at)) });
+    sendJson(res, 200, { aor, bindings: bindings.map((b) => bindingView(b, at, deps.reachability?.(b))) });
   };
 
   const offlineStore = (): NonNullable<AdminDeps['offline']> => {
@@ -196,6 +207,7 @@ function routes(deps: AdminDeps): { match(path: string): { route: Route; deletes
       register_absorbed: snap.registerAbsorbed,
       message: snap.message,
       replica_write_failures: snap.replicaWriteFailures,
+      ...(deps.reachabilityTotals ? { reachability: reachabilityTotals(deps.reachabilityTotals(), counts.bindings) } : {}),
     });
   };
 

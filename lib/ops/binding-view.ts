@@ -3,6 +3,26 @@
 // replica, and the CLI's table. No I/O of its own.
 import type { LocationStore } from '../store/location-store.js';
 import type { Binding } from '../registrar/registration.js';
+import type { Reachability } from '../reachability/reachability.js';
+
+/** What qualify knows of a binding (the running service's memory; see the README's Reachability section). */
+export interface ReachabilityView {
+  state: 'unknown' | 'reachable' | 'unreachable';
+  /** Round trip of the last answered ping, reachable only. */
+  rtt_ms: number | null;
+  /** Unreachable since (ISO time), unreachable only. */
+  since: string | null;
+  /** Last ping's end (ISO time); null while unknown. */
+  checked_at: string | null;
+}
+
+export function reachabilityView(r: Reachability): ReachabilityView {
+  switch (r.state) {
+    case 'reachable': return { state: 'reachable', rtt_ms: r.rttMs, since: null, checked_at: new Date(r.checkedAt).toISOString() };
+    case 'unreachable': return { state: 'unreachable', rtt_ms: null, since: new Date(r.since).toISOString(), checked_at: new Date(r.checkedAt).toISOString() };
+    default: return { state: 'unknown', rtt_ms: null, since: null, checked_at: null };
+  }
+}
 
 export interface BindingView {
   aor: string;
@@ -29,9 +49,11 @@ export interface BindingView {
   cseq: number | null;
   registered_at: string;
   updated_at: string;
+  /** From the running service (admin API); null where it cannot be known (the CLI reading the file). */
+  reachability: ReachabilityView | null;
 }
 
-export function bindingView(b: Binding, now: number): BindingView {
+export function bindingView(b: Binding, now: number, reachability?: Reachability): BindingView {
   return {
     aor: b.aor,
     contact: b.contact,
@@ -50,6 +72,7 @@ export function bindingView(b: Binding, now: number): BindingView {
     cseq: b.cseq,
     registered_at: new Date(b.registeredAt).toISOString(),
     updated_at: new Date(b.updatedAt).toISOString(),
+    reachability: reachability ? reachabilityView(reachability) : null,
   };
 }
 

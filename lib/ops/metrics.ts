@@ -3,11 +3,16 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { DEREGISTRATION_RESULTS, type DeregistrationResult } from '../registrar/upstream-deregistration.js';
 
-export const MESSAGE_OUTCOMES = ['delivered', 'not_found', 'forbidden', 'too_large', 'failed', 'relayed', 'stored', 'offline_refused'] as const;
+export const MESSAGE_OUTCOMES = ['delivered', 'not_found', 'forbidden', 'too_large', 'failed', 'relayed', 'stored', 'offline_refused', 'unreachable'] as const;
 /** What became of stored offline messages. */
 export const OFFLINE_OUTCOMES = ['delivered', 'retry', 'expired', 'purged'] as const;
 export type OfflineOutcome = (typeof OFFLINE_OUTCOMES)[number];
 export type MessageOutcome = (typeof MESSAGE_OUTCOMES)[number];
+/** How a qualify ping ended: any answer from the phone, silence until the timeout, or a transport failure. */
+export const QUALIFY_RESULTS = ['answered', 'timeout', 'failed'] as const;
+export type QualifyResult = (typeof QUALIFY_RESULTS)[number];
+/** Reachability states as lib/reachability/reachability.ts names them. */
+const REACHABILITY = ['unknown', 'reachable', 'unreachable'] as const;
 
 /** Final status classes a UA can be answered with. */
 export const STATUS_CLASSES = ['2xx', '3xx', '4xx', '5xx', '6xx'] as const;
@@ -31,6 +36,8 @@ export interface MetricsOptions {
   offline?: () => { messages: number; bytes: number };
   /** Contact mode: bindings waiting for midreg to de-register them upstream; called once per scrape. */
   pendingDeregistrations?: () => number;
+  /** Bindings qualify knows reachable and unreachable (the other live ones are unknown); called once per scrape. */
+  reachability?: () => { reachable: number; unreachable: number };
   now?: () => number;
 }
 
@@ -65,6 +72,9 @@ export class Metrics {
   private readonly absorbedTotal: Counter;
   private readonly deregistrationTotal: Counter<'result'>;
   private readonly pendingDeregistrationsGauge: Gauge;
+  private readonly reachabilityGauge: Gauge<'state'>;
+  private readonly qualifySent: Counter;
+  private readonly qualifyTotal: Counter<'result'>;
   // Plain tallies beside the prom-client ones: prom-client's reads are async and shaped for
   // exposition, `stats` wants numbers.
   private readonly tally: { register: Record<string, number>; message: Record<MessageOutcome, number>; replicaWriteFailures: number; absorbed: number; drachtio: boolean };
@@ -96,12 +106,17 @@ export class Metrics {
     this.absorbedTotal = new Counter({ name: 'midreg_register_absorbed_total', help: 'REGISTER refreshes answered 200 by midreg itself in contact mode, never sent to the registrar (not counted in midreg_register_relayed_total)', registers });
     this.deregistrationTotal = new Counter({ name: 'midreg_upstream_deregistrations_total', help: 'Contact mode: de-registrations midreg sent the registrar for phones that stopped refreshing, by result', labelNames: ['result'] as const, registers });
     this.pendingDeregistrationsGauge = new Gauge({ name: 'midreg_upstream_deregistrations_pending', help: 'Contact mode: bindings expired for their phone, still registered upstream, not yet de-registered there', registers });
+    this.reachabilityGauge = new Gauge({ name: 'midreg_bindings_reachability', help: 'Bindings by what qualify knows of them: unknown (not pinged yet, or qualify off), reachable, unreachable', labelNames: ['state'] as const, registers });
+    this.qualifySent = new Counter({ name: 'midreg_qualify_sent_total', help: 'Qualify OPTIONS pings sent', registers });
+    this.qualifyTotal = new Counter({ name: 'midreg_qualify_pings_total', help: 'Qualify OPTIONS pings ended: answered (any final response), timeout, failed (transport)', labelNames: ['result'] as const, registers });
     collectDefaultMetrics({ register: this.registry });
 
     // Zero series exist from the start, so rate() and absent-series alerts work before the first event.
     for (const c of STATUS_CLASSES) this.registerTotal.inc({ class: c }, 0);
     for (const o of MESSAGE_OUTCOMES) this.messageTotal.inc({ outcome: o }, 0);
     for (const o of OFFLINE_OUTCOMES) this.offlineTotal.inc({ outcome: o }, 0);
+    for (const r of QUALIFY_RESULTS) this.qualifyTotal.inc({ result: r }, 0);
+    this.qualifySent.inc(0);
     this.replicaFailures.inc(0);
     this.absorbedTotal.inc(0);
     for (const r of DEREGISTRATION_RESULTS) this.deregistrationTotal.inc({ result: r }, 0);
@@ -140,6 +155,14 @@ export class Metrics {
     this.offlineTotal.inc({ outcome }, count);
   }
 
+  qualifySentOne(): void {
+    this.qualifySent.inc();
+  }
+
+  qualifyEnded(result: QualifyResult): void {
+    this.qualifyTotal.inc({ result });
+  }
+
   replicaWriteFailed(): void {
     this.replicaFailures.inc();
     this.tally.replicaWriteFailures += 1;
@@ -157,7 +180,11 @@ export class Metrics {
   /** The Prometheus exposition text; the replica is counted now, once for both gauges. */
   async render(): Promise<string> {
     // A locked or broken database must not take the process metrics down with it.
-    setGauges(() => { const { bindings, aors } = this.opts.registrations(); return [bindings, aors]; }, [this.bindingsGauge, this.aorsGauge]);
+    let stored = Number.NaN;
+    setGauges(() => { const { bindings, aors } = this.opts.registrations(); stored = bindings; return [bindings, aors]; }, [this.bindingsGauge, this.aorsGauge]);
+    const reach = this.opts.reachability?.() ?? { reachable: 0, unreachable: 0 };
+    const known = { reachable: reach.reachable, unreachable: reach.unreachable, unknown: Math.max(0, stored - reach.reachable - reach.unreachable) };
+    for (const state of REACHABILITY) this.reachabilityGauge.set({ state }, known[state]);
     const offline = this.opts.offline;
     const pending = this.opts.pendingDeregistrations;
     if (pending) setGauges(() => [pending()], [this.pendingDeregistrationsGauge]);

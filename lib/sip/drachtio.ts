@@ -42,6 +42,9 @@ interface RawProxyResult { connected?: boolean; finalStatus?: number }
 interface RawResponse extends RawMessage {
   status: number;
   reason: string;
+  /** 'network' when the response came over the wire; drachtio-server's own responses say otherwise. */
+  source?: string;
+  source_address?: string;
   msg: { headers: Record<string, string>; body?: string };
 }
 interface RawServerResponse {
@@ -145,6 +148,11 @@ export interface SipReply {
   header(name: string): string | undefined;
   headers(): Array<[string, string]>;
   contacts(): NameAddr[];
+  /**
+   * Made by drachtio-server (sofia-sip) itself rather than received from the next hop: the 503 it
+   * reports for a transport error (ICMP port unreachable, refused connection), or its 408.
+   */
+  readonly local?: boolean;
 }
 
 export interface SendOptions { reason?: string; headers?: Record<string, string>; body?: string }
@@ -264,6 +272,7 @@ function wrapReply(res: RawResponse): SipReply {
       const contacts = parseContacts(res);
       return Array.isArray(contacts) ? contacts : [];
     },
+    local: res.source !== 'network' || !res.source_address,
   };
 }
 

@@ -8,6 +8,7 @@ import { AdminConfigError, isLoopback, startAdminServer, type AdminDeps, type Ad
 import { LocationStore } from '../../lib/store/location-store.js';
 import { OfflineStore } from '../../lib/store/offline-store.js';
 import { Metrics } from '../../lib/ops/metrics.js';
+import { ReachabilityTable } from '../../lib/reachability/reachability.js';
 import { binding, captureLogger, fillReplica, LIVE_AORS, LIVE_BINDINGS } from './fixtures.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'midreg-admin-'));
@@ -167,8 +168,28 @@ describe('admin API', () => {
         cseq: 7,
         registered_at: new Date(NOW).toISOString(),
         updated_at: new Date(NOW).toISOString(),
+        reachability: null,
       });
       assert.equal(bindings[2]?.['source'], null, 'a binding midreg never saw registered has no source');
+    });
+
+    it('shows what qualify knows of each binding: state, round trip, unreachable since', async () => {
+      const table = new ReachabilityTable();
+      const [phone, other, unseen] = store.liveBindings('sip:alice@example.test', NOW);
+      assert.ok(phone && other && unseen);
+      table.record(phone, { kind: 'reachable', rttMs: 12 }, NOW - 1000);
+      table.record(other, { kind: 'unreachable', why: 'timeout' }, NOW - 5000);
+      table.record(other, { kind: 'unreachable', why: 'timeout' }, NOW - 2000);
+      const { url } = await serve({ reachability: (b) => table.of(b) });
+      const res = await getJson(`${url}/registrations/${encodeURIComponent('sip:alice@example.test')}`);
+      const shown = (res.body['bindings'] as BindingJson[]).map((b) => b['reachability']);
+      assert.deepEqual(shown, [
+        { state: 'reachable', rtt_ms: 12, since: null, checked_at: new Date(NOW - 1000).toISOString() },
+        { state: 'unreachable', rtt_ms: null, since: new Date(NOW - 5000).toISOString(), checked_at: new Date(NOW - 2000).toISOString() },
+        { state: 'unknown', rtt_ms: null, since: null, checked_at: null },
+      ]);
+      const page = await getJson(`${url}/registrations?aor=alice`);
+      assert.deepEqual((page.body['bindings'] as BindingJson[]).map((b) => (b['reachability'] as { state: string }).state).sort(), ['reachable', 'unknown', 'unreachable']);
     });
 
     it('finds the AoR however the operator spells it, and 404s an unknown or expired one', async () => {
@@ -282,6 +303,10 @@ describe('admin API', () => {
         'midreg_drachtio_connected 1',
         `midreg_bindings ${LIVE_BINDINGS + 1}`,
         `midreg_aors ${LIVE_AORS + 1}`,
+        'midreg_qualify_sent_total 0',
+        'midreg_qualify_pings_total{result="timeout"} 0',
+        `midreg_bindings_reachability{state="unknown"} ${LIVE_BINDINGS + 1}`,
+        'midreg_bindings_reachability{state="unreachable"} 0',
       ]) {
         assert.ok(text.split('\n').includes(line), `missing: ${line}`);
       }
@@ -298,7 +323,7 @@ describe('admin API', () => {
         aors: LIVE_AORS + 1,
         register: { '2xx': 2, '3xx': 0, '4xx': 3, '5xx': 0, '6xx': 0 },
         register_absorbed: 0,
-        message: { delivered: 2, not_found: 1, forbidden: 0, too_large: 0, failed: 0, relayed: 0, stored: 0, offline_refused: 0 },
+        message: { delivered: 2, not_found: 1, forbidden: 0, too_large: 0, failed: 0, relayed: 0, stored: 0, offline_refused: 0, unreachable: 0 },
         replica_write_failures: 1,
       });
       store.replaceAor('sip:dave@example.test', []);

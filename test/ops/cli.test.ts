@@ -11,6 +11,7 @@ import { startAdminServer } from '../../lib/ops/admin.js';
 import { LocationStore } from '../../lib/store/location-store.js';
 import { OfflineStore } from '../../lib/store/offline-store.js';
 import { Metrics } from '../../lib/ops/metrics.js';
+import { ReachabilityTable } from '../../lib/reachability/reachability.js';
 import { binding, captureLogger, fillReplica, LIVE_AORS, LIVE_BINDINGS } from './fixtures.js';
 
 const CLI = fileURLToPath(new URL('../../app/cli.js', import.meta.url));
@@ -87,7 +88,8 @@ describe('midreg CLI', () => {
       const bindings = JSON.parse(stdout) as Array<Record<string, unknown>>;
       assert.equal(bindings.length, LIVE_BINDINGS);
       assert.deepEqual(Object.keys(bindings[0] ?? {}).sort(), ['aor', 'call_id', 'contact', 'cseq', 'expires_at', 'expires_in', 'instance', 'lapsed_at', 'path',
-        'q', 'reg_id', 'registered_at', 'source', 'updated_at', 'upstream_contact', 'upstream_expires_in', 'user_agent']);
+        'q', 'reachability', 'reg_id', 'registered_at', 'source', 'updated_at', 'upstream_contact', 'upstream_expires_in', 'user_agent']);
+      assert.equal(bindings[0]?.['reachability'], null, 'the file cannot know what the running service learnt by qualify');
       const phone = bindings.find((b) => b['contact'] === 'sip:alice@198.51.100.7:5062');
       assert.deepEqual(phone?.['source'], { address: '198.51.100.7', port: 5062, transport: 'udp' });
       assert.equal(phone?.['reg_id'], 1);
@@ -205,6 +207,48 @@ describe('midreg CLI', () => {
       assert.equal(unnamed.code, 1);
       assert.match(unnamed.stderr, /^midreg: no admin API to ask: give --url/);
     });
+  });
+});
+
+describe('midreg reachability', () => {
+  it("shows each binding's state and round trip from the running service (the file cannot know them)", async () => {
+    const table = new ReachabilityTable();
+    const now = Date.now();
+    const [phone, other] = store.liveBindings('sip:alice@example.test', now);
+    assert.ok(phone && other);
+    table.record(phone, { kind: 'reachable', rttMs: 7 }, now);
+    table.record(other, { kind: 'unreachable', why: 'timeout' }, now - 3000);
+    const metrics = new Metrics({ registrations: () => store.counts(Date.now()) });
+    const server = await startAdminServer({
+      host: '127.0.0.1', port: 0, logger: captureLogger().logger,
+      deps: { store, metrics, drachtioConnected: () => true, reachability: (b) => table.of(b), reachabilityTotals: () => table.counts() },
+    });
+    cleanup.push(() => server.close());
+    const url = `http://127.0.0.1:${server.port}`;
+
+    const one = await midreg(['reachability', 'alice@example.test', '--url', url]);
+    assert.equal(one.code, 0, one.stderr);
+    const lines = one.stdout.trimEnd().split('\n');
+    assert.match(lines[0] ?? '', /^AOR\s+CONTACT\s+SOURCE\s+STATE\s+RTT\s+SINCE$/);
+    assert.match(one.stdout, /^sip:alice@example\.test\s+sip:alice@198\.51\.100\.7:5062\s+udp:198\.51\.100\.7:5062\s+reachable\s+7ms\s+-$/m);
+    assert.match(one.stdout, new RegExp(`\\sunreachable\\s+-\\s+${new Date(now - 3000).toISOString().replace(/\./g, '\\.')}$`, 'm'));
+    assert.match(one.stdout, /^3 bindings: 1 reachable, 1 unreachable, 1 unknown$/m);
+
+    const all = await midreg(['reachability', '--json'], { MIDREG_ADMIN_PORT: String(server.port) });
+    assert.equal(all.code, 0, all.stderr);
+    const bindings = JSON.parse(all.stdout) as Array<{ reachability: { state: string } | null }>;
+    assert.equal(bindings.length, LIVE_BINDINGS, 'every page of the admin API');
+
+    const stats = await midreg(['stats', '--url', url]);
+    assert.equal(stats.code, 0, stats.stderr);
+    assert.match(stats.stdout, new RegExp(`^reachability\\s+1 reachable, 1 unreachable, ${LIVE_BINDINGS - 2} unknown$`, 'm'));
+
+    const nobody = await midreg(['reachability', 'nobody@example.test', '--url', url]);
+    assert.equal(nobody.code, 1);
+    assert.match(nobody.stderr, /^midreg: no live registration for sip:nobody@example\.test/);
+    const unnamed = await midreg(['reachability']);
+    assert.equal(unnamed.code, 1);
+    assert.match(unnamed.stderr, /reachability is known only to the running service/);
   });
 });
 
