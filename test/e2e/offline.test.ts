@@ -7,30 +7,16 @@
 // socket both registers and answers the MESSAGEs it receives.
 import { strict as assert } from 'node:assert';
 import { after, before, describe, it } from 'node:test';
-import { sipMessage } from '../hostile/corpus.js';
 import { e2eSkipReason, logLines } from '../support/processes.js';
-import { headerOf, sendAndCollect, SipPeer, type Received } from '../support/raw-sip.js';
+import { headerOf, SipPeer, type Received } from '../support/raw-sip.js';
+import { rawRequest } from '../support/raw-ua.js';
 import { DOMAIN_MODES, startStack, type Stack } from '../support/stack.js';
 
 const skip = e2eSkipReason();
 if (skip) console.log(`# e2e offline suite SKIPPED: ${skip}`);
 
-let seq = 0;
-/** One request from `peer` to midreg; resolves with the final statuses it got. */
-async function send(stack: Stack, peer: SipPeer, method: 'REGISTER' | 'MESSAGE', user: string, opts: { to?: string; expires?: number; body?: string; date?: string } = {}): Promise<number[]> {
-  const id = `off-${process.pid}-${seq++}`;
-  const domain = stack.domain.uriHost;
-  const target = method === 'REGISTER' ? `sip:${domain}` : `sip:${opts.to}@${domain}`;
-  const headers = [
-    `Via: SIP/2.0/UDP 127.0.0.1:${peer.port};branch=z9hG4bK-${id}`, 'Max-Forwards: 70',
-    `From: "${user}" <sip:${user}@${domain}>;tag=${id}`, `To: <sip:${method === 'REGISTER' ? user : opts.to}@${domain}>`,
-    `Call-ID: ${id}`, `CSeq: 1 ${method}`,
-    ...(method === 'REGISTER' ? [`Contact: <sip:${user}@127.0.0.1:${peer.port}>`, `Expires: ${opts.expires ?? 120}`] : ['Content-Type: text/plain']),
-    ...(opts.date ? [`Date: ${opts.date}`] : []),
-  ];
-  const ex = await sendAndCollect(peer, stack.drachtio.sipPort, sipMessage(`${method} ${target} SIP/2.0`, headers, opts.body ?? ''), { transport: 'udp', waitMs: 5000 });
-  return ex.statuses.filter((s) => s >= 200);
-}
+/** One request from `peer` to midreg; the final statuses it got. */
+const send = async (...args: Parameters<typeof rawRequest>): Promise<number[]> => (await rawRequest(...args)).statuses;
 
 /** MESSAGEs `peer` has received so far, in order. */
 const messagesAt = (peer: SipPeer): Received[] => peer.received.filter((m) => m.method === 'MESSAGE');

@@ -9,6 +9,7 @@ import { after, before, describe, it } from 'node:test';
 import { sipMessage } from '../hostile/corpus.js';
 import { e2eSkipReason, freePort, logLines } from '../support/processes.js';
 import { headerOf, sendAndCollect, SipPeer, type Received, type SipMessage } from '../support/raw-sip.js';
+import { rawRequest } from '../support/raw-ua.js';
 import { DOMAIN_MODES, startStack, type Stack } from '../support/stack.js';
 
 const skip = e2eSkipReason();
@@ -18,22 +19,7 @@ const INTERVAL_MS = 1000;
 const TIMEOUT_MS = 400;
 
 let seq = 0;
-/** One request from `peer` to midreg; resolves with the final statuses it got and how long the first took. */
-async function send(stack: Stack, peer: SipPeer, method: 'REGISTER' | 'MESSAGE', user: string, opts: { to?: string; body?: string } = {}): Promise<{ statuses: number[]; ms: number }> {
-  const id = `q-${process.pid}-${seq++}`;
-  const domain = stack.domain.uriHost;
-  const target = method === 'REGISTER' ? `sip:${domain}` : `sip:${opts.to}@${domain}`;
-  const headers = [
-    `Via: SIP/2.0/UDP 127.0.0.1:${peer.port};branch=z9hG4bK-${id}`, 'Max-Forwards: 70',
-    `From: "${user}" <sip:${user}@${domain}>;tag=${id}`, `To: <sip:${method === 'REGISTER' ? user : opts.to}@${domain}>`,
-    `Call-ID: ${id}`, `CSeq: 1 ${method}`,
-    ...(method === 'REGISTER' ? [`Contact: <sip:${user}@127.0.0.1:${peer.port}>`, 'Expires: 120'] : ['Content-Type: text/plain']),
-  ];
-  const started = Date.now();
-  const ex = await sendAndCollect(peer, stack.drachtio.sipPort, sipMessage(`${method} ${target} SIP/2.0`, headers, opts.body ?? ''), { transport: 'udp', waitMs: 5000, graceMs: 0 });
-  const final = ex.received.find((m) => (m.status ?? 0) >= 200);
-  return { statuses: ex.statuses.filter((s) => s >= 200), ms: (final?.at ?? Date.now()) - started };
-}
+const send = rawRequest;
 
 /** A request from the platform (a trusted peer) to a user; resolves with its final statuses and how long the first took. */
 async function fromPlatform(stack: Stack, platform: SipPeer, user: string): Promise<{ statuses: number[]; ms: number; callId: string }> {
