@@ -1,0 +1,509 @@
+#!/usr/bin/env node
+// `npm run bench:throttle`: contact throttling (MIDREG_MODE=contact, README "Throttling") against
+// mirroring and against OpenSIPS' mid_registrar throttling modes (issue 18, "Bench"). Everything on
+// 127.0.0.1, each system in front of its own fresh Kamailio registrar (test/kamailio/kamailio.cfg
+// with MAX_EXPIRES=3600, so the registrar grants the 3600 s a throttling mid-registrar asks for),
+// every load bounded and stopping by itself:
+//
+//   1. population: for midreg mirror, midreg contact, OpenSIPS mode 1 (contact throttling) and
+//      OpenSIPS mode 2 (AoR throttling): P phones (bench/sipp/register-refresh.xml, users `openthr…`)
+//      each register once and refresh 9 times 1 s apart in the same call (same Call-ID, Contact and
+//      port, rising CSeq), P new phones per second for 1 s: P REGISTER/s for 10 s. Counted: the
+//      REGISTERs the phones sent, the REGISTERs that reached the registrar (its own statistics,
+//      kamcmd stats core:rcv_requests_register), the CPU per REGISTER and p50/p99.
+//   2. CPU per REGISTER in the window when only refreshes are sent (from 1.5 s to 9 s): in contact
+//      mode those are absorbed, in mirror mode relayed — the cost of an answered vs a relayed one.
+//   3. sustained REGISTER refresh rate, midreg mirror vs contact: the same load at rising rates,
+//      the bench's pass rule (0 failures, 0 retransmissions, ≥ 95 % of offered).
+//
+// Saves bench/results/<timestamp>.json and .md.
+//
+//   node dist/bench/throttle.js [--phones 1000] [--rates 2000,2500,3000,3500,4000,5000,6000] [--no-sweep] [--keep]
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, loadavg, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { kamcmd } from '../test/support/kamailio.js';
+import { cpuDelta, machineBusyCpu, PeakThreadWatcher, probeGroup, probeProcess, reapedChildrenCpu, sampleCpu, type CpuProbe } from './cpu.js';
+import { quantiles, runLoad, type LoadResult, type Quantiles } from './load.js';
+import {
+  BENCH_DIR, delay, DRACHTIO_BIN_DEFAULT, freePort, KAMAILIO_CFG, OPENSIPS_START, REPO_ROOT, startDrachtio, startKamailio, startMidreg, startOpensips,
+  type KamailioService, type Service,
+} from './procs.js';
+import { runProbe } from './probe.js';
+import { fmt1, fmtInt, markdownTable, textTable, type Table } from './report.js';
+
+const SIPP_BIN = process.env['SIPP_BIN'] ?? 'sipp';
+const RESULTS_DIR = join(BENCH_DIR, 'results');
+const SCENARIO = join(BENCH_DIR, 'sipp', 'register-refresh.xml');
+const DOMAIN = 'example.test';
+/** REGISTERs per phone in the scenario: 1 + 9 refreshes, 1 s apart. */
+const PER_PHONE = 10;
+/** What the phones ask for (Expires), and what a throttling mid-registrar asks the registrar for. */
+const PHONE_EXPIRES = 120;
+const OUTGOING_EXPIRES = 3600;
+/** midreg's default MIDREG_REFRESH_MARGIN_SEC (app/config.ts). */
+const REFRESH_MARGIN = 60;
+/** The issue's population: phones refreshing every 60 s. */
+const REFRESH_PERIOD = 60;
+/** Refresh-only window of a step (ms since sipp started): after every first REGISTER, before the last refresh. */
+const WINDOW = { fromMs: 1500, toMs: 9000 };
+
+const HELP = `usage: node dist/bench/throttle.js [options]   (npm run bench:throttle -- [options])
+  --phones <n>   phones in the population step, = REGISTER/s for 10 s (default 1000)
+  --rates <list> REGISTER/s tried in the sweep, ascending; a mode stops at its first failed rate (default 2000,2500,3000,3500,4000,5000,6000)
+  --no-sweep     population step only
+  --keep         keep the work dir (logs, sipp statistics)
+  --help`;
+
+interface Options { phones: number; rates: number[]; sweep: boolean; keep: boolean }
+
+function parseOptions(argv: string[]): Options {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      phones: { type: 'string', default: '1000' },
+      rates: { type: 'string', default: '2000,2500,3000,3500,4000,5000,6000' },
+      'no-sweep': { type: 'boolean', default: false },
+      keep: { type: 'boolean', default: false },
+      help: { type: 'boolean', default: false },
+    },
+    strict: true,
+  });
+  if (values.help) { process.stdout.write(`${HELP}\n`); process.exit(0); }
+  const phones = Number(values.phones);
+  if (!Number.isInteger(phones) || phones <= 0) throw new Error(`--phones: "${values.phones}" is not a positive integer`);
+  const rates = values.rates.split(',').map(Number);
+  if (rates.some((r) => !Number.isInteger(r) || r <= 0)) throw new Error(`--rates: "${values.rates}" is not a list of positive integers`);
+  return { phones, rates: rates.sort((a, b) => a - b), sweep: !values['no-sweep'], keep: values.keep };
+}
+
+// ---- the systems -------------------------------------------------------------------------------
+
+type SystemName = 'midreg-mirror' | 'midreg-contact' | 'opensips-1' | 'opensips-2';
+const LABELS: Record<SystemName, string> = {
+  'midreg-mirror': 'midreg mirror',
+  'midreg-contact': 'midreg contact',
+  'opensips-1': 'OpenSIPS mode 1 (contact throttling)',
+  'opensips-2': 'OpenSIPS mode 2 (AoR throttling)',
+};
+
+interface Sys {
+  name: SystemName;
+  target: string;
+  registrar: KamailioService;
+  /** The mid-registrar's own CPU: node (+ drachtio) for midreg, the process group for OpenSIPS. */
+  probes: CpuProbe[];
+  logs: string[];
+  stop(): Promise<void>;
+}
+
+async function ready(target: string, what: string): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  for (let n = 0; ; n++) {
+    const r = await runProbe({ kind: 'register', target, rate: 1, count: 1, domain: DOMAIN, prefix: `openready${Date.now()}x${n}`, timeoutMs: 1000 });
+    if (r.ok === 1) return;
+    if (Date.now() > deadline) throw new Error(`${what} does not answer REGISTER with 200 (${JSON.stringify(r.statuses)})`);
+    await delay(100);
+  }
+}
+
+async function startSys(name: SystemName, workDir: string): Promise<Sys> {
+  const dir = join(workDir, name);
+  mkdirSync(join(dir, 'reg'), { recursive: true });
+  const registrar = await startKamailio(join(dir, 'reg'), { cfg: KAMAILIO_CFG, name: 'kamailio-registrar', tcp: true, defines: [`MAX_EXPIRES=${OUTGOING_EXPIRES}`] });
+  const started: Array<{ stop(): Promise<void> }> = [registrar];
+  try {
+    if (name === 'opensips-1' || name === 'opensips-2') {
+      const peer = await startOpensips(join(dir, 'opensips'), { mode: name === 'opensips-1' ? 1 : 2, registrar: `sip:127.0.0.1:${registrar.port}` });
+      started.push(peer);
+      const target = `127.0.0.1:${peer.port}`;
+      await ready(target, LABELS[name]);
+      return {
+        name, target, registrar, probes: [probeGroup('opensips', peer.pid)], logs: [peer.logFile, registrar.logFile],
+        stop: async () => { await peer.stop(); await registrar.stop(); },
+      };
+    }
+    const drachtio = await startDrachtio(dir);
+    started.push(drachtio);
+    const app: Service = await startMidreg({
+      workDir: dir,
+      env: {
+        DRACHTIO_HOST: '127.0.0.1',
+        DRACHTIO_PORT: String(drachtio.adminPort),
+        DRACHTIO_SECRET: drachtio.secret,
+        MIDREG_UPSTREAM: `sip:127.0.0.1:${registrar.port};transport=tcp`,
+        MIDREG_DOMAINS: DOMAIN,
+        MIDREG_DB: join(dir, 'midreg.sqlite'),
+        MIDREG_UPSTREAM_TIMEOUT_MS: '4000',
+        MIDREG_LOG_FORMAT: 'json',
+        MIDREG_LOG_LEVEL: 'info',
+        // as bench/systems.ts: the load generator is trusted, the per-source guard does not shed it
+        MIDREG_TRUSTED_PEERS: '127.0.0.1',
+        MIDREG_MODE: name === 'midreg-contact' ? 'contact' : 'mirror',
+        MIDREG_OUTGOING_EXPIRES: String(OUTGOING_EXPIRES),
+      },
+    });
+    started.push(app);
+    const target = `127.0.0.1:${drachtio.sipPort}`;
+    await ready(target, LABELS[name]);
+    return {
+      name, target, registrar, probes: [probeProcess('node', app.pid), probeProcess('drachtio', drachtio.pid)], logs: [app.logFile, drachtio.logFile, registrar.logFile],
+      stop: async () => { await app.stop(10_000); await drachtio.stop(); await registrar.stop(); },
+    };
+  } catch (err) {
+    for (const s of started.reverse()) await s.stop();
+    throw err;
+  }
+}
+
+/** REGISTERs the registrar received so far (its own statistics). */
+async function registrarCount(reg: KamailioService): Promise<number> {
+  const out = await kamcmd(reg.ctlSocket, ['stats.get_statistics', 'core:'], 5000);
+  const m = /^core:rcv_requests_register\s*=\s*(\d+)/m.exec(out);
+  if (!m) throw new Error(`kamcmd stats: no rcv_requests_register in "${out.slice(0, 200)}"`);
+  return Number(m[1]);
+}
+
+// ---- one step ----------------------------------------------------------------------------------
+
+async function waitForQuiet(maxWaitMs = 15_000): Promise<void> {
+  const deadline = Date.now() + maxWaitMs;
+  for (;;) {
+    const before = machineBusyCpu();
+    await delay(400);
+    if (((machineBusyCpu() - before) / 0.4) * 100 < 25 || Date.now() > deadline) return;
+  }
+}
+
+/** Each response time sipp wrote (-trace_rtt): ms since sipp started, response time, rtd (1 first REGISTER, 2 refresh). */
+function readRtt(dir: string): Array<{ atMs: number; rtMs: number; rtd: number }> {
+  const out: Array<{ atMs: number; rtMs: number; rtd: number }> = [];
+  for (const name of readdirSync(dir).filter((f) => f.endsWith('_rtt.csv'))) {
+    for (const line of readFileSync(join(dir, name), 'utf8').split('\n')) {
+      const [at, rt, rtd] = line.split(';');
+      if (at === undefined || rt === undefined || !/^[\d.]+$/.test(at)) continue;
+      out.push({ atMs: Number(at), rtMs: Number(rt), rtd: Number(rtd ?? 0) });
+    }
+  }
+  return out;
+}
+
+interface Step {
+  system: SystemName;
+  rate: number;
+  phones: number;
+  sent: number;
+  answered: number;
+  reachedRegistrar: number;
+  share: number;
+  /** REGISTERs answered 200 per second over sipp's run. */
+  perSec: number;
+  failed: number;
+  retransmissions: number;
+  pass: boolean;
+  failure: string;
+  ms: Quantiles;
+  refreshMs: Quantiles;
+  /** CPU µs per REGISTER over the whole step (per component), and % of a core. */
+  usPer: Record<string, number>;
+  cpuPct: Record<string, number>;
+  /** sipp's CPU over the step (% of a core; it is single-threaded). */
+  sippPct: number;
+  /** The busiest thread of node / drachtio-server over its busiest second (100 % = saturated). */
+  peakThreadPct: Record<string, number>;
+  /** The refresh-only window: REGISTERs answered, those that reached the registrar, CPU µs per REGISTER. */
+  window: { answered: number; reachedRegistrar: number; usPer: Record<string, number> };
+}
+
+function loadFailure(r: LoadResult, sent: number, answered: number): string {
+  const parts: string[] = [];
+  if (r.failed > 0) parts.push(`${fmtInt(r.failed)} failed calls${r.unexpectedStatuses.length > 0 ? ` (answered ${r.unexpectedStatuses.join('/')})` : ''}`);
+  if (r.retransmissions > 0) parts.push(`${fmtInt(r.retransmissions)} retransmissions`);
+  if (answered < sent && r.failed === 0) parts.push(`${fmtInt(sent - answered)} REGISTERs not answered 200`);
+  return parts.join(', ');
+}
+
+let stepNo = 0;
+
+async function step(sys: Sys, rate: number, workDir: string, log: (l: string) => void): Promise<Step> {
+  await waitForQuiet();
+  const n = ++stepNo;
+  const dir = join(workDir, `step${n}-${sys.name}-${rate}`);
+  const probes = sys.probes;
+  const regBefore = await registrarCount(sys.registrar);
+  const cpuBefore = sampleCpu(probes);
+  const sippBefore = reapedChildrenCpu();
+  const watchers = probes.flatMap((p) => (p.pid !== undefined ? [{ name: p.name, w: new PeakThreadWatcher(p.pid) }] : []));
+  const t0 = performance.now();
+  const loadP = runLoad({
+    scenario: SCENARIO, target: sys.target, localPort: await freePort(), rate, calls: rate, limit: rate + 10,
+    vars: { prefix: `openthr${n}x`, domain: DOMAIN, expires: String(PHONE_EXPIRES) }, dir, recvTimeoutMs: 4000,
+  });
+  // the refresh-only window (sipp's clock starts about when it was spawned)
+  await delay(WINDOW.fromMs);
+  const wRegBefore = await registrarCount(sys.registrar);
+  const wCpuBefore = sampleCpu(probes);
+  await delay(WINDOW.toMs - WINDOW.fromMs);
+  const wCpu = cpuDelta(wCpuBefore, sampleCpu(probes));
+  const wReg = (await registrarCount(sys.registrar)) - wRegBefore;
+  const load = await loadP;
+  const wallSec = (performance.now() - t0) / 1000;
+  const cpu = cpuDelta(cpuBefore, sampleCpu(probes));
+  const sippPct = ((reapedChildrenCpu() - sippBefore) / wallSec) * 100;
+  const peakThreadPct: Record<string, number> = {};
+  for (const { name, w } of watchers) peakThreadPct[name] = w.stop();
+  await delay(300);
+  const reached = (await registrarCount(sys.registrar)) - regBefore;
+  const rtt = readRtt(dir);
+  const answered = rtt.length;
+  const sent = rate * PER_PHONE;
+  const inWindow = rtt.filter((r) => r.atMs >= WINDOW.fromMs && r.atMs <= WINDOW.toMs).length;
+  const lastAt = Math.max(0, ...rtt.map((r) => r.atMs));
+  const perSec = lastAt > 0 ? answered / (lastAt / 1000) : 0;
+  const failure = loadFailure(load, sent, answered);
+  const pass = load.failed === 0 && load.retransmissions === 0 && answered === sent && perSec >= 0.95 * rate;
+  const per = (c: Record<string, number>, count: number): Record<string, number> => Object.fromEntries(Object.entries(c).map(([k, s]) => [k, count > 0 ? (s * 1e6) / count : 0]));
+  const s: Step = {
+    system: sys.name, rate, phones: rate, sent, answered, reachedRegistrar: reached, share: sent > 0 ? reached / sent : 0, perSec,
+    failed: load.failed, retransmissions: load.retransmissions, pass, failure, sippPct, peakThreadPct,
+    ms: quantiles(rtt.map((r) => r.rtMs)), refreshMs: quantiles(rtt.filter((r) => r.rtd === 2).map((r) => r.rtMs)),
+    usPer: per(cpu, answered), cpuPct: Object.fromEntries(Object.entries(cpu).map(([k, v]) => [k, (v / wallSec) * 100])),
+    window: { answered: inWindow, reachedRegistrar: wReg, usPer: per(wCpu, inWindow) },
+  };
+  log(`  ${LABELS[sys.name]} @ ${fmtInt(rate)}/s: ${fmtInt(answered)}/${fmtInt(sent)} answered (${fmtInt(perSec)}/s), ${fmtInt(reached)} reached the registrar (${(s.share * 100).toFixed(2)} %); `
+    + `p50/p99 ${s.ms.p50}/${s.ms.p99} ms; sipp ${sippPct.toFixed(0)}%, busiest thread ${Object.entries(peakThreadPct).map(([k, v]) => `${k} ${v.toFixed(0)}%`).join(' ') || '—'}; CPU µs/REGISTER ${Object.entries(s.usPer).map(([k, v]) => `${k} ${fmtInt(v)}`).join(', ')}; `
+    + `window: ${fmtInt(inWindow)} answered, ${fmtInt(wReg)} reached, ${Object.entries(s.window.usPer).map(([k, v]) => `${k} ${fmtInt(v)}`).join(', ')} µs${pass ? '' : ` — NOT SUSTAINED: ${failure || `${fmtInt(perSec)}/s < 95 %`}`}`);
+  return s;
+}
+
+// ---- the computed steady state ---------------------------------------------------------------
+
+/**
+ * Share of REGISTERs reaching the registrar for a phone refreshing every `period` s, asking
+ * `asked` s, behind a mid-registrar asking `outgoing` s with `margin` (midreg's rule, throttle.ts:
+ * a refresh is relayed when the upstream registration has less than asked + margin left).
+ */
+function computedShare(period: number, asked: number, outgoing: number, margin: number): { cycle: number; share: number } {
+  // refresh k after a relayed one (k·period s later) is relayed when outgoing − k·period < asked + margin
+  const cycle = Math.floor((outgoing - asked - margin) / period) + 1;
+  return { cycle, share: 1 / cycle };
+}
+
+// ---- main --------------------------------------------------------------------------------------
+
+function version(cmd: string, args: string[]): string {
+  const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: 5000 });
+  if (r.error) return 'unavailable';
+  return `${r.stdout}${r.stderr}`.split('\n').find((l) => l.trim() !== '')?.trim() ?? '';
+}
+
+const pct = (x: number): string => `${(x * 100).toFixed(2)} %`;
+const us = (s: Step, k: string): string => fmtInt(s.usPer[k] ?? 0);
+
+async function main(): Promise<void> {
+  let opts: Options;
+  try {
+    opts = parseOptions(process.argv.slice(2));
+  } catch (err) {
+    process.stderr.write(`bench throttle: ${err instanceof Error ? err.message : String(err)}\n${HELP}\n`);
+    process.exit(2);
+  }
+  const startedAt = new Date();
+  const stamp = startedAt.toISOString().replace(/[:]/g, '-').replace(/\.\d+Z$/, 'Z');
+  const workDir = mkdtempSync(join(tmpdir(), 'mrbt-'));
+  const lines: string[] = [];
+  const log = (line: string): void => { lines.push(line); process.stdout.write(`${line}\n`); };
+  const meta = {
+    startedAt: startedAt.toISOString(),
+    options: opts,
+    host: { cpus: cpus().length, model: cpus()[0]?.model ?? '', loadavg: loadavg() },
+    node: process.version,
+    drachtio: version(process.env['DRACHTIO_BIN'] || DRACHTIO_BIN_DEFAULT, ['--version']),
+    kamailio: version('kamailio', ['-v']),
+    sipp: version(SIPP_BIN, ['-v']),
+    git: version('git', ['-C', REPO_ROOT, 'describe', '--always', '--dirty']),
+  };
+  if (!existsSync(join(REPO_ROOT, 'dist', 'app', 'main.js'))) throw new Error('dist/app/main.js missing: npm run build');
+  log(`midreg throttling bench ${stamp}: ${meta.host.cpus} × ${meta.host.model}, load average ${meta.host.loadavg.map((l) => l.toFixed(2)).join(' ')}; node ${meta.node}, drachtio ${meta.drachtio}, ${meta.kamailio.replace(/^version: /, '')}, ${meta.sipp}`);
+  log(`options: ${fmtInt(opts.phones)} phones × ${PER_PHONE} REGISTERs (1 + 9 refreshes 1 s apart, Expires ${PHONE_EXPIRES}); outgoing expires ${OUTGOING_EXPIRES}; sweep ${opts.sweep ? opts.rates.join(', ') : 'off'}; work dir ${workDir}`);
+
+  const systems: SystemName[] = ['midreg-mirror', 'midreg-contact', ...(existsSync(OPENSIPS_START) ? ['opensips-1', 'opensips-2'] as const : [])];
+  if (!existsSync(OPENSIPS_START)) log(`OpenSIPS skipped: no peer at ${OPENSIPS_START}`);
+  const population: Step[] = [];
+  const sweep: Record<string, Step[]> = {};
+  let current: Sys | undefined;
+  let error: string | undefined;
+  const onSignal = (): void => { void (current?.stop() ?? Promise.resolve()).finally(() => process.exit(130)); };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  const t0 = Date.now();
+  const clock = (): string => `[${((Date.now() - t0) / 1000).toFixed(0)} s]`;
+  try {
+    for (const name of systems) {
+      log(`${clock()} ${LABELS[name]}`);
+      current = await startSys(name, workDir);
+      try {
+        population.push(await step(current, opts.phones, workDir, log));
+        if (opts.sweep && (name === 'midreg-mirror' || name === 'midreg-contact')) {
+          const steps: Step[] = [];
+          for (const rate of opts.rates) {
+            let s = await step(current, rate, workDir, log);
+            steps.push(s);
+            // as the main bench: a rate that fails is tried once more
+            if (!s.pass) { s = await step(current, rate, workDir, log); steps.push(s); }
+            if (!s.pass) break;
+          }
+          sweep[name] = steps;
+        }
+      } finally {
+        await current.stop();
+        current = undefined;
+      }
+    }
+  } catch (err) {
+    error = err instanceof Error ? err.message : String(err);
+    log(`ERROR ${error}`);
+  }
+  const durationSec = (Date.now() - startedAt.getTime()) / 1000;
+
+  const computed = computedShare(REFRESH_PERIOD, PHONE_EXPIRES, OUTGOING_EXPIRES, REFRESH_MARGIN);
+  const find = (n: SystemName): Step | undefined => population.find((s) => s.system === n);
+  const mirror = find('midreg-mirror');
+  const contact = find('midreg-contact');
+  const maxOf = (n: SystemName): { max: number; capped: boolean } => {
+    const steps = sweep[n] ?? [];
+    const passed = steps.filter((s) => s.pass).map((s) => s.rate);
+    return { max: passed.length > 0 ? Math.max(...passed) : 0, capped: steps.length > 0 && steps.every((s) => s.pass) };
+  };
+  const mMax = maxOf('midreg-mirror');
+  const cMax = maxOf('midreg-contact');
+  const nodeAbsorbed = contact?.window.usPer['node'] ?? 0;
+  const nodeRelayed = mirror?.window.usPer['node'] ?? 0;
+  const refreshShare = (s: Step): number => {
+    const refreshes = s.sent - s.phones;
+    return refreshes > 0 ? Math.max(0, s.reachedRegistrar - s.phones) / refreshes : 0;
+  };
+
+  const tables: Table[] = [];
+  if (population.length > 0) {
+    tables.push({
+      title: `${fmtInt(opts.phones)} phones, each registering once then refreshing 9 times 1 s apart in the same call: ${fmtInt(opts.phones)} REGISTER/s for 10 s`,
+      head: ['system', 'REGISTERs sent', 'answered 200', 'reached the registrar', 'share', 'refreshes that reached it', 'p50 / p99 ms (refreshes)', 'CPU µs per REGISTER', 'CPU % of a core', 'sipp %', 'failures'],
+      rows: population.map((s) => [
+        LABELS[s.system], fmtInt(s.sent), fmtInt(s.answered), fmtInt(s.reachedRegistrar), pct(s.share), pct(refreshShare(s)),
+        `${s.ms.p50} / ${s.ms.p99} (${s.refreshMs.p50} / ${s.refreshMs.p99})`,
+        s.system.startsWith('midreg') ? `node ${us(s, 'node')} + drachtio ${us(s, 'drachtio')}` : `${us(s, 'opensips')} (process group)`,
+        Object.entries(s.cpuPct).map(([k, v]) => `${k} ${v.toFixed(0)}%`).join(', '),
+        `${s.sippPct.toFixed(0)}%`,
+        s.failure || 'none',
+      ]),
+      notes: [
+        'reached the registrar: the Kamailio registrar\'s own count (kamcmd stats core:rcv_requests_register) over the step, retransmissions included; refreshes that reached it: (reached − phones) / (sent − phones), i.e. assuming every first REGISTER is relayed',
+        `the phones ask Expires ${PHONE_EXPIRES}; midreg (MIDREG_OUTGOING_EXPIRES) and OpenSIPS (outgoing_expires) ask the registrar for ${OUTGOING_EXPIRES}, which it grants (max_expires ${OUTGOING_EXPIRES}); midreg's MIDREG_REFRESH_MARGIN_SEC ${REFRESH_MARGIN} (default)`,
+        'sipp response times tick in 4 ms steps; CPU: node and drachtio-server for midreg, OpenSIPS\' whole process group (main + 2 UDP + 2 TCP workers)',
+      ],
+    });
+    tables.push({
+      title: 'What the 10 s bench means for phones refreshing every 60 s',
+      head: ['measure', 'value'],
+      rows: [
+        ['measured, midreg contact: share of all REGISTERs that reached the registrar', contact ? `${pct(contact.share)} (${fmtInt(contact.reachedRegistrar)} of ${fmtInt(contact.sent)}: the ${fmtInt(contact.phones)} first REGISTERs, 1 in ${PER_PHONE} here by construction)` : '—'],
+        ['measured, midreg contact: share of refreshes that reached it', contact ? pct(refreshShare(contact)) : '—'],
+        [`computed (not measured), midreg contact, refresh every ${REFRESH_PERIOD} s asking ${PHONE_EXPIRES} s, outgoing ${OUTGOING_EXPIRES} s, margin ${REFRESH_MARGIN} s`,
+          `1 refresh in ${computed.cycle} relayed = ${pct(computed.share)} of REGISTERs (a refresh is relayed once the upstream registration has < ${PHONE_EXPIRES} + ${REFRESH_MARGIN} s left: after ${computed.cycle - 1} absorbed ones, ${(computed.cycle * REFRESH_PERIOD / 60).toFixed(0)} min); the phone's first REGISTER once per boot on top`],
+        ['computed, mirror mode', '100 % (every REGISTER relayed)'],
+      ],
+      notes: [
+        'in the bench each phone sends 10 REGISTERs within 10 s: its first one is relayed (a new binding), its 9 refreshes are within the upstream registration and absorbed; so the measured share is 1/10 by construction, and what carries over to the 60 s population is the share of refreshes relayed (measured) and the relay cycle (computed from the rule in lib/registrar/throttle.ts)',
+      ],
+    });
+    if (mirror && contact) {
+      tables.push({
+        title: 'CPU per REGISTER in the refresh-only window (1.5–9 s of the population step)',
+        head: ['system', 'REGISTERs answered in the window', 'reached the registrar in the window', 'node µs per REGISTER', 'drachtio µs per REGISTER'],
+        rows: [mirror, contact].map((s) => [LABELS[s.system], fmtInt(s.window.answered), fmtInt(s.window.reachedRegistrar), fmtInt(s.window.usPer['node'] ?? 0), fmtInt(s.window.usPer['drachtio'] ?? 0)]),
+        notes: ['mirror: every refresh relayed; contact: every refresh absorbed (answered by midreg) unless the window\'s registrar count says otherwise'],
+      });
+    }
+  }
+  const sweepRows = Object.values(sweep).flat();
+  if (sweepRows.length > 0) {
+    tables.push({
+      title: 'Sustained REGISTER refreshes/s: the same load (R phones × 10 REGISTERs, R REGISTER/s for 10 s) at rising R',
+      head: ['system', 'offered /s', 'answered /s', 'reached the registrar', 'p50 / p99 ms', 'node + drachtio µs per REGISTER', 'node / drachtio / sipp % of a core', 'busiest thread node / drachtio', 'verdict'],
+      rows: sweepRows.map((s) => [
+        LABELS[s.system], fmtInt(s.rate), fmtInt(s.perSec), `${fmtInt(s.reachedRegistrar)} (${pct(s.share)})`, `${s.ms.p50} / ${s.ms.p99}`,
+        `${us(s, 'node')} + ${us(s, 'drachtio')}`, `${(s.cpuPct['node'] ?? 0).toFixed(0)}% / ${(s.cpuPct['drachtio'] ?? 0).toFixed(0)}% / ${s.sippPct.toFixed(0)}%`, `${(s.peakThreadPct['node'] ?? 0).toFixed(0)}% / ${(s.peakThreadPct['drachtio'] ?? 0).toFixed(0)}%`, s.pass ? 'sustained' : `not sustained: ${s.failure || '< 95 % of offered'}`,
+      ]),
+      notes: [
+        'sustained = 0 failed calls, 0 retransmissions, every REGISTER answered 200 and ≥ 95 % of the offered rate; a rate not sustained is tried once more, a mode stops at its first rate not sustained twice',
+        'one sipp (single-threaded) plays every phone; its CPU is its own (reaped child, with the few kamcmd calls); busiest thread: of node and drachtio-server over their busiest second (100 % = that thread saturated); the machine has 2 cores shared by sipp, drachtio-server, node and the Kamailio registrar',
+      ],
+    });
+  }
+  const ratio = mMax.max > 0 ? cMax.max / mMax.max : Number.NaN;
+  const targets: string[][] = [];
+  if (contact) {
+    targets.push(['≤ 2 % of REGISTERs reach the registrar (midreg contact)',
+      `computed for 60 s refreshes: ${pct(computed.share)} → ${computed.share <= 0.02 ? 'met' : 'missed'}; measured: ${pct(refreshShare(contact))} of refreshes (${pct(contact.share)} of all REGISTERs in a 10 s run whose every phone is new)`]);
+  }
+  if (mirror && contact) {
+    const r = nodeRelayed > 0 ? nodeAbsorbed / nodeRelayed : Number.NaN;
+    // the same comparison at the sweep's rates (per-REGISTER CPU falls with the rate: fixed costs spread)
+    const atRates = (sweep['midreg-contact'] ?? []).flatMap((c) => {
+      const m = (sweep['midreg-mirror'] ?? []).find((x) => x.rate === c.rate);
+      const cn = c.window.usPer['node'] ?? 0;
+      const mn = m?.window.usPer['node'] ?? 0;
+      return m && mn > 0 && c.window.reachedRegistrar === 0 ? [`${fmtInt(c.rate)}/s: ${fmtInt(cn)} vs ${fmtInt(mn)} µs = ${(cn / mn).toFixed(2)}×`] : [];
+    });
+    targets.push(['locally answered REGISTER costs node ≤ ½ a relayed one', `${fmtInt(opts.phones)}/s (population step): ${fmtInt(nodeAbsorbed)} vs ${fmtInt(nodeRelayed)} µs = ${r.toFixed(2)}× → ${r <= 0.5 ? 'met' : 'missed'}${atRates.length > 0 ? `; sweep steps (refresh-only window): ${[...new Set(atRates)].join('; ')}` : ''}`]);
+  }
+  if (sweepRows.length > 0) {
+    targets.push(['sustained REGISTER/s in contact mode ≥ 1.5× mirror', `${fmtInt(cMax.max)}${cMax.capped ? '+ (highest rate tried)' : ''} vs ${fmtInt(mMax.max)}${mMax.capped ? '+' : ''}/s = ${Number.isNaN(ratio) ? '—' : `${ratio.toFixed(2)}×`} → ${ratio >= 1.5 ? 'met' : cMax.capped ? 'not decided (contact mode passed every rate tried)' : 'missed'}`]);
+  }
+  const os1 = find('opensips-1');
+  const os2 = find('opensips-2');
+  for (const o of [os1, os2]) {
+    if (o) targets.push([`${LABELS[o.system]}, for comparison`, `${pct(o.share)} of REGISTERs reached the registrar (${pct(refreshShare(o))} of refreshes); ${us(o, 'opensips')} µs per REGISTER (process group)${contact ? ` vs midreg contact node ${us(contact, 'node')} + drachtio ${us(contact, 'drachtio')}` : ''}`]);
+  }
+  if (targets.length > 0) tables.push({ title: 'Issue 18 targets', head: ['target', 'result'], rows: targets });
+
+  log('');
+  for (const t of tables) { for (const l of textTable(t)) log(l); log(''); }
+  log(`bench finished in ${(durationSec / 60).toFixed(1)} min${error ? ` with an error: ${error}` : ''}`);
+
+  mkdirSync(RESULTS_DIR, { recursive: true });
+  const base = join(RESULTS_DIR, stamp);
+  writeFileSync(`${base}.json`, `${JSON.stringify({
+    meta: { ...meta, bench: 'throttle', durationSec, workDir: opts.keep ? workDir : undefined },
+    settings: { perPhone: PER_PHONE, phoneExpires: PHONE_EXPIRES, outgoingExpires: OUTGOING_EXPIRES, refreshMargin: REFRESH_MARGIN, window: WINDOW },
+    population, sweep, computed: { refreshPeriod: REFRESH_PERIOD, ...computed },
+    maxima: { mirror: mMax, contact: cMax }, error,
+  }, null, 2)}\n`);
+  writeFileSync(`${base}.md`, [
+    `# midreg throttling benchmark ${stamp}`,
+    '',
+    `\`node dist/bench/throttle.js\` (bench/throttle.ts). ${meta.host.cpus} × ${meta.host.model} · node ${meta.node} · drachtio ${meta.drachtio} · ${meta.kamailio.replace(/^version: /, '')} · ${meta.sipp} · git ${meta.git}`,
+    '',
+    `Options: ${fmtInt(opts.phones)} phones; sweep ${opts.sweep ? opts.rates.map(fmtInt).join(', ') : 'off'} REGISTER/s; registrar over TCP (midreg) / UDP (OpenSIPS). Took ${fmt1(durationSec / 60)} min.`,
+    '',
+    ...tables.flatMap(markdownTable),
+    ...(error ? ['### Error', '', error, ''] : []),
+    '### Steps',
+    '',
+    '```',
+    ...lines.filter((l) => /^\s{2}\S/.test(l) && l.includes('@') || /^\[\d+ s\]/.test(l)),
+    '```',
+    '',
+  ].join('\n'));
+  log(`results: ${base}.json, ${base}.md`);
+  if (!opts.keep) rmSync(workDir, { recursive: true, force: true });
+  process.exit(error ? 1 : 0);
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`bench throttle: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`);
+  process.exit(1);
+});
