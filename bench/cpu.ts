@@ -145,3 +145,18 @@ export class PeakThreadWatcher {
     return peak;
   }
 }
+
+/**
+ * Waits (up to 15 s) until the machine is quiet: CPU busy below 25% of one core over 400 ms while
+ * the systems under test are idle. Other work on this 2-core machine would be measured as ours.
+ * Returns the last busy figure.
+ */
+export async function waitForQuiet(maxWaitMs = 15_000): Promise<number> {
+  const deadline = Date.now() + maxWaitMs;
+  for (;;) {
+    const before = machineBusyCpu();
+    await new Promise((r) => setTimeout(r, 400));
+    const busyPct = ((machineBusyCpu() - before) / 0.4) * 100;
+    if (busyPct < 25 || Date.now() > deadline) return busyPct;
+  }
+}

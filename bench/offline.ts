@@ -20,16 +20,16 @@
 //
 //   node dist/bench/offline.js [--messages 10000] [--recipients 1000] [--store-rate 1000]
 //                              [--register-rate 1000] [--register-seconds 10] [--keep]
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { createSocket } from 'node:dgram';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { cpuDelta, machineBusyCpu, PeakThreadWatcher, probeSipp, sampleCpu, type CpuProbe } from './cpu.js';
+import { cpuDelta, machineBusyCpu, PeakThreadWatcher, probeSipp, sampleCpu, waitForQuiet, type CpuProbe } from './cpu.js';
 import { quantiles, readStat, runLoad, type LoadResult, type Quantiles } from './load.js';
-import { BENCH_DIR, delay, DRACHTIO_BIN_DEFAULT, freePort, REPO_ROOT } from './procs.js';
+import { BENCH_DIR, delay, DRACHTIO_BIN_DEFAULT, freePort, REPO_ROOT, version } from './procs.js';
 import { runProbe, type ProbeResult } from './probe.js';
 import { formatProfile, summarizeProfile, type ProfileSummary } from './profile.js';
 import { fmt1, fmtInt, fmtPct, markdownTable, textTable, type Table } from './report.js';
@@ -127,16 +127,6 @@ function midregEnv(opts: Options, adminPort: number): Record<string, string> {
 
 // ---- helpers -----------------------------------------------------------------------------------
 
-/** Waits (≤ 15 s) until the machine is below 25 % of one core over 400 ms; returns the last figure. */
-async function waitForQuiet(maxWaitMs = 15_000): Promise<number> {
-  const deadline = Date.now() + maxWaitMs;
-  for (;;) {
-    const before = machineBusyCpu();
-    await delay(400);
-    const busyPct = ((machineBusyCpu() - before) / 0.4) * 100;
-    if (busyPct < 25 || Date.now() > deadline) return busyPct;
-  }
-}
 
 interface OfflineMetrics { waiting: number; delivered: number; retried: number; expired: number; stored: number; refused: number; register2xx: number }
 
@@ -581,12 +571,6 @@ async function registerStep(ctx: Ctx, label: string, expectMessages: number): Pr
 
 // ---- main --------------------------------------------------------------------------------------
 
-/** First non-empty output line of `cmd args` (sipp -v exits non-zero), or "unavailable". */
-function version(cmd: string, args: string[]): string {
-  const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: 5000 });
-  if (r.error) return 'unavailable';
-  return `${r.stdout}${r.stderr}`.split('\n').find((l) => l.trim() !== '')?.trim() ?? '';
-}
 
 async function main(): Promise<void> {
   let opts: Options;

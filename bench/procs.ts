@@ -313,3 +313,10 @@ export async function startOpensips(workDir: string, opts: { mode: 0 | 1 | 2; re
     },
   };
 }
+
+/** First non-empty output line of `cmd args` (sipp -v exits non-zero), or "unavailable". */
+export function version(cmd: string, args: string[]): string {
+  const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: 5000 });
+  if (r.error) return 'unavailable';
+  return `${r.stdout}${r.stderr}`.split('\n').find((l) => l.trim() !== '')?.trim() ?? '';
+}

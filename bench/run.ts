@@ -9,14 +9,13 @@
 //   npm run bench -- --quick           fewer, shorter steps and a smaller replica
 //   npm run bench -- --only register   (or message, scale; repeatable)
 //   npm run bench -- --help
-import { spawnSync } from 'node:child_process';
 import { accessSync, constants, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { cpuDelta, machineBusyCpu, PeakThreadWatcher, probeSipp, sampleCpu } from './cpu.js';
+import { cpuDelta, machineBusyCpu, PeakThreadWatcher, probeSipp, sampleCpu, waitForQuiet } from './cpu.js';
 import { runLoad, startUas, type LoadResult, type Quantiles } from './load.js';
-import { BENCH_DIR, DRACHTIO_BIN_DEFAULT, delay, freePort, OPENSIPS_BIN, REPO_ROOT } from './procs.js';
+import { BENCH_DIR, DRACHTIO_BIN_DEFAULT, delay, freePort, OPENSIPS_BIN, REPO_ROOT, version } from './procs.js';
 import { runProbe, type ProbeResult } from './probe.js';
 import { formatProfile, summarizeProfile, type ProfileSummary } from './profile.js';
 import { fmt1, fmtInt, fmtPct, markdownTable, textTable, type Table } from './report.js';
@@ -341,20 +340,6 @@ async function runStep(ctx: RunContext, sys: RunningSystem, kind: Kind, rate: nu
 /** µs → "0.84 ms". */
 const fmtMs = (us: number): string => `${(us / 1000).toFixed(2)} ms`;
 
-/**
- * Waits (up to 15 s) until the machine is quiet: CPU busy below 25% of one core over 400 ms while
- * the systems under test are idle. Other work on this 2-core machine would be measured as ours.
- * Returns the last busy figure.
- */
-async function waitForQuiet(maxWaitMs = 15_000): Promise<number> {
-  const deadline = Date.now() + maxWaitMs;
-  for (;;) {
-    const before = machineBusyCpu();
-    await delay(400);
-    const busyPct = ((machineBusyCpu() - before) / 0.4) * 100;
-    if (busyPct < 25 || Date.now() > deadline) return busyPct;
-  }
-}
 
 // ---- sweeps ------------------------------------------------------------------------------------
 
@@ -666,12 +651,6 @@ function targetsTable(targets: TargetRecord[]): Table {
 
 // ---- main --------------------------------------------------------------------------------------
 
-/** First non-empty output line of `cmd args` (sipp -v exits non-zero), or "unavailable". */
-function version(cmd: string, args: string[]): string {
-  const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: 5000 });
-  if (r.error) return 'unavailable';
-  return `${r.stdout}${r.stderr}`.split('\n').find((l) => l.trim() !== '')?.trim() ?? '';
-}
 
 function prerequisites(): string[] {
   const missing: string[] = [];

@@ -19,16 +19,15 @@
 // Saves bench/results/<timestamp>.json and .md.
 //
 //   node dist/bench/throttle.js [--phones 1000] [--rates 2000,2500,3000,3500,4000,5000,6000] [--no-sweep] [--keep]
-import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { kamcmd } from '../test/support/kamailio.js';
-import { cpuDelta, machineBusyCpu, PeakThreadWatcher, probeGroup, probeProcess, reapedChildrenCpu, sampleCpu, type CpuProbe } from './cpu.js';
+import { cpuDelta, PeakThreadWatcher, probeGroup, probeProcess, reapedChildrenCpu, sampleCpu, waitForQuiet, type CpuProbe } from './cpu.js';
 import { quantiles, runLoad, type LoadResult, type Quantiles } from './load.js';
 import {
-  BENCH_DIR, delay, DRACHTIO_BIN_DEFAULT, freePort, KAMAILIO_CFG, OPENSIPS_START, REPO_ROOT, startDrachtio, startKamailio, startMidreg, startOpensips,
+  BENCH_DIR, delay, DRACHTIO_BIN_DEFAULT, freePort, KAMAILIO_CFG, OPENSIPS_START, REPO_ROOT, startDrachtio, startKamailio, startMidreg, startOpensips, version,
   type KamailioService, type Service,
 } from './procs.js';
 import { runProbe } from './probe.js';
@@ -168,14 +167,6 @@ async function registrarCount(reg: KamailioService): Promise<number> {
 
 // ---- one step ----------------------------------------------------------------------------------
 
-async function waitForQuiet(maxWaitMs = 15_000): Promise<void> {
-  const deadline = Date.now() + maxWaitMs;
-  for (;;) {
-    const before = machineBusyCpu();
-    await delay(400);
-    if (((machineBusyCpu() - before) / 0.4) * 100 < 25 || Date.now() > deadline) return;
-  }
-}
 
 /** Each response time sipp wrote (-trace_rtt): ms since sipp started, response time, rtd (1 first REGISTER, 2 refresh). */
 function readRtt(dir: string): Array<{ atMs: number; rtMs: number; rtd: number }> {
@@ -293,11 +284,6 @@ function computedShare(period: number, asked: number, outgoing: number, margin: 
 
 // ---- main --------------------------------------------------------------------------------------
 
-function version(cmd: string, args: string[]): string {
-  const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: 5000 });
-  if (r.error) return 'unavailable';
-  return `${r.stdout}${r.stderr}`.split('\n').find((l) => l.trim() !== '')?.trim() ?? '';
-}
 
 const pct = (x: number): string => `${(x * 100).toFixed(2)} %`;
 const us = (s: Step, k: string): string => fmtInt(s.usPer[k] ?? 0);
