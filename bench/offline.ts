@@ -24,12 +24,13 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createSocket } from 'node:dgram';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { cpus, loadavg, tmpdir } from 'node:os';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { cpuDelta, machineBusyCpu, PeakThreadWatcher, probeSipp, sampleCpu, waitForQuiet, type CpuProbe } from './cpu.js';
 import { quantiles, readStat, runLoad, type LoadResult, type Quantiles } from './load.js';
-import { BENCH_DIR, delay, DRACHTIO_BIN_DEFAULT, freePort, REPO_ROOT, version } from './procs.js';
+import {
+  BENCH_DIR, delay, environmentLine, freePort, REPO_ROOT, runEnvironment, runLog, runStamp, } from './procs.js';
 import { runProbe, type ProbeResult } from './probe.js';
 import { formatProfile, summarizeProfile, type ProfileSummary } from './profile.js';
 import { fmt1, fmtInt, fmtPct, markdownTable, textTable, type Table } from './report.js';
@@ -581,25 +582,14 @@ async function main(): Promise<void> {
     process.exit(2);
   }
   const startedAt = new Date();
-  const stamp = startedAt.toISOString().replace(/[:]/g, '-').replace(/\.\d+Z$/, 'Z');
+  const stamp = runStamp(startedAt);
   const workDir = mkdtempSync(join(tmpdir(), 'mrbo-'));
-  const lines: string[] = [];
-  const log = (line: string): void => { lines.push(line); process.stdout.write(`${line}\n`); };
-  const drachtioBin = process.env['DRACHTIO_BIN'] || DRACHTIO_BIN_DEFAULT;
-  const meta = {
-    startedAt: startedAt.toISOString(),
-    options: opts,
-    host: { cpus: cpus().length, model: cpus()[0]?.model ?? '', loadavg: loadavg() },
-    node: process.version,
-    drachtio: version(drachtioBin, ['--version']),
-    kamailio: version('kamailio', ['-v']),
-    sipp: version(SIPP_BIN, ['-v']),
-    git: version('git', ['-C', REPO_ROOT, 'describe', '--always', '--dirty']),
-  };
+  const { lines, log } = runLog();
+  const meta = { startedAt: startedAt.toISOString(), options: opts, ...runEnvironment() };
   if (!existsSync(join(REPO_ROOT, 'dist', 'app', 'main.js'))) throw new Error('dist/app/main.js missing: npm run build');
   const adminPort = await freePort();
   const env = midregEnv(opts, adminPort);
-  log(`midreg offline-messages bench ${stamp}: ${meta.host.cpus} × ${meta.host.model}, load average ${meta.host.loadavg.map((l) => l.toFixed(2)).join(' ')}; node ${meta.node}, drachtio ${meta.drachtio}, ${meta.kamailio.replace(/^version: /, '')}, ${meta.sipp}`);
+  log(`midreg offline-messages bench ${stamp}: ${environmentLine(meta)}`);
   log(`options: ${fmtInt(opts.messages)} messages to ${fmtInt(opts.recipients)} users at ${fmtInt(opts.storeRate)}/s; REGISTER ${fmtInt(opts.registerRate)}/s × ${opts.registerSec} s; midreg ${Object.entries(env).map(([k, v]) => `${k}=${v}`).join(' ')}; work dir ${workDir}`);
 
   const sys = await startSystem('midreg', { workDir, midregLogLevel: opts.midregLogLevel, upstreamTransport: 'tcp', midregEnv: env });

@@ -5,6 +5,7 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
+import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { kamcmd, KAMAILIO_CFG } from '../test/support/kamailio.js';
 import { freePort, REPO_ROOT, SHARED_ENGINE } from '../test/support/processes.js';
@@ -319,4 +320,42 @@ export function version(cmd: string, args: string[]): string {
   const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: 5000 });
   if (r.error) return 'unavailable';
   return `${r.stdout}${r.stderr}`.split('\n').find((l) => l.trim() !== '')?.trim() ?? '';
+}
+
+/** What a results file records about the machine and the tools, once per bench run. */
+export interface RunEnvironment {
+  host: { cpus: number; model: string; loadavg: number[] };
+  node: string;
+  drachtio: string;
+  kamailio: string;
+  sipp: string;
+  git: string;
+}
+
+export function runEnvironment(): RunEnvironment {
+  return {
+    host: { cpus: cpus().length, model: cpus()[0]?.model ?? '', loadavg: loadavg() },
+    node: process.version,
+    drachtio: version(process.env['DRACHTIO_BIN'] || DRACHTIO_BIN_DEFAULT, ['--version']),
+    kamailio: version('kamailio', ['-v']),
+    // The binary the load generators run (bench/load.ts).
+    sipp: version(process.env['SIPP_BIN'] ?? 'sipp', ['-v']),
+    git: version('git', ['-C', REPO_ROOT, 'describe', '--always', '--dirty']),
+  };
+}
+
+/** The run's first log line after its title: machine, load and tool versions. */
+export function environmentLine(env: RunEnvironment, more = ''): string {
+  return `${env.host.cpus} × ${env.host.model}, load average ${env.host.loadavg.map((l) => l.toFixed(2)).join(' ')}; node ${env.node}, drachtio ${env.drachtio}, ${env.kamailio.replace(/^version: /, '')}, ${env.sipp}${more}`;
+}
+
+/** A results file name stamp: the run's start, UTC, to the second, without colons. */
+export function runStamp(at: Date): string {
+  return at.toISOString().replace(/[:]/g, '-').replace(/\.\d+Z$/, 'Z');
+}
+
+/** The run's log: each line printed as it happens and kept for the results file. */
+export function runLog(): { lines: string[]; log(line: string): void } {
+  const lines: string[] = [];
+  return { lines, log: (line) => { lines.push(line); process.stdout.write(`${line}\n`); } };
 }

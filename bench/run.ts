@@ -10,12 +10,14 @@
 //   npm run bench -- --only register   (or message, scale; repeatable)
 //   npm run bench -- --help
 import { accessSync, constants, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { cpus, loadavg, tmpdir } from 'node:os';
+import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { cpuDelta, machineBusyCpu, PeakThreadWatcher, probeSipp, sampleCpu, waitForQuiet } from './cpu.js';
 import { runLoad, startUas, type LoadResult, type Quantiles } from './load.js';
-import { BENCH_DIR, DRACHTIO_BIN_DEFAULT, delay, freePort, OPENSIPS_BIN, REPO_ROOT, version } from './procs.js';
+import {
+  BENCH_DIR, delay, DRACHTIO_BIN_DEFAULT, environmentLine, freePort, OPENSIPS_BIN, REPO_ROOT, runEnvironment, runLog, runStamp, version,
+} from './procs.js';
 import { runProbe, type ProbeResult } from './probe.js';
 import { formatProfile, summarizeProfile, type ProfileSummary } from './profile.js';
 import { fmt1, fmtInt, fmtPct, markdownTable, textTable, type Table } from './report.js';
@@ -671,11 +673,10 @@ async function main(): Promise<void> {
     process.exit(2);
   }
   const startedAt = new Date();
-  const stamp = startedAt.toISOString().replace(/[:]/g, '-').replace(/\.\d+Z$/, 'Z');
+  const stamp = runStamp(startedAt);
   mkdirSync(RESULTS_DIR, { recursive: true });
   const workDir = mkdtempSync(join(tmpdir(), 'mrb-'));
-  const lines: string[] = [];
-  const log = (line: string): void => { lines.push(line); process.stdout.write(`${line}\n`); };
+  const { lines, log } = runLog();
   const clock = (): string => {
     const sec = Math.round((Date.now() - startedAt.getTime()) / 1000);
     return `${String(Math.floor(sec / 60)).padStart(2, '0')}:${String(sec % 60).padStart(2, '0')}`;
@@ -695,15 +696,10 @@ async function main(): Promise<void> {
   const meta = {
     startedAt: startedAt.toISOString(),
     options: { ...opts, only: [...opts.only] },
-    host: { cpus: cpus().length, model: cpus()[0]?.model ?? '', loadavg: loadavg() },
-    node: process.version,
-    drachtio: version(process.env['DRACHTIO_BIN'] || DRACHTIO_BIN_DEFAULT, ['--version']),
-    kamailio: version('kamailio', ['-v']),
-    sipp: version('sipp', ['-v']),
+    ...runEnvironment(),
     opensips: opts.systems.includes('opensips') && !systemUnavailable('opensips') ? version(OPENSIPS_BIN, ['-V']) : undefined,
-    git: version('git', ['-C', REPO_ROOT, 'describe', '--always', '--dirty']),
   };
-  log(`midreg bench ${stamp}: ${meta.host.cpus} × ${meta.host.model}, load average ${meta.host.loadavg.map((l) => l.toFixed(2)).join(' ')}; node ${meta.node}, drachtio ${meta.drachtio}, ${meta.kamailio.replace(/^version: /, '')}, ${meta.sipp}${meta.opensips ? `, ${meta.opensips.replace(/^version: /, '')}` : ''}`);
+  log(`midreg bench ${stamp}: ${environmentLine(meta, meta.opensips ? `, ${meta.opensips.replace(/^version: /, '')}` : '')}`);
   log(`options: ${opts.quick ? 'quick, ' : ''}${[...opts.only].join('+')}, systems ${opts.systems.join(',')}, rates ${opts.rates.join(',')}/s, ${opts.stepSec} s per step, drachtio loglevel ${opts.drachtioLoglevel ?? 'as shipped'}, midreg log level ${opts.midregLogLevel}, upstream over ${opts.upstreamTransport}${envText(opts.midregEnv)}; work dir ${workDir}`);
 
   const sweeps: SweepRecord[] = [];

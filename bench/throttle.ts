@@ -20,20 +20,18 @@
 //
 //   node dist/bench/throttle.js [--phones 1000] [--rates 2000,2500,3000,3500,4000,5000,6000] [--no-sweep] [--keep]
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { cpus, loadavg, tmpdir } from 'node:os';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { kamcmd } from '../test/support/kamailio.js';
 import { cpuDelta, PeakThreadWatcher, probeGroup, probeProcess, reapedChildrenCpu, sampleCpu, waitForQuiet, type CpuProbe } from './cpu.js';
 import { quantiles, runLoad, type LoadResult, type Quantiles } from './load.js';
 import {
-  BENCH_DIR, delay, DRACHTIO_BIN_DEFAULT, freePort, KAMAILIO_CFG, OPENSIPS_START, REPO_ROOT, startDrachtio, startKamailio, startMidreg, startOpensips, version,
-  type KamailioService, type Service,
+  BENCH_DIR, delay, environmentLine, freePort, KAMAILIO_CFG, OPENSIPS_START, REPO_ROOT, runEnvironment, runLog, runStamp, startDrachtio, startKamailio, startMidreg, startOpensips, type KamailioService, type Service,
 } from './procs.js';
 import { runProbe } from './probe.js';
 import { fmt1, fmtInt, markdownTable, textTable, type Table } from './report.js';
 
-const SIPP_BIN = process.env['SIPP_BIN'] ?? 'sipp';
 const RESULTS_DIR = join(BENCH_DIR, 'results');
 const SCENARIO = join(BENCH_DIR, 'sipp', 'register-refresh.xml');
 const DOMAIN = 'example.test';
@@ -297,22 +295,12 @@ async function main(): Promise<void> {
     process.exit(2);
   }
   const startedAt = new Date();
-  const stamp = startedAt.toISOString().replace(/[:]/g, '-').replace(/\.\d+Z$/, 'Z');
+  const stamp = runStamp(startedAt);
   const workDir = mkdtempSync(join(tmpdir(), 'mrbt-'));
-  const lines: string[] = [];
-  const log = (line: string): void => { lines.push(line); process.stdout.write(`${line}\n`); };
-  const meta = {
-    startedAt: startedAt.toISOString(),
-    options: opts,
-    host: { cpus: cpus().length, model: cpus()[0]?.model ?? '', loadavg: loadavg() },
-    node: process.version,
-    drachtio: version(process.env['DRACHTIO_BIN'] || DRACHTIO_BIN_DEFAULT, ['--version']),
-    kamailio: version('kamailio', ['-v']),
-    sipp: version(SIPP_BIN, ['-v']),
-    git: version('git', ['-C', REPO_ROOT, 'describe', '--always', '--dirty']),
-  };
+  const { lines, log } = runLog();
+  const meta = { startedAt: startedAt.toISOString(), options: opts, ...runEnvironment() };
   if (!existsSync(join(REPO_ROOT, 'dist', 'app', 'main.js'))) throw new Error('dist/app/main.js missing: npm run build');
-  log(`midreg throttling bench ${stamp}: ${meta.host.cpus} × ${meta.host.model}, load average ${meta.host.loadavg.map((l) => l.toFixed(2)).join(' ')}; node ${meta.node}, drachtio ${meta.drachtio}, ${meta.kamailio.replace(/^version: /, '')}, ${meta.sipp}`);
+  log(`midreg throttling bench ${stamp}: ${environmentLine(meta)}`);
   log(`options: ${fmtInt(opts.phones)} phones × ${PER_PHONE} REGISTERs (1 + 9 refreshes 1 s apart, Expires ${PHONE_EXPIRES}); outgoing expires ${OUTGOING_EXPIRES}; sweep ${opts.sweep ? opts.rates.join(', ') : 'off'}; work dir ${workDir}`);
 
   const systems: SystemName[] = ['midreg-mirror', 'midreg-contact', ...(existsSync(OPENSIPS_START) ? ['opensips-1', 'opensips-2'] as const : [])];
