@@ -67,7 +67,7 @@ function withReplica<T>(file: string, use: (store: LocationStore) => Promise<T>)
 export async function showRegistrations(store: LocationStore, aor: string | undefined, opts: { json: boolean }, out: Writable, now: number): Promise<void> {
   const pages = aor === undefined
     ? liveBindingPages(store, now, { batch: READ_BATCH })
-    : [store.liveBindings(aorLookupKey(aor), now)].values();
+    : [store.liveBindingsView(aorLookupKey(aor), now)].values();
   let bindings = 0;
   let aors = 0;
   let lastAor: string | undefined;
@@ -110,6 +110,9 @@ const statsSchema = z.object({
   register: z.record(z.string(), z.number()),
   /** Absent from a service older than contact throttling. */
   register_absorbed: z.number().optional(),
+  /** Absent from a service older than AoR throttling. */
+  mode: z.string().optional(),
+  upstream_deregistrations_pending: z.number().optional(),
   message: z.record(z.string(), z.number()),
   replica_write_failures: z.number(),
   reachability: z.object({ reachable: z.number(), unreachable: z.number(), unknown: z.number() }).optional(),
@@ -172,8 +175,10 @@ export function formatStats(stats: ServiceStats, source: string): string {
     ['drachtio-server', stats.drachtio],
     // The service counts what the replica stores; an expired binding stays until the next sweep.
     ['bindings', `${stats.bindings} stored, ${stats.aors} AoR${stats.aors === 1 ? '' : 's'}`],
+    ...(stats.mode ? [['mode', stats.mode] as [string, string]] : []),
     ['REGISTER answered', tally(stats.register)],
-    ...(stats.register_absorbed ? [['REGISTER answered locally', String(stats.register_absorbed)] as [string, string]] : []),
+    ...(stats.register_absorbed || (stats.mode !== undefined && stats.mode !== 'mirror') ? [['REGISTER answered locally', String(stats.register_absorbed ?? 0)] as [string, string]] : []),
+    ...(stats.upstream_deregistrations_pending !== undefined ? [['upstream de-registrations pending', String(stats.upstream_deregistrations_pending)] as [string, string]] : []),
     ['MESSAGE', tally(stats.message)],
     ['replica write failures', String(stats.replica_write_failures)],
     ...(stats.reachability ? [['reachability', `${stats.reachability.reachable} reachable, ${stats.reachability.unreachable} unreachable, ${stats.reachability.unknown} unknown`] as [string, string]] : []),

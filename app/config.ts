@@ -22,9 +22,12 @@ export interface Config {
   /** midreg's SIP URI as the registrar reaches it (Path entry, host of rewritten Contacts); by default derived from drachtio-server's first SIP address. */
   pathUri: string | undefined;
   purgeIntervalSec: number;
-  /** mirror: every REGISTER relayed; contact: refreshes of accepted bindings answered by midreg (throttling). */
-  mode: 'mirror' | 'contact';
-  /** Contact mode: the expiry asked of the registrar for each relayed Contact, seconds. */
+  /**
+   * mirror: every REGISTER relayed; contact: refreshes of accepted bindings answered by midreg
+   * (throttling); aor: likewise, and the registrar holds one Contact per AoR, midreg's own.
+   */
+  mode: 'mirror' | 'contact' | 'aor';
+  /** Contact and AoR modes: the expiry asked of the registrar for each relayed Contact, seconds. */
   outgoingExpiresSec: number;
   /** Contact mode: a refresh is relayed once the upstream registration has less than (phone's expiry + this) left. */
   refreshMarginSec: number;
@@ -87,8 +90,7 @@ export const SETTINGS = {
   },
   pathUri: { env: 'MIDREG_PATH_URI', schema: z.string().regex(/^sips?:[^\s<>]+$/i, 'must be a SIP URI').optional() },
   purgeIntervalSec: { env: 'MIDREG_PURGE_INTERVAL_SEC', schema: z.coerce.number().int().min(1).max(3600).default(30) },
-  // `aor` (AoR throttling) is not implemented and therefore not accepted.
-  mode: { env: 'MIDREG_MODE', schema: z.enum(['mirror', 'contact']).default('mirror') },
+  mode: { env: 'MIDREG_MODE', schema: z.enum(['mirror', 'contact', 'aor']).default('mirror') },
   outgoingExpiresSec: { env: 'MIDREG_OUTGOING_EXPIRES', schema: z.coerce.number().int().min(60).max(86_400).default(3600) },
   refreshMarginSec: { env: 'MIDREG_REFRESH_MARGIN_SEC', schema: z.coerce.number().int().min(0).max(3600).default(60) },
   trustedPeers: {
@@ -180,7 +182,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     logFormat: v.logFormat,
     upstreamTimeoutMs: v.upstreamTimeoutMs,
     insertion: v.insertion,
-    addPath: v.addPath ?? v.insertion === 'path',
+    // AoR mode: midreg's AoR Contact already routes back to midreg, so no Path unless asked for.
+    addPath: v.addPath ?? (v.insertion === 'path' && v.mode !== 'aor'),
     pathUri: v.pathUri,
     purgeIntervalSec: v.purgeIntervalSec,
     mode: v.mode,

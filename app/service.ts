@@ -12,7 +12,7 @@ import { SenderRate } from '../lib/messaging/offline-policy.js';
 import { OfflineStore } from '../lib/store/offline-store.js';
 import { Metrics } from '../lib/ops/metrics.js';
 import { createRegisterHandler, type ReplicaCounters } from '../lib/registrar/registration-relay.js';
-import { deregisterLapsed } from '../lib/registrar/upstream-deregistration.js';
+import { deregisterEmptyAors, deregisterLapsed } from '../lib/registrar/upstream-deregistration.js';
 import { createProxyHandler, PROXIED_METHODS } from '../lib/messaging/request-proxy.js';
 import { isTrustedPeer } from '../lib/messaging/routing.js';
 import { SipEngine, type RequestHandler } from '../lib/sip/drachtio.js';
@@ -60,11 +60,14 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
   const reachability = new ReachabilityTable();
   const qualifyOn = config.qualify.intervalSec > 0;
   const reachabilityOf = qualifyOn ? (b: Binding) => reachability.of(b) : undefined;
+  const pendingDeregistrations = config.mode === 'contact' ? () => store.countPendingDeregistrations(Date.now())
+    : config.mode === 'aor' ? () => store.countPendingAorDeregistrations(Date.now()) : undefined;
   const metrics = new Metrics({
     registrations: () => ({ bindings: counters.bindings, aors: counters.aors }),
     reachability: () => reachability.counts(),
     ...(offlineStore ? { offline: () => ({ ...offlineStore.totals() }) } : {}),
-    ...(config.mode === 'contact' ? { pendingDeregistrations: () => store.countPendingDeregistrations(Date.now()) } : {}),
+    mode: config.mode,
+    ...(pendingDeregistrations ? { pendingDeregistrations } : {}),
   });
 
   const engine = new SipEngine((err, req) => {
@@ -113,8 +116,11 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
     domains: config.domains,
     sipAddresses: () => engine.sipAddresses,
     pathUri: () => (config.addPath ? ownUri() : undefined),
-    ...(config.insertion === 'contact' ? { contactInsertion: { self: () => selfAddressFrom(ownUri() ?? '') } } : {}),
+    ...(config.insertion === 'contact' && config.mode !== 'aor' ? { contactInsertion: { self: () => selfAddressFrom(ownUri() ?? '') } } : {}),
     ...(config.mode === 'contact' ? { throttle: { outgoingExpiresSec: config.outgoingExpiresSec, refreshMarginSec: config.refreshMarginSec } } : {}),
+    ...(config.mode === 'aor' ? {
+      aorThrottle: { store, outgoingExpiresSec: config.outgoingExpiresSec, refreshMarginSec: config.refreshMarginSec, self: () => selfAddressFrom(ownUri() ?? '') },
+    } : {}),
     onRegisterAbsorbed: () => metrics.registerAbsorbed(),
     logger,
     limits: { maxBindingsPerAor: config.maxBindingsPerAor, maxAors: config.maxAors },
@@ -187,7 +193,7 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
     logger.warn('lost drachtio-server; reconnecting', { drachtio: `${config.drachtio.host}:${config.drachtio.port}`, reason });
     metrics.drachtioConnected(false);
   });
-  logger.info('waiting for drachtio-server', { drachtio: `${config.drachtio.host}:${config.drachtio.port}`, upstream: config.upstream, domains: config.domains, mode: config.mode, ...(config.mode === 'contact' ? { outgoingExpiresSec: config.outgoingExpiresSec, refreshMarginSec: config.refreshMarginSec } : {}) });
+  logger.info('waiting for drachtio-server', { drachtio: `${config.drachtio.host}:${config.drachtio.port}`, upstream: config.upstream, domains: config.domains, mode: config.mode, ...(config.mode !== 'mirror' ? { outgoingExpiresSec: config.outgoingExpiresSec, refreshMarginSec: config.refreshMarginSec } : {}) });
   engine.connect(config.drachtio);
 
   const admin = config.admin.port === undefined
@@ -197,7 +203,8 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
       port: config.admin.port,
       token: config.admin.token,
       deps: {
-        store: { listLiveAfter: (...a) => store.listLiveAfter(...a), liveBindings: (...a) => store.liveBindings(...a), checkWritable: () => store.checkWritable(), counts: () => ({ ...counters }) },
+        store: { listLiveAfter: (...a) => store.listLiveAfter(...a), liveBindings: (...a) => store.liveBindingsView(...a), checkWritable: () => store.checkWritable(), counts: () => ({ ...counters }) },
+        ...(pendingDeregistrations ? { pendingDeregistrations } : {}),
         metrics,
         drachtioConnected: () => engine.connected,
         offline: offlineStore,
@@ -237,7 +244,11 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
       }, Date.now()).catch((err: unknown) => {
         logger.error('upstream de-registration run failed', { error: err instanceof Error ? err.message : String(err) });
       })
-      : Promise.resolve();
+      : config.mode === 'aor' && engine.connected
+        // AoR mode: an AoR whose last device is gone has midreg's Contact removed upstream.
+        ? deregisterEmptyAors({ sender: engine, store, upstream, logger, onResult: (result) => metrics.upstreamDeregistration(result) }, Date.now())
+          .catch((err: unknown) => { logger.error('upstream de-registration run failed', { error: err instanceof Error ? err.message : String(err) }); })
+        : Promise.resolve();
     void deregistered.then(() => sweepExpired(sweeper, {
       now: Date.now,
       stopped: () => stopping,

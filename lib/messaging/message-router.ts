@@ -14,7 +14,7 @@ import { askUpstream, nextMaxForwards, outboundBytes, replyHeaders, upstreamHead
 
 export interface MessageRouterDeps {
   sender: RequestSender;
-  store: Pick<LocationStore, 'liveBindings' | 'liveBindingsByContact' | 'bindingsByInsertionKey' | 'isLiveSource'> & Partial<Pick<LocationStore, 'lapsedBindingsByContact'>>;
+  store: Pick<LocationStore, 'liveBindings' | 'liveBindingsByContact' | 'bindingsByInsertionKey' | 'isLiveSource'> & Partial<Pick<LocationStore, 'lapsedBindingsByContact' | 'aorUpstreamByKey'>>;
   upstream: UpstreamTarget;
   domains: readonly string[];
   /** drachtio-server's SIP addresses as announced (`udp/127.0.0.1:5060`); [] until connected. */

@@ -15,7 +15,7 @@ export const PROXIED_METHODS = ['INVITE', 'OPTIONS', 'SUBSCRIBE', 'NOTIFY', 'INF
 export const ALLOW = ['INVITE', 'ACK', 'CANCEL', 'BYE', 'OPTIONS', 'REGISTER', 'MESSAGE', 'SUBSCRIBE', 'NOTIFY', 'INFO', 'REFER', 'PUBLISH', 'UPDATE'].join(', ');
 
 export interface RequestProxyDeps {
-  store: Pick<LocationStore, 'liveBindings' | 'liveBindingsByContact' | 'bindingsByInsertionKey'> & Partial<Pick<LocationStore, 'lapsedBindingsByContact'>>;
+  store: Pick<LocationStore, 'liveBindings' | 'liveBindingsByContact' | 'bindingsByInsertionKey'> & Partial<Pick<LocationStore, 'lapsedBindingsByContact' | 'aorUpstreamByKey'>>;
   upstreamUri: string;
   domains: readonly string[];
   trustedPeers: readonly string[];
@@ -64,7 +64,7 @@ export function createProxyHandler(deps: RequestProxyDeps): RequestHandler {
       return;
     }
 
-    let destination: string;
+    let destination: string | string[];
     let direction: 'to-platform' | 'to-user';
     if (isTrustedPeer(req.source, deps.trustedPeers)) {
       // From the platform: a request for a registered user (usually via the Path midreg added).
@@ -99,11 +99,17 @@ export function createProxyHandler(deps: RequestProxyDeps): RequestHandler {
         return;
       }
       // The platform already forked per contact; an AoR-addressed request goes to the best one.
-      const branch = branchFor(choice.bindings[0] as NonNullable<(typeof choice.bindings)[0]>, 0);
+      // AoR mode: the platform knows one Contact for the AoR (midreg's), so midreg forks to every
+      // live device itself (RFC 3261 §16.6: one branch per target), in parallel.
+      const targets = target.via === 'aor-contact' ? choice.bindings : choice.bindings.slice(0, 1);
       // A Request-URI at midreg's own address (a Contact midreg gave the registrar, or an AoR at
       // midreg's IP) is replaced by the destination: that must name the phone's user.
-      destination = branch.kind !== 'send' ? branch.binding.contact
-        : ruri && namesMidreg(ruri, own) ? flowUri(branch) : branch.nextHop ?? branch.requestUri;
+      const destinations = targets.map((b) => {
+        const branch = branchFor(b, 0);
+        return branch.kind !== 'send' ? branch.binding.contact
+          : ruri && namesMidreg(ruri, own) ? flowUri(branch) : branch.nextHop ?? branch.requestUri;
+      });
+      destination = destinations.length === 1 ? destinations[0] ?? '' : destinations;
       direction = 'to-user';
     } else {
       // drachtio-server's proxy replaces a Request-URI that names itself by the destination, so

@@ -24,7 +24,7 @@ export const UDP_SAFE_BYTES = 1300;
 export type Sender = { kind: 'trusted-peer' } | { kind: 'registered' } | { kind: 'unknown' };
 
 export type Target =
-  | { kind: 'bindings'; bindings: Binding[]; via: 'contact' | 'aor' | 'insertion'; aor: string | undefined }
+  | { kind: 'bindings'; bindings: Binding[]; via: 'contact' | 'aor' | 'insertion' | 'aor-contact'; aor: string | undefined }
   | { kind: 'no-binding'; aor: string }
   /** A Contact midreg wrote (contact insertion) whose key names no stored binding: 404. */
   | { kind: 'unknown-key'; key: string }
@@ -60,6 +60,8 @@ export interface BindingLookup {
   bindingsByInsertionKey(key: string): Binding[];
   /** Contact mode: bindings of this contact expired for the phone but still registered upstream. */
   lapsedBindingsByContact?(contact: string, now: number): Binding[];
+  /** AoR mode: the AoR whose upstream Contact (midreg's) carries this key. */
+  aorUpstreamByKey?(key: string): { aor: string; contact: string; expiresAt: number; lapsedAt: number | null } | undefined;
 }
 
 /**
@@ -75,6 +77,14 @@ export function locate(requestUri: string, lookup: BindingLookup, own: OwnAddres
     const stored = lookup.bindingsByInsertionKey(key);
     const live = stored.filter((b) => b.expiresAt > now);
     if (live.length > 0) return { kind: 'bindings', bindings: live, via: 'insertion', aor: live[0]?.aor };
+    // AoR mode: midreg's Contact for a whole AoR reaches every live device of it. With none left
+    // (or midreg's removal upstream not accepted) the AoR is known but unavailable: 480.
+    const aorContact = stored.length === 0 ? lookup.aorUpstreamByKey?.(key) : undefined;
+    if (aorContact) {
+      const devices = aorContact.lapsedAt === null && aorContact.expiresAt > now ? lookup.liveBindings(aorContact.aor, now) : [];
+      if (devices.length > 0) return { kind: 'bindings', bindings: devices, via: 'aor-contact', aor: aorContact.aor };
+      return { kind: 'lapsed', contact: aorContact.contact, aor: aorContact.aor };
+    }
     return stored[0] ? { kind: 'expired-key', key, aor: stored[0].aor } : { kind: 'unknown-key', key };
   }
   const servedAor = ruri && ruri.user !== undefined && isServedDomain(ruri.host, domains) ? canonicalAor(ruri) : undefined;

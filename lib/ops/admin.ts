@@ -14,6 +14,8 @@ import type { Metrics } from './metrics.js';
 
 export interface AdminDeps {
   store: Pick<LocationStore, 'listLiveAfter' | 'liveBindings' | 'counts' | 'checkWritable'>;
+  /** Contact and AoR modes: what waits for midreg to de-register it upstream. */
+  pendingDeregistrations?: () => number;
   drachtioConnected(): boolean;
   metrics: Metrics;
   /** What qualify knows of a binding, shown with each binding (the service's memory, not the replica). */
@@ -203,8 +205,10 @@ function routes(deps: AdminDeps): { match(path: string): { route: Route; deletes
       bindings: counts.bindings,
       aors: counts.aors,
       register: snap.register,
-      /** Contact mode: REGISTER refreshes midreg answered itself (not in `register`). */
+      mode: snap.mode,
+      /** Contact and AoR modes: REGISTER refreshes midreg answered itself (not in `register`, which counts the relayed ones). */
       register_absorbed: snap.registerAbsorbed,
+      ...(deps.pendingDeregistrations ? { upstream_deregistrations_pending: deps.pendingDeregistrations() } : {}),
       message: snap.message,
       replica_write_failures: snap.replicaWriteFailures,
       ...(deps.reachabilityTotals ? { reachability: reachabilityTotals(deps.reachabilityTotals(), counts.bindings) } : {}),

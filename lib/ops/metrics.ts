@@ -24,14 +24,18 @@ export interface MetricsSnapshot {
   register: Record<string, number>;
   message: Record<MessageOutcome, number>;
   replicaWriteFailures: number;
-  /** Contact mode: REGISTERs midreg answered itself (never sent to the registrar). */
+  /** Contact and AoR modes: REGISTERs midreg answered itself (never sent to the registrar). */
   registerAbsorbed: number;
+  /** MIDREG_MODE of the running service. */
+  mode: string;
   drachtioConnected: boolean;
 }
 
 export interface MetricsOptions {
   /** Bindings and AoRs in the replica (the writers' counters); called once per scrape. */
   registrations: () => { bindings: number; aors: number };
+  /** MIDREG_MODE (mirror, contact, aor): exported as midreg_mode{mode}, so the counters read per mode. */
+  mode?: string;
   /** Offline messages waiting and their body bytes; called once per scrape. */
   offline?: () => { messages: number; bytes: number };
   /** Contact mode: bindings waiting for midreg to de-register them upstream; called once per scrape. */
@@ -72,6 +76,7 @@ export class Metrics {
   private readonly absorbedTotal: Counter;
   private readonly deregistrationTotal: Counter<'result'>;
   private readonly pendingDeregistrationsGauge: Gauge;
+  private readonly modeGauge: Gauge<'mode'>;
   private readonly reachabilityGauge: Gauge<'state'>;
   private readonly qualifySent: Counter;
   private readonly qualifyTotal: Counter<'result'>;
@@ -103,9 +108,11 @@ export class Metrics {
     this.offlineGauge = new Gauge({ name: 'midreg_offline_messages', help: 'Offline messages waiting for their recipient to register', registers });
     this.offlineBytesGauge = new Gauge({ name: 'midreg_offline_bytes', help: 'Body bytes of the offline messages waiting', registers });
     this.offlineTotal = new Counter({ name: 'midreg_offline_total', help: 'Offline messages delivered, retried after a failed attempt, expired unsent, or purged by an operator', labelNames: ['outcome'] as const, registers });
-    this.absorbedTotal = new Counter({ name: 'midreg_register_absorbed_total', help: 'REGISTER refreshes answered 200 by midreg itself in contact mode, never sent to the registrar (not counted in midreg_register_relayed_total)', registers });
-    this.deregistrationTotal = new Counter({ name: 'midreg_upstream_deregistrations_total', help: 'Contact mode: de-registrations midreg sent the registrar for phones that stopped refreshing, by result', labelNames: ['result'] as const, registers });
-    this.pendingDeregistrationsGauge = new Gauge({ name: 'midreg_upstream_deregistrations_pending', help: 'Contact mode: bindings expired for their phone, still registered upstream, not yet de-registered there', registers });
+    this.absorbedTotal = new Counter({ name: 'midreg_register_absorbed_total', help: 'REGISTER refreshes answered 200 by midreg itself in contact or aor mode, never sent to the registrar (not counted in midreg_register_relayed_total)', registers });
+    this.deregistrationTotal = new Counter({ name: 'midreg_upstream_deregistrations_total', help: 'Contact and aor modes: de-registrations midreg sent the registrar for phones that stopped refreshing (aor: for AoRs whose last device is gone), by result', labelNames: ['result'] as const, registers });
+    this.pendingDeregistrationsGauge = new Gauge({ name: 'midreg_upstream_deregistrations_pending', help: 'Contact mode: bindings expired for their phone, still registered upstream, not yet de-registered there; aor mode: AoRs with no device left whose Contact is still registered upstream', registers });
+    this.modeGauge = new Gauge({ name: 'midreg_mode', help: '1 for the running MIDREG_MODE (mirror, contact, aor): says which mode the REGISTER counters were counted in', labelNames: ['mode'] as const, registers });
+    this.modeGauge.set({ mode: opts.mode ?? 'mirror' }, 1);
     this.reachabilityGauge = new Gauge({ name: 'midreg_bindings_reachability', help: 'Bindings by what qualify knows of them: unknown (not pinged yet, or qualify off), reachable, unreachable', labelNames: ['state'] as const, registers });
     this.qualifySent = new Counter({ name: 'midreg_qualify_sent_total', help: 'Qualify OPTIONS pings sent', registers });
     this.qualifyTotal = new Counter({ name: 'midreg_qualify_pings_total', help: 'Qualify OPTIONS pings ended: answered (any final response), timeout, failed (transport)', labelNames: ['result'] as const, registers });
@@ -199,6 +206,7 @@ export class Metrics {
       message: { ...this.tally.message },
       replicaWriteFailures: this.tally.replicaWriteFailures,
       registerAbsorbed: this.tally.absorbed,
+      mode: this.opts.mode ?? 'mirror',
       drachtioConnected: this.tally.drachtio,
     };
   }

@@ -7,6 +7,7 @@ import type { Logger } from '../ops/logger.js';
 import { formatContact, mapReplyContacts, rewriteContacts, type MappedContact, type SelfAddress } from './contact-insertion.js';
 import { namesMidreg, ownHosts, retargetToUpstream } from '../sip/own-address.js';
 import { RegisterSequence } from './register-sequence.js';
+import { handleAorRegister, type AorThrottleDeps } from './aor-registration.js';
 import { isFinalRefusal, localAnswerContacts, raiseExpires, requestedExpiry, throttleDecision, type RelayReason } from './throttle.js';
 import { contactKey, grantedExpiry, limitPlan, planReplicaUpdate, RFC_DEFAULT_EXPIRES, type Binding, type RegisterAttempt, type ReplicaLimits, type ReplicaPlan } from './registration.js';
 import { parseUri, SipParseError, type NameAddr, type RequestHandler, type SipReply, type SipRequest, type SipResponder, type SipUri } from '../sip/drachtio.js';
@@ -46,6 +47,11 @@ export interface RegistrationRelayDeps extends RegisterEvents {
    * midreg (lib/registrar/throttle.ts), the rest relayed with expiries raised. Absent: mirror mode.
    */
   throttle?: { outgoingExpiresSec: number; refreshMarginSec: number };
+  /**
+   * AoR throttling (MIDREG_MODE=aor): the registrar gets one Contact per AoR, midreg's own
+   * (lib/registrar/aor-registration.ts). Takes precedence over `throttle` and `contactInsertion`.
+   */
+  aorThrottle?: Pick<AorThrottleDeps, 'outgoingExpiresSec' | 'refreshMarginSec' | 'self'> & { store: AorThrottleDeps['store'] };
   logger: Logger;
   limits: ReplicaLimits;
   /** Bindings and AoRs stored in the replica, kept up to date by every writer. */
@@ -187,6 +193,19 @@ export function createRegisterHandler(deps: RegistrationRelayDeps): RequestHandl
     // (lib/sip/own-address.ts). To, From, Call-ID, CSeq, Contact and Authorization stay as the phone
     // sent them, so the AoR is unchanged and the digest `uri` still names what the phone signed.
     const upstreamUri = ruri && namesMidreg(ruri, own) ? retargetToUpstream(ruri, deps.upstream.uri) : req.uri;
+
+    if (deps.aorThrottle) {
+      const aor = deps.aorThrottle;
+      await handleAorRegister({
+        sender: deps.sender, store: aor.store, upstream: deps.upstream, logger: log, limits: deps.limits, counters: deps.counters,
+        outgoingExpiresSec: aor.outgoingExpiresSec, refreshMarginSec: aor.refreshMarginSec, self: aor.self, clock,
+        ...(deps.onRegisterAnswered ? { onRegisterAnswered: deps.onRegisterAnswered } : {}),
+        ...(deps.onRegisterAbsorbed ? { onRegisterAbsorbed: deps.onRegisterAbsorbed } : {}),
+        ...(deps.onReplicaWriteFailed ? { onReplicaWriteFailed: deps.onReplicaWriteFailed } : {}),
+        ...(deps.onReplicaWritten ? { onReplicaWritten: deps.onReplicaWritten } : {}),
+      }, req, res, { attempt, maxForwards: checked.maxForwards, upstreamUri, kind: registerKind(req, attempt.contacts) });
+      return;
+    }
 
     const throttle = deps.throttle;
     let throttled: { reason: RelayReason | 'replica-unreadable' } | undefined;

@@ -6,6 +6,7 @@ import type { Logger } from '../ops/logger.js';
 import type { Binding } from './registration.js';
 import { askUpstream, type RequestSender, type UpstreamTarget } from '../sip/upstream.js';
 import { randomBytes } from 'node:crypto';
+import { aorDeregistrationRequest } from './aor-throttle.js';
 
 export const DEREGISTRATION_RESULTS = ['ok', 'challenged', 'refused', 'timeout', 'unreachable'] as const;
 export type DeregistrationResult = (typeof DEREGISTRATION_RESULTS)[number];
@@ -81,6 +82,49 @@ export async function deregisterLapsed(deps: DeregistrationDeps, now: number, li
     } else {
       result = outcome.kind === 'timeout' ? 'timeout' : outcome.kind === 'unreachable' ? 'unreachable' : 'refused';
       if (outcome.kind === 'too-large') deps.store.markLapsed(b.aor, b.contact, b.updatedAt, Date.now());
+      deps.logger.warn('upstream de-registration not answered: tried again on the next run', { ...base, result });
+    }
+    deps.onResult?.(result);
+  }));
+  return pending.length;
+}
+
+export interface AorDeregistrationDeps {
+  sender: RequestSender;
+  store: Pick<LocationStore, 'pendingAorDeregistrations' | 'markAorLapsed' | 'deleteAorUpstreamIfUnchanged'>;
+  upstream: UpstreamTarget;
+  logger: Logger;
+  onResult?(result: DeregistrationResult): void;
+}
+
+/**
+ * AoR mode, one run: remove midreg's Contact at the registrar for up to `limit` AoRs whose last
+ * device is gone (expired; a de-registration or `Contact: *` of the last device already removed it
+ * on its way). Same outcomes as deregisterLapsed: a 2xx forgets the upstream registration, a
+ * challenge or refusal keeps it lapsed (requests for it answered 480) until it ends upstream.
+ */
+export async function deregisterEmptyAors(deps: AorDeregistrationDeps, now: number, limit = DEREGISTRATIONS_PER_RUN): Promise<number> {
+  const pending = deps.store.pendingAorDeregistrations(now, limit);
+  await Promise.all(pending.map(async (u) => {
+    const request = aorDeregistrationRequest(u, deps.upstream.uri);
+    const outcome = await askUpstream(deps.sender, { method: 'REGISTER', ...request, nextHop: deps.upstream.uri }, deps.upstream.timeoutMs);
+    const base = { event: 'deregister', mode: 'aor', aor: u.aor, contact: u.contact, callId: u.callId, cseq: u.cseq + 1, upstreamExpiresIn: Math.round((u.expiresAt - Date.now()) / 1000) };
+    let result: DeregistrationResult;
+    if (outcome.kind === 'reply') {
+      result = classifyDeregistration(outcome.reply.status);
+      if (result === 'ok') {
+        // Unless a device registered again while the de-registration was on its way.
+        deps.store.deleteAorUpstreamIfUnchanged(u.aor, u.updatedAt);
+        deps.logger.info('AoR de-registered upstream: its last device is gone', { ...base, status: outcome.reply.status });
+      } else {
+        deps.store.markAorLapsed(u.aor, u.updatedAt, Date.now());
+        deps.logger.warn(result === 'challenged'
+          ? 'upstream de-registration challenged (midreg holds no credentials): AoR kept as lapsed until its upstream expiry, requests for it get 480'
+          : 'upstream de-registration refused: AoR kept as lapsed until its upstream expiry, requests for it get 480', { ...base, status: outcome.reply.status });
+      }
+    } else {
+      result = outcome.kind === 'timeout' ? 'timeout' : outcome.kind === 'unreachable' ? 'unreachable' : 'refused';
+      if (outcome.kind === 'too-large') deps.store.markAorLapsed(u.aor, u.updatedAt, Date.now());
       deps.logger.warn('upstream de-registration not answered: tried again on the next run', { ...base, result });
     }
     deps.onResult?.(result);

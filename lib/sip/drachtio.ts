@@ -35,7 +35,7 @@ interface RawRequest extends RawMessage {
   protocol: string;
   registration?: { type: 'register' | 'unregister'; expires: number };
   on(event: 'response', listener: (res: RawResponse) => void): void;
-  proxy(opts: { destination: string[]; remainInDialog?: boolean; followRedirects?: boolean; simultaneous?: boolean },
+  proxy(opts: { destination: string[]; remainInDialog?: boolean; followRedirects?: boolean; forking?: 'simultaneous' | 'sequential' },
     callback: (err: Error | null, result?: RawProxyResult) => void): void;
 }
 interface RawProxyResult { connected?: boolean; finalStatus?: number }
@@ -138,7 +138,7 @@ export interface SipRequest {
    * `destination` is the next hop; the Request-URI is kept unless it names drachtio itself.
    * Resolves after drachtio has forwarded the final response.
    */
-  proxyTo(destination: string, opts: { recordRoute: boolean }): Promise<ProxyOutcome>;
+  proxyTo(destination: string | readonly string[], opts: { recordRoute: boolean }): Promise<ProxyOutcome>;
 }
 
 export interface SipReply {
@@ -253,7 +253,10 @@ function wrapRequest(req: RawRequest): SipRequest {
       return registration;
     },
     proxyTo: (destination, opts) => new Promise((resolve, reject) => {
-      req.proxy({ destination: [destination], remainInDialog: opts.recordRoute, followRedirects: false }, (err, result) => {
+      // Several destinations are forked in parallel (AoR mode: every device of the AoR); drachtio-server
+      // forwards the best final response (RFC 3261 §16.7 step 6) and CANCELs the others after a 2xx.
+      const destinations = typeof destination === 'string' ? [destination] : [...destination];
+      req.proxy({ destination: destinations, remainInDialog: opts.recordRoute, followRedirects: false, ...(destinations.length > 1 ? { forking: 'simultaneous' as const } : {}) }, (err, result) => {
         if (err) reject(err);
         else resolve({ finalStatus: result?.finalStatus });
       });

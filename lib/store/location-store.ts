@@ -7,6 +7,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
 import type { Binding } from '../registrar/registration.js';
+import type { AorUpstream } from '../registrar/aor-throttle.js';
 
 // dist/lib/store/ → the repository's sql/
 const SQL_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'sql');
@@ -32,6 +33,34 @@ interface BindingRow {
   registered_at: number;
   updated_at: number;
 }
+
+interface AorUpstreamRow {
+  aor: string;
+  contact: string;
+  key: string;
+  call_id: string;
+  cseq: number;
+  expires_at: number;
+  lapsed_at: number | null;
+  updated_at: number;
+}
+
+function fromUpstreamRow(r: AorUpstreamRow): AorUpstream {
+  return { aor: r.aor, contact: r.contact, key: r.key, callId: r.call_id, cseq: r.cseq, expiresAt: r.expires_at, lapsedAt: r.lapsed_at ?? null, updatedAt: r.updated_at };
+}
+
+function toUpstreamRow(u: AorUpstream): AorUpstreamRow {
+  return { aor: u.aor, contact: u.contact, key: u.key, call_id: u.callId, cseq: u.cseq, expires_at: u.expiresAt, lapsed_at: u.lapsedAt, updated_at: u.updatedAt };
+}
+
+/**
+ * Bindings as operators see them: in AoR mode a device's upstream expiry, lapse and upstream
+ * Contact are its AoR's (aor_upstream); in the other modes the binding's own columns.
+ */
+const VIEW_COLUMNS = `b.aor, b.contact, b.expires_at, b.q, b.instance, b.reg_id, b.path, b.call_id, b.cseq, b.user_agent,
+  b.source_address, b.source_port, b.transport, COALESCE(b.upstream_contact, u.contact) AS upstream_contact,
+  COALESCE(b.insertion_key, u.key) AS insertion_key, COALESCE(b.upstream_expires_at, u.expires_at) AS upstream_expires_at,
+  COALESCE(b.lapsed_at, u.lapsed_at) AS lapsed_at, b.registered_at, b.updated_at`;
 
 export class StoreError extends Error {}
 
@@ -193,6 +222,25 @@ function prepareStatements(db: Database.Database) {
     bindingsOf: db.prepare<[string], BindingRow>('SELECT * FROM binding WHERE aor = ? ORDER BY contact'),
     liveOf: db.prepare<[string, number], BindingRow>(
       'SELECT * FROM binding WHERE aor = ? AND expires_at > ? ORDER BY q DESC NULLS LAST, updated_at DESC'),
+    liveViewOf: db.prepare<[string, number], BindingRow>(
+      `SELECT ${VIEW_COLUMNS} FROM binding b LEFT JOIN aor_upstream u ON u.aor = b.aor WHERE b.aor = ? AND b.expires_at > ? ORDER BY b.q DESC NULLS LAST, b.updated_at DESC`),
+    aorUpstream: db.prepare<[string], AorUpstreamRow>('SELECT * FROM aor_upstream WHERE aor = ?'),
+    aorUpstreamByKey: db.prepare<[string], AorUpstreamRow>('SELECT * FROM aor_upstream WHERE key = ?'),
+    upsertAorUpstream: db.prepare<AorUpstreamRow>(`INSERT INTO aor_upstream (aor, contact, key, call_id, cseq, expires_at, lapsed_at, updated_at)
+      VALUES (@aor, @contact, @key, @call_id, @cseq, @expires_at, @lapsed_at, @updated_at)
+      ON CONFLICT (aor) DO UPDATE SET contact = excluded.contact, key = excluded.key, call_id = excluded.call_id, cseq = excluded.cseq,
+      expires_at = excluded.expires_at, lapsed_at = excluded.lapsed_at, updated_at = excluded.updated_at`),
+    deleteAorUpstream: db.prepare<[string]>('DELETE FROM aor_upstream WHERE aor = ?'),
+    deleteAorUpstreamIfUnchanged: db.prepare<[string, number]>('DELETE FROM aor_upstream WHERE aor = ? AND updated_at = ?'),
+    markAorLapsed: db.prepare<[number, string, number]>('UPDATE aor_upstream SET lapsed_at = ? WHERE aor = ? AND updated_at = ?'),
+    // An AoR whose last device is gone, still registered upstream, not yet tried.
+    pendingAorDeregistrations: db.prepare<[number, number, number], AorUpstreamRow>(
+      `SELECT * FROM aor_upstream u WHERE u.expires_at > ? AND u.lapsed_at IS NULL
+       AND NOT EXISTS (SELECT 1 FROM binding b WHERE b.aor = u.aor AND b.expires_at > ?) ORDER BY u.expires_at LIMIT ?`),
+    countPendingAorDeregistrations: db.prepare<[number, number], { n: number }>(
+      `SELECT count(*) AS n FROM aor_upstream u WHERE u.expires_at > ? AND u.lapsed_at IS NULL
+       AND NOT EXISTS (SELECT 1 FROM binding b WHERE b.aor = u.aor AND b.expires_at > ?)`),
+    purgeAorUpstream: db.prepare<[number]>('DELETE FROM aor_upstream WHERE expires_at <= ?'),
     // One statement for a new binding and a refresh. On a refresh the row is rewritten in place:
     // the contact index is left alone, only the expiry index moves. Against UPDATE-then-INSERT
     // it spares each new binding a search of the primary key that finds nothing.
@@ -239,9 +287,9 @@ function prepareStatements(db: Database.Database) {
     // `+expires_at` keeps the planner on the primary key, so a page is a short range read
     // and never a sort of every live binding.
     listLiveAfter: db.prepare<[string, string, number, number], BindingRow>(
-      'SELECT * FROM binding WHERE (aor, contact) > (?, ?) AND +expires_at > ? ORDER BY aor, contact LIMIT ?'),
+      `SELECT ${VIEW_COLUMNS} FROM binding b LEFT JOIN aor_upstream u ON u.aor = b.aor WHERE (b.aor, b.contact) > (?, ?) AND +b.expires_at > ? ORDER BY b.aor, b.contact LIMIT ?`),
     listLiveAfterBelow: db.prepare<[string, string, string, number, number], BindingRow>(
-      'SELECT * FROM binding WHERE (aor, contact) > (?, ?) AND aor < ? AND +expires_at > ? ORDER BY aor, contact LIMIT ?'),
+      `SELECT ${VIEW_COLUMNS} FROM binding b LEFT JOIN aor_upstream u ON u.aor = b.aor WHERE (b.aor, b.contact) > (?, ?) AND b.aor < ? AND +b.expires_at > ? ORDER BY b.aor, b.contact LIMIT ?`),
     probeBegin: db.prepare('BEGIN IMMEDIATE'),
     // No binding has an empty AoR; the row is rolled back anyway.
     probeWrite: db.prepare(`INSERT INTO binding (aor, contact, expires_at, registered_at, updated_at) VALUES ('', '', 0, 0, 0)
@@ -257,6 +305,7 @@ export class LocationStore {
   private stmt!: Statements;
   private replaceTx!: (aor: string, rows: BindingRow[], stored: readonly string[] | undefined) => void;
   private purgeTx!: (now: number, limit: number) => { removed: number; emptiedAors: number };
+  private saveAorTx!: (aor: string, rows: BindingRow[], stored: readonly string[] | undefined, upstream: AorUpstreamRow | null) => void;
 
   private checkpointer: { worker: Worker; state: Int32Array } | undefined;
   private checkpointError: string | undefined;
@@ -367,7 +416,14 @@ export class LocationStore {
       // be kept for it). Refreshes skip this, so it costs nothing per REGISTER.
       if (before.length === 0 && rows[0]) stmt.rememberAor.run(aor, rows[0].registered_at);
     });
+    this.saveAorTx = db.transaction((aor: string, rows: BindingRow[], stored: readonly string[] | undefined, upstream: AorUpstreamRow | null) => {
+      this.replaceTx(aor, rows, stored);
+      if (upstream) stmt.upsertAorUpstream.run(upstream);
+      else stmt.deleteAorUpstream.run(aor);
+    });
     this.purgeTx = db.transaction((now: number, limit: number) => {
+      // AoR mode: registrations that ended at the registrar by themselves (lapsed ones included).
+      stmt.purgeAorUpstream.run(now);
       const expired = stmt.expiredBatch.all(now, now, limit);
       for (const row of expired) stmt.deleteBinding.run(row.aor, row.contact);
       let emptiedAors = 0;
@@ -428,6 +484,52 @@ export class LocationStore {
   /** Bindings still live at `now`, highest q first. */
   liveBindings(aor: string, now: number): Binding[] {
     return this.stmt.liveOf.all(aor, now).map(fromRow);
+  }
+
+  /** liveBindings as operators see them: in AoR mode each device carries its AoR's upstream registration. */
+  liveBindingsView(aor: string, now: number): Binding[] {
+    return this.stmt.liveViewOf.all(aor, now).map(fromRow);
+  }
+
+  /** AoR mode: what midreg holds at the registrar for this AoR, if anything. */
+  aorUpstream(aor: string): AorUpstream | undefined {
+    const row = this.stmt.aorUpstream.get(aor);
+    return row ? fromUpstreamRow(row) : undefined;
+  }
+
+  /** AoR mode: the AoR whose upstream Contact carries this key (a request the registrar sent there). */
+  aorUpstreamByKey(key: string): AorUpstream | undefined {
+    const row = this.stmt.aorUpstreamByKey.get(key);
+    return row ? fromUpstreamRow(row) : undefined;
+  }
+
+  /**
+   * AoR mode: the AoR's devices become exactly `devices` and its upstream registration `upstream`
+   * (null: none), in one transaction. `stored` as for replaceAor.
+   */
+  saveAor(aor: string, devices: Binding[], stored: readonly Binding[] | undefined, upstream: AorUpstream | null): void {
+    const stray = devices.find((b) => b.aor !== aor) ?? stored?.find((b) => b.aor !== aor) ?? (upstream && upstream.aor !== aor ? upstream : undefined);
+    if (stray) throw new StoreError(`binding of ${stray.aor} given for ${aor}`);
+    this.saveAorTx(aor, devices.map(toRow), stored?.map((b) => b.contact), upstream ? toUpstreamRow(upstream) : null);
+  }
+
+  /** AoR mode: up to `limit` AoRs whose last device is gone while midreg's Contact is still registered upstream. */
+  pendingAorDeregistrations(now: number, limit: number): AorUpstream[] {
+    return this.stmt.pendingAorDeregistrations.all(now, now, limit).map(fromUpstreamRow);
+  }
+
+  countPendingAorDeregistrations(now: number): number {
+    return this.stmt.countPendingAorDeregistrations.get(now, now)?.n ?? 0;
+  }
+
+  /** AoR mode: midreg's removal was not accepted; kept (480) until it ends upstream, unless re-registered since `updatedAt`. */
+  markAorLapsed(aor: string, updatedAt: number, now: number): void {
+    this.stmt.markAorLapsed.run(now, aor, updatedAt);
+  }
+
+  /** AoR mode: forget the upstream registration unless it was renewed after `updatedAt`; true when removed. */
+  deleteAorUpstreamIfUnchanged(aor: string, updatedAt: number): boolean {
+    return this.stmt.deleteAorUpstreamIfUnchanged.run(aor, updatedAt).changes > 0;
   }
 
   /**

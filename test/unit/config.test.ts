@@ -16,12 +16,15 @@ describe('configuration', () => {
     assert.equal(config.addPath, true);
   });
 
-  it('throttling: mirror by default; contact with its defaults, with either insertion; aor is refused, not ignored', () => {
+  it('throttling: mirror by default; contact with its defaults, with either insertion; aor accepted, without Path by default', () => {
     assert.deepEqual([loadConfig(minimal).mode, loadConfig(minimal).outgoingExpiresSec, loadConfig(minimal).refreshMarginSec], ['mirror', 3600, 60]);
     const contact = loadConfig({ ...minimal, MIDREG_MODE: 'contact', MIDREG_OUTGOING_EXPIRES: '1800', MIDREG_REFRESH_MARGIN_SEC: '30' });
     assert.deepEqual([contact.mode, contact.outgoingExpiresSec, contact.refreshMarginSec, contact.insertion], ['contact', 1800, 30, 'path']);
     assert.equal(loadConfig({ ...minimal, MIDREG_MODE: 'contact', MIDREG_INSERTION: 'contact' }).insertion, 'contact');
-    assert.throws(() => loadConfig({ ...minimal, MIDREG_MODE: 'aor' }), (err: unknown) => err instanceof ConfigError && err.problems.some((p) => p.startsWith('MIDREG_MODE')));
+    const aor = loadConfig({ ...minimal, MIDREG_MODE: 'aor' });
+    assert.deepEqual([aor.mode, aor.addPath], ['aor', false]);
+    assert.equal(loadConfig({ ...minimal, MIDREG_MODE: 'aor', MIDREG_ADD_PATH: 'true' }).addPath, true);
+    assert.throws(() => loadConfig({ ...minimal, MIDREG_MODE: 'AoR' }), (err: unknown) => err instanceof ConfigError && err.problems.some((p) => p.startsWith('MIDREG_MODE')));
     assert.throws(() => loadConfig({ ...minimal, MIDREG_OUTGOING_EXPIRES: '10' }), (err: unknown) => err instanceof ConfigError && err.problems.some((p) => p.startsWith('MIDREG_OUTGOING_EXPIRES')));
   });
 

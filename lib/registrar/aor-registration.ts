@@ -1,0 +1,170 @@
+// AoR throttling (MIDREG_MODE=aor), the I/O side: answer a device's refresh locally, or relay the
+// REGISTER with midreg's AoR Contact and apply the registrar's answer to the devices and to the
+// upstream registration (lib/registrar/aor-throttle.ts decides; lib/store keeps).
+import type { LocationStore } from '../store/location-store.js';
+import type { Logger } from '../ops/logger.js';
+import type { SelfAddress } from './contact-insertion.js';
+import { aorContactUri, aorThrottleDecision, planAorUpdate, upstreamRegister } from './aor-throttle.js';
+import { isFinalRefusal, localAnswerContacts } from './throttle.js';
+import { contactKey, type RegisterAttempt, type ReplicaLimits } from './registration.js';
+import type { SipRequest, SipResponder } from '../sip/drachtio.js';
+import { askUpstream, replyHeaders, upstreamHeaders, type RequestSender, type UpstreamTarget } from '../sip/upstream.js';
+
+export type AorStore = Pick<LocationStore, 'bindingsOf' | 'absorbRefresh' | 'aorUpstream' | 'saveAor'>;
+
+export interface AorThrottleDeps {
+  sender: RequestSender;
+  store: AorStore;
+  upstream: UpstreamTarget;
+  logger: Logger;
+  limits: ReplicaLimits;
+  counters: { bindings: number; aors: number };
+  outgoingExpiresSec: number;
+  refreshMarginSec: number;
+  /** midreg's own address for the AoR Contact; undefined until drachtio-server announced it. */
+  self(): SelfAddress | undefined;
+  clock: () => number;
+  onRegisterAnswered?(status: number, upstreamMs: number | undefined): void;
+  onRegisterAbsorbed?(): void;
+  onReplicaWriteFailed?(err: unknown): void;
+  onReplicaWritten?(aor: string, bindings: number): void;
+}
+
+const sourceOf = (a: RegisterAttempt): string => `${a.source.transport}:${a.source.address}:${a.source.port}`;
+
+export async function handleAorRegister(
+  deps: AorThrottleDeps,
+  req: SipRequest,
+  res: SipResponder,
+  checked: { attempt: RegisterAttempt; maxForwards: number; upstreamUri: string; kind: string },
+): Promise<void> {
+  const { attempt } = checked;
+  const log = deps.logger;
+  const expiresHeader = req.header('Expires');
+  let now = deps.clock();
+  let relayReason: string;
+  try {
+    const devices = deps.store.bindingsOf(attempt.aor);
+    const upstream = deps.store.aorUpstream(attempt.aor);
+    const decision = aorThrottleDecision(attempt, expiresHeader, devices, upstream, now, deps.refreshMarginSec);
+    if (decision.kind === 'absorb') {
+      const expiresAt = now + decision.expires * 1000;
+      deps.store.absorbRefresh(attempt.aor, decision.binding.contact, expiresAt, attempt.cseq, now);
+      const after = devices.map((b) => (b === decision.binding ? { ...b, expiresAt, cseq: attempt.cseq, updatedAt: now } : b));
+      // RFC 3261 §10.3 step 8: the 200 "MUST contain Contact header field values enumerating all
+      // current bindings" and "SHOULD include a Date header field". The AoR's bindings as the
+      // phone knows them are its devices, never midreg's upstream Contact.
+      const contact = localAnswerContacts(after, now);
+      res.send(200, { reason: 'OK', headers: { ...(contact ? { contact } : {}), date: new Date(now).toUTCString() } });
+      deps.onRegisterAbsorbed?.();
+      log.info('REGISTER answered locally', {
+        event: 'register', decision: 'absorbed', mode: 'aor', status: 200, aor: attempt.aor, callId: attempt.callId, cseq: attempt.cseq,
+        contact: decision.binding.contact, expires: decision.expires,
+        upstreamExpiresIn: Math.round(((upstream?.expiresAt ?? now) - now) / 1000), source: sourceOf(attempt),
+      });
+      return;
+    }
+    relayReason = decision.reason;
+  } catch (err) {
+    // A replica that cannot be read answers nothing itself: the registrar decides.
+    relayReason = 'replica-unreadable';
+    deps.onReplicaWriteFailed?.(err);
+  }
+
+  const self = deps.self();
+  if (!self) {
+    res.send(503, { reason: 'Not Ready', headers: { 'Retry-After': '5' } });
+    log.info('REGISTER refused', { event: 'register', decision: 'refused', status: 503, why: 'AoR mode: drachtio-server has not announced its SIP address yet', source: sourceOf(attempt) });
+    deps.onRegisterAnswered?.(503, undefined);
+    return;
+  }
+  const aorContact = aorContactUri(attempt.aor, self);
+  let devicesBefore: ReturnType<AorStore['bindingsOf']> = [];
+  try { devicesBefore = deps.store.bindingsOf(attempt.aor); } catch { /* relayed as if the AoR had no device */ }
+  const out = upstreamRegister(attempt, expiresHeader, devicesBefore, aorContact, deps.outgoingExpiresSec, now);
+  // No Path: midreg's AoR Contact already brings the registrar's requests back to midreg.
+  const headers = upstreamHeaders(req.headers(), { maxForwards: checked.maxForwards });
+  delete headers['m'];
+  delete headers['contact'];
+  delete headers['expires'];
+  if (out.contact !== undefined) headers['contact'] = out.contact;
+  if (out.expires !== undefined) headers['expires'] = out.expires;
+
+  const outcome = await askUpstream(deps.sender, { method: 'REGISTER', uri: checked.upstreamUri, headers, body: req.body, nextHop: deps.upstream.uri }, deps.upstream.timeoutMs, deps.clock);
+  const base = {
+    event: 'register', mode: 'aor', aor: attempt.aor, callId: attempt.callId, cseq: attempt.cseq, kind: checked.kind,
+    source: sourceOf(attempt), relayReason, upstreamContact: aorContact, upstreamExpires: out.expires,
+  };
+  if (outcome.kind !== 'reply') {
+    const status = outcome.kind === 'timeout' ? 408 : outcome.kind === 'too-large' ? 513 : 503;
+    log.warn('REGISTER not answered upstream', { ...base, decision: outcome.kind, status, upstreamMs: outcome.elapsedMs });
+    if (!res.finalSent) res.send(status, outcome.kind === 'unreachable' ? { reason: 'Upstream Unreachable', headers: { 'Retry-After': '30' } } : {});
+    deps.onRegisterAnswered?.(status, outcome.elapsedMs);
+    return;
+  }
+  const { reply } = outcome;
+  const is2xx = reply.status >= 200 && reply.status < 300;
+  let detail: Record<string, unknown>;
+  let facing: string | undefined;
+  now = deps.clock();
+  try {
+    // Read again: another REGISTER of the AoR may have been answered while this one was upstream.
+    const devices = deps.store.bindingsOf(attempt.aor);
+    const before = deps.store.aorUpstream(attempt.aor);
+    const plan = planAorUpdate(attempt, expiresHeader, devices, before, { status: reply.status, contacts: is2xx ? reply.contacts() : [], expiresHeader: reply.header('Expires') }, aorContact, now);
+    if (plan.kind === 'save') {
+      let kept = plan.devices;
+      if (kept.length > deps.limits.maxBindingsPerAor) {
+        // The device that just registered first, then the longest-lived.
+        kept = [...kept].sort((a, b) => Number(b.callId === attempt.callId) - Number(a.callId === attempt.callId) || b.expiresAt - a.expiresAt).slice(0, deps.limits.maxBindingsPerAor);
+        log.warn('replica limit hit', { ...base, status: reply.status, why: `more than ${deps.limits.maxBindingsPerAor} bindings (MIDREG_MAX_BINDINGS_PER_AOR)` });
+      }
+      const hadDevices = devices.length > 0;
+      if (!hadDevices && kept.length > 0 && deps.counters.aors >= deps.limits.maxAors) {
+        log.warn('replica limit hit', { ...base, status: reply.status, why: `replica full: ${deps.limits.maxAors} AoRs (MIDREG_MAX_AORS)` });
+        kept = [];
+      }
+      deps.store.saveAor(attempt.aor, kept, devices, plan.upstream);
+      deps.counters.bindings += kept.length - devices.length;
+      deps.counters.aors += (kept.length > 0 ? 1 : 0) - (hadDevices ? 1 : 0);
+      deps.onReplicaWritten?.(attempt.aor, kept.length);
+      facing = localAnswerContacts(kept, now);
+      detail = {
+        decision: 'saved', devices: kept.map((b) => ({ contact: b.contact, expires: Math.round((b.expiresAt - now) / 1000) })),
+        added: plan.added.length, removed: plan.removed.length, upstreamGranted: plan.grantedSec ?? 0,
+      };
+    } else if (isFinalRefusal(reply.status) && Array.isArray(attempt.contacts)) {
+      // The registrar is obeyed: a refused refresh removes that device's own binding (same Call-ID and Contact).
+      const asked = new Set(attempt.contacts.map((c) => contactKey(c.uri)));
+      const kept = devices.filter((b) => !(b.callId === attempt.callId && asked.has(contactKey(b.contact))));
+      if (kept.length < devices.length) {
+        deps.store.saveAor(attempt.aor, kept, devices, before ?? null);
+        deps.counters.bindings -= devices.length - kept.length;
+        if (kept.length === 0) deps.counters.aors -= 1;
+        deps.onReplicaWritten?.(attempt.aor, kept.length);
+      }
+      detail = { decision: plan.reason, refusedRemoved: devices.length - kept.length };
+    } else {
+      detail = { decision: plan.reason };
+    }
+  } catch (err) {
+    detail = { decision: 'replica-error', error: err instanceof Error ? err.message : String(err) };
+    deps.onReplicaWriteFailed?.(err);
+  }
+
+  const answerHeaders = replyHeaders(reply);
+  if (is2xx) {
+    // RFC 3261 §10.3 step 8 as the device sees the AoR: its devices with their own remaining
+    // time (never longer than the registrar granted), never midreg's upstream Contact.
+    delete answerHeaders['m'];
+    delete answerHeaders['contact'];
+    delete answerHeaders['expires'];
+    if (facing) answerHeaders['contact'] = facing;
+    if (!Object.keys(answerHeaders).some((h) => h.toLowerCase() === 'date')) answerHeaders['date'] = new Date(now).toUTCString();
+  }
+  res.send(reply.status, { reason: reply.reason, headers: answerHeaders, body: reply.body });
+  deps.onRegisterAnswered?.(reply.status, outcome.elapsedMs);
+  const line = { ...base, status: reply.status, upstreamMs: outcome.elapsedMs, ...detail };
+  if (detail['decision'] === 'replica-error') log.error('REGISTER relayed but replica not written', line);
+  else log.info('REGISTER relayed', line);
+}

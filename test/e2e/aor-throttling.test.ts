@@ -1,0 +1,230 @@
+// End to end: AoR throttling (MIDREG_MODE=aor) with raw phones → real drachtio-server → midreg →
+// real Kamailio with digest auth. Kamailio's max_expires is 20 s (UPSTREAM_SEC), so the upstream
+// registration ends and is renewed within the test. What Kamailio received is read from its own
+// statistics (kamcmd) and its request log (Call-ID and CSeq of each REGISTER).
+import { strict as assert } from 'node:assert';
+import { after, before, describe, it } from 'node:test';
+import { LocationStore } from '../../lib/store/location-store.js';
+import type { Binding } from '../../lib/registrar/registration.js';
+import { e2eSkipReason, freePort, logLines } from '../support/processes.js';
+import { sipMessage } from '../hostile/corpus.js';
+import { headerOf, sendAndCollect, SipPeer, type Answerer } from '../support/raw-sip.js';
+import { RawDevice } from '../support/raw-device.js';
+import { DOMAIN_MODES, startStack, type Stack } from '../support/stack.js';
+
+const skip = e2eSkipReason();
+if (skip) console.log(`# e2e AoR throttling suite SKIPPED: ${skip}`);
+
+const UPSTREAM_SEC = 20;
+const PURGE_SEC = 1;
+
+function replica(stack: Stack, user: string): Binding[] {
+  const store = new LocationStore(stack.dbFile, { readonly: true });
+  try { return store.liveBindings(stack.domain.aor(user), Date.now()); } finally { store.close(); }
+}
+
+/** REGISTERs Kamailio has received in all (its own core statistic). */
+async function kamailioRegisters(stack: Stack): Promise<number> {
+  const text = await stack.kamailio?.rpc('stats.get_statistics', 'rcv_requests_register') ?? '';
+  const match = /rcv_requests_register\s*=\s*(\d+)/.exec(text);
+  assert.ok(match, `kamcmd statistics: ${text}`);
+  return Number(match[1]);
+}
+
+/** CSeqs of the REGISTERs with this Call-ID that Kamailio received (its log prefix carries both). */
+function upstreamCseqs(stack: Stack, callId: string): number[] {
+  const escaped = callId.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  const re = new RegExp(`\\{\\d+ (\\d+) REGISTER ${escaped}\\}.*REGISTER sip:\\S+ from \\d+\\.\\d+\\.\\d+\\.\\d+:\\d+ \\(`, 'g');
+  return [...(stack.kamailio?.log() ?? '').matchAll(re)].map((m) => Number(m[1]));
+}
+
+async function until<T>(what: string, deadlineMs: number, probe: () => Promise<T | undefined> | T | undefined): Promise<T> {
+  const deadline = Date.now() + deadlineMs;
+  for (;;) {
+    const value = await probe();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) assert.fail(`${what}: not within ${deadlineMs} ms`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+async function metric(port: number, series: string): Promise<number> {
+  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith(`${series} `));
+  return line === undefined ? Number.NaN : Number(line.slice(series.length + 1));
+}
+
+/** Every Contact of a response, however the header was split over lines. */
+const contactsOf = (msg: { headers: Array<[string, string]> } | undefined): string => (msg?.headers ?? []).filter(([n]) => n === 'contact').map(([, v]) => v).join(', ');
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+for (const mode of DOMAIN_MODES) describe(`AoR throttling, end to end (domain: ${mode})`, { skip: skip ?? false, timeout: 240_000 }, () => {
+  let stack: Stack;
+  let adminPort: number;
+  const devices: RawDevice[] = [];
+  const device = async (user: string, answer?: Answerer): Promise<RawDevice> => {
+    const d = await RawDevice.open(stack, user, answer);
+    devices.push(d);
+    return d;
+  };
+  before(async () => {
+    adminPort = await freePort();
+    stack = await startStack({
+      domain: mode,
+      kamailioDefines: [`MAX_EXPIRES=${UPSTREAM_SEC}`],
+      env: { MIDREG_MODE: 'aor', MIDREG_REFRESH_MARGIN_SEC: '2', MIDREG_PURGE_INTERVAL_SEC: String(PURGE_SEC), MIDREG_ADMIN_PORT: String(adminPort) },
+    });
+  });
+  after(async () => {
+    for (const d of devices) await d.close();
+    await stack?.stop();
+  });
+
+  /** What Kamailio holds for the user: only midreg's AoR Contact, or nothing. */
+  const upstreamOf = async (user: string) => (await stack.kamailio?.lookup(stack.domain.aor(user))) ?? [];
+  const midregHost = (): string => stack.sipTarget;
+
+  it('first REGISTER relayed with its 401; the registrar holds midreg\'s AoR Contact; refreshes answered by midreg (Kamailio\'s statistics unchanged); the upstream registration renewed before it lapses', async () => {
+    const alice = await device('alice');
+    const first = await alice.register(5);
+    assert.deepEqual(first.finals, [401, 200]);
+    assert.deepEqual(upstreamCseqs(stack, alice.callId), [1, 2], 'the registrar challenged the first REGISTER and accepted the second');
+    const held = await upstreamOf('alice');
+    assert.equal(held.length, 1);
+    assert.match(held[0]?.contact ?? '', new RegExp(`^sip:alice@${midregHost().replace(/\./g, '\\.')};ctid=[A-Za-z0-9_-]+$`), 'the registrar holds midreg\'s Contact, not the phone\'s');
+    // The phone sees its own binding with its own 5 s, and a Date (RFC 3261 §10.3 step 8).
+    const ok = first.last;
+    assert.equal(contactsOf(ok), `<${alice.contact}>;expires=5`);
+    assert.ok(headerOf(ok ?? { headers: [] }, 'Date'));
+
+    // 8 refreshes 2 s apart asking 5 s. Upstream got 20 s: absorbed while more than 5 + 2 s remain.
+    const before = await kamailioRegisters(stack);
+    let relayed = 0;
+    for (let i = 0; i < 8; i++) {
+      await sleep(2000);
+      const seenBefore = upstreamCseqs(stack, alice.callId).length;
+      const r = await alice.register(5);
+      assert.deepEqual(r.finals, [200], `refresh ${i + 1}`);
+      assert.match(contactsOf(r.last), new RegExp(`^<${alice.contact}>;expires=5$`), 'the phone never sees midreg\'s Contact nor the upstream expiry');
+      if (upstreamCseqs(stack, alice.callId).length > seenBefore) relayed += 1;
+    }
+    const absorbed = logLines(stack.midreg, { message: 'REGISTER answered locally', callId: alice.callId });
+    assert.equal(absorbed.length, 8 - relayed);
+    assert.ok(relayed >= 1 && relayed <= 2, `the upstream registration renewed (${relayed} relayed)`);
+    assert.equal(logLines(stack.midreg, { message: 'REGISTER relayed', callId: alice.callId, relayReason: 'upstream-ending', status: 200 }).length, relayed);
+    assert.equal(await kamailioRegisters(stack) - before, relayed, 'Kamailio received only the renewals');
+    assert.equal((await upstreamOf('alice')).length, 1, 'still registered upstream');
+    assert.ok(await metric(adminPort, 'midreg_register_absorbed_total') >= 8 - relayed);
+    assert.equal(await metric(adminPort, 'midreg_mode{mode="aor"}'), 1);
+    // Per binding: the phone's expiry and the AoR's upstream one, as operators see them.
+    const view = await (await fetch(`http://127.0.0.1:${adminPort}/registrations/${encodeURIComponent(stack.domain.aor('alice'))}`)).json() as { bindings: Array<{ contact: string; expires_in: number; upstream_expires_in: number | null; upstream_contact: string | null }> };
+    assert.equal(view.bindings.length, 1);
+    assert.equal(view.bindings[0]?.contact, alice.contact);
+    assert.ok((view.bindings[0]?.upstream_expires_in ?? 0) > (view.bindings[0]?.expires_in ?? 99), JSON.stringify(view.bindings[0]));
+    assert.match(view.bindings[0]?.upstream_contact ?? '', /;ctid=/);
+  });
+
+  it('the same Call-ID from another port and a second device are relayed and challenged; the registrar keeps one Contact; after a restart refreshes are still absorbed', async () => {
+    const bob1 = await device('bob');
+    assert.deepEqual((await bob1.register(60)).finals, [401, 200]);
+    // A forged refresh: bob1's Call-ID, Contact and next CSeq, from another port, no credentials.
+    const forger = await SipPeer.open();
+    devices.push({ close: () => forger.close() } as RawDevice);
+    const domain = stack.domain.uriHost;
+    const forged = await sendAndCollect(forger, stack.drachtio.sipPort, sipMessage(`REGISTER sip:${domain} SIP/2.0`, [
+      `Via: SIP/2.0/UDP 127.0.0.1:${forger.port};branch=z9hG4bK-forged-${mode}`, 'Max-Forwards: 70',
+      `From: <sip:bob@${domain}>;tag=forged`, `To: <sip:bob@${domain}>`, `Call-ID: ${bob1.callId}`, `CSeq: ${bob1.cseq + 1} REGISTER`,
+      `Contact: <${bob1.contact}>`, 'Expires: 60',
+    ]), { transport: 'udp', waitMs: 5000, graceMs: 0 });
+    assert.deepEqual(forged.statuses.filter((s) => s >= 200), [401], 'the registrar challenged the REGISTER from another port');
+    assert.equal(logLines(stack.midreg, { message: 'REGISTER relayed', callId: bob1.callId, relayReason: 'other-source', status: 401 }).length, 1);
+
+    const bob2 = await device('bob');
+    const second = await bob2.register(60);
+    assert.deepEqual(second.finals, [401, 200], 'a second device is challenged by the registrar (no bypass, unlike OpenSIPS issue 3193)');
+    assert.equal(logLines(stack.midreg, { message: 'REGISTER relayed', callId: bob2.callId, relayReason: 'new-contact', status: 401 }).length, 1);
+    assert.equal((await upstreamOf('bob')).length, 1, 'the registrar holds one Contact for the AoR');
+    assert.deepEqual(replica(stack, 'bob').map((b) => b.contact).sort(), [bob1.contact, bob2.contact].sort());
+    const listed = contactsOf(second.last);
+    assert.ok(listed.includes(bob1.contact) && listed.includes(bob2.contact) && !listed.includes('ctid='), `the 200 lists both devices: ${listed}`);
+
+    // Refreshes ask 10 s: the registrar granted 20 (its max_expires), so 10 + 2 s of margin fit.
+    const seen = upstreamCseqs(stack, bob1.callId).length;
+    assert.deepEqual((await bob1.register(10)).finals, [200]);
+    assert.equal(upstreamCseqs(stack, bob1.callId).length, seen, 'bob1\'s own refresh is absorbed');
+
+    const midreg = await stack.restartMidreg();
+    const beforeRestart = await kamailioRegisters(stack);
+    assert.deepEqual((await bob1.register(10)).finals, [200]);
+    assert.deepEqual((await bob2.register(10)).finals, [200]);
+    assert.equal(await kamailioRegisters(stack), beforeRestart, 'absorbed after a restart too: no refresh storm');
+    assert.equal(logLines(midreg, { message: 'REGISTER answered locally' }).length, 2);
+  });
+
+  it('an AoR whose last device stops refreshing is removed upstream; a challenged removal leaves it lapsed (480); MESSAGE and INVITE reach every live device', async () => {
+    const open = await device('openstop');
+    assert.deepEqual((await open.register(5)).finals, [200]);
+    const started = Date.now();
+    const lapsy = await device('lapsy');
+    assert.deepEqual((await lapsy.register(5)).finals, [401, 200]);
+    const answer: Answerer = (req) => (req.method === 'MESSAGE' ? { status: 200, reason: 'OK' } : req.method === 'INVITE' ? { status: 486, reason: 'Busy Here' } : undefined);
+    const carol1 = await device('carol', answer);
+    const carol2 = await device('carol', answer);
+    assert.deepEqual((await carol1.register(60)).finals, [401, 200]);
+    assert.deepEqual((await carol2.register(60)).finals, [401, 200]);
+    assert.equal((await upstreamOf('openstop')).length, 1);
+
+    await until('openstop removed upstream', (5 + PURGE_SEC + 4) * 1000, async () => ((await upstreamOf('openstop')).length === 0 ? true : undefined));
+    assert.ok(Date.now() - started <= (5 + PURGE_SEC + 3) * 1000, `removed after ${Date.now() - started} ms`);
+    assert.equal(logLines(stack.midreg, { message: 'AoR de-registered upstream: its last device is gone', aor: stack.domain.aor('openstop') }).length, 1);
+
+    await until('lapsy\'s removal challenged', 10_000, () => logLines(stack.midreg, { aor: stack.domain.aor('lapsy'), event: 'deregister', status: 401 })[0]);
+    assert.equal((await upstreamOf('lapsy')).length, 1, 'the registrar keeps it (midreg has no credentials)');
+    assert.ok(await metric(adminPort, 'midreg_upstream_deregistrations_total{result="ok"}') >= 1);
+    assert.ok(await metric(adminPort, 'midreg_upstream_deregistrations_total{result="challenged"}') >= 1);
+
+    const platform = stack.kamailio?.port ?? 0;
+    const caller = await SipPeer.open();
+    try {
+      const request = (method: 'INVITE' | 'MESSAGE', to: string) => {
+        const id = `${method.toLowerCase()}-${to}-${mode}-${Date.now()}`;
+        return sendAndCollect(caller, platform, sipMessage(`${method} sip:${to}@${stack.domain.uriHost} SIP/2.0`, [
+          `Via: SIP/2.0/UDP 127.0.0.1:${caller.port};branch=z9hG4bK-${id}`, 'Max-Forwards: 70', `From: <sip:openx@${stack.domain.uriHost}>;tag=${id}`,
+          `To: <sip:${to}@${stack.domain.uriHost}>`, `Call-ID: ${id}`, `CSeq: 1 ${method}`,
+          ...(method === 'INVITE' ? [`Contact: <sip:openx@127.0.0.1:${caller.port}>`] : ['Content-Type: text/plain']),
+        ], method === 'MESSAGE' ? 'hello both' : ''), { transport: 'udp', waitMs: 6000 });
+      };
+      // The lapsed AoR: known upstream, no device: 480 (RFC 3261 §21.4.18), not a forward to a dead phone.
+      assert.deepEqual((await request('INVITE', 'lapsy')).statuses.filter((s) => s >= 200).slice(0, 1), [480]);
+      assert.deepEqual((await request('MESSAGE', 'lapsy')).statuses.filter((s) => s >= 200).slice(0, 1), [480]);
+      // Both of carol's devices get the MESSAGE and the INVITE (forked by midreg).
+      assert.deepEqual((await request('MESSAGE', 'carol')).statuses.filter((s) => s >= 200).slice(0, 1), [200]);
+      assert.ok(await carol1.peer.waitFor(() => carol1.received('MESSAGE').length === 1 && carol2.received('MESSAGE').length === 1, 3000), 'MESSAGE reached both devices');
+      assert.deepEqual((await request('INVITE', 'carol')).statuses.filter((s) => s >= 200).slice(0, 1), [486]);
+      assert.ok(await carol1.peer.waitFor(() => carol1.received('INVITE').length >= 1 && carol2.received('INVITE').length >= 1, 3000), 'INVITE reached both devices');
+    } finally {
+      await caller.close();
+    }
+  });
+
+  it('a device\'s de-registration keeps the AoR upstream while another remains; the last one\'s, and Contact: *, clear both sides', async () => {
+    const dana1 = await device('dana');
+    const dana2 = await device('dana');
+    assert.deepEqual((await dana1.register(60)).finals, [401, 200]);
+    assert.deepEqual((await dana2.register(60)).finals, [401, 200]);
+    const gone = await dana2.register(0);
+    assert.equal(gone.finals.at(-1), 200);
+    assert.deepEqual(replica(stack, 'dana').map((b) => b.contact), [dana1.contact]);
+    assert.equal((await upstreamOf('dana')).length, 1, 'midreg\'s Contact stays: dana1 is still there');
+    assert.deepEqual((await dana1.register(0, { star: true })).finals.at(-1), 200);
+    assert.deepEqual(replica(stack, 'dana'), []);
+    assert.deepEqual(await upstreamOf('dana'), []);
+
+    const erin = await device('erin');
+    assert.deepEqual((await erin.register(60)).finals, [401, 200]);
+    assert.equal((await erin.register(0)).finals.at(-1), 200);
+    assert.deepEqual(replica(stack, 'erin'), []);
+    assert.deepEqual(await upstreamOf('erin'), [], 'the last device\'s de-registration removed midreg\'s Contact');
+  });
+});
