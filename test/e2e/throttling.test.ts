@@ -8,7 +8,8 @@ import { LocationStore } from '../../lib/store/location-store.js';
 import type { Binding } from '../../lib/registrar/registration.js';
 import { e2eSkipReason, freePort, logLines } from '../support/processes.js';
 import { sipMessage } from '../hostile/corpus.js';
-import { sendAndCollect, SipPeer } from '../support/raw-sip.js';
+import { sendAndCollect, SipPeer, type Answerer } from '../support/raw-sip.js';
+import { RawDevice } from '../support/raw-device.js';
 import { receivedResponses, runSipp, startSippUas, type SippResult } from '../support/sipp.js';
 import { DOMAIN_MODES, startStack, type Stack } from '../support/stack.js';
 
@@ -189,5 +190,58 @@ for (const mode of DOMAIN_MODES) describe(`contact throttling, end to end (domai
     assertPassed(await sipp(stack, 'deregister-star', { user: 'dana' }));
     assert.deepEqual(replica(stack, 'dana'), []);
     assert.deepEqual(await stack.kamailio?.lookup(stack.domain.aor('dana')), []);
+  });
+});
+
+// Contact throttling together with contact insertion (MIDREG_INSERTION=contact): the registrar
+// holds midreg's `;ctid=` Contact per phone, refreshes are still absorbed, midreg's own
+// de-registration names the Contact the registrar holds, and requests come back by key.
+for (const mode of DOMAIN_MODES) describe(`contact throttling with contact insertion, end to end (domain: ${mode})`, { skip: skip ?? false, timeout: 120_000 }, () => {
+  let stack: Stack;
+  const devices: RawDevice[] = [];
+  before(async () => {
+    stack = await startStack({
+      domain: mode,
+      kamailioDefines: [`MAX_EXPIRES=${UPSTREAM_SEC}`],
+      env: { MIDREG_MODE: 'contact', MIDREG_INSERTION: 'contact', MIDREG_REFRESH_MARGIN_SEC: '2', MIDREG_PURGE_INTERVAL_SEC: String(PURGE_SEC) },
+    });
+  });
+  after(async () => {
+    for (const d of devices) await d.close();
+    await stack?.stop();
+  });
+
+  it('the registrar holds midreg\'s Contact; refreshes are absorbed; MESSAGE comes back by key; a phone that stops refreshing is removed upstream by that Contact, a challenged one answered 480', async () => {
+    const answer: Answerer = (req) => (req.method === 'MESSAGE' ? { status: 200, reason: 'OK' } : undefined);
+    const fran = await RawDevice.open(stack, 'fran', answer);
+    const openq = await RawDevice.open(stack, 'openquit');
+    devices.push(fran, openq);
+    assert.deepEqual((await fran.register(10)).finals, [401, 200]);
+    assert.deepEqual((await openq.register(5)).finals, [200]);
+    const [held] = (await stack.kamailio?.lookup(stack.domain.aor('fran'))) ?? [];
+    assert.match(held?.contact ?? '', /;ctid=/, 'the registrar holds midreg\'s Contact');
+    const [b] = replica(stack, 'fran');
+    assert.equal(b?.contact, fran.contact);
+    assert.ok(b?.insertion && b.upstreamExpiresAt !== null);
+
+    const seen = upstreamCseqs(stack, fran.callId).length;
+    const refresh = await fran.register(10);
+    assert.deepEqual(refresh.finals, [200]);
+    assert.equal(upstreamCseqs(stack, fran.callId).length, seen, 'the refresh never reached the registrar');
+    assert.equal(logLines(stack.midreg, { message: 'REGISTER answered locally', callId: fran.callId }).length, 1);
+    assert.ok(!(refresh.last?.headers ?? []).some(([n, v]) => n === 'contact' && v.includes('ctid=')), 'the phone never sees midreg\'s Contact');
+
+    // The platform routes by the Contact it holds (midreg's, with the key): the phone gets it.
+    const platform = `127.0.0.1:${stack.kamailio?.port ?? 0}`;
+    assertPassed(await sipp(stack, 'uac-message', { to: 'fran', from: 'openx', expect: '200', body: 'by key' }, undefined, { target: platform }));
+    assert.ok(await fran.peer.waitFor(() => fran.received('MESSAGE').length === 1, 3000));
+
+    // openquit stops: removed upstream, by the Contact the registrar holds (midreg's).
+    await until('openquit removed upstream', (5 + PURGE_SEC + 4) * 1000, async () => ((await stack.kamailio?.lookup(stack.domain.aor('openquit')))?.length === 0 ? true : undefined));
+    const [dereg] = logLines(stack.midreg, { message: 'binding de-registered upstream: its phone stopped refreshing', aor: stack.domain.aor('openquit') });
+    assert.ok(dereg);
+    // fran stops too: its removal is challenged; the registrar still routes to midreg's Contact, answered 480.
+    await until('fran\'s de-registration challenged', 20_000, () => logLines(stack.midreg, { aor: stack.domain.aor('fran'), event: 'deregister', status: 401 })[0]);
+    assertPassed(await sipp(stack, 'uac-message', { to: 'fran', from: 'openx', expect: '480', body: 'gone' }, undefined, { target: platform }));
   });
 });
