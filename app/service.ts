@@ -48,6 +48,10 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
       if (error === undefined) logger.info('database checkpoints work again', { db: config.dbFile });
       else logger.warn('database checkpoint failed; the WAL file grows until it works', { db: config.dbFile, error });
     },
+    onAbsorbWriteError: (err) => {
+      logger.error('locally answered refreshes not written to the replica; retried in a second', { db: config.dbFile, error: err instanceof Error ? err.message : String(err) });
+      metrics?.replicaWriteFailed();
+    },
   });
   for (const name of store.migrationsApplied) logger.info('database migration applied', { migration: name, db: config.dbFile });
   if (store.readOnlyReason !== undefined) {
@@ -62,7 +66,9 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
   const reachabilityOf = qualifyOn ? (b: Binding) => reachability.of(b) : undefined;
   const pendingDeregistrations = config.mode === 'contact' ? () => store.countPendingDeregistrations(Date.now())
     : config.mode === 'aor' ? () => store.countPendingAorDeregistrations(Date.now()) : undefined;
-  const metrics = new Metrics({
+  // eslint-disable-next-line prefer-const -- assigned below; the store's error callback needs it late-bound
+  let metrics: Metrics | undefined;
+  metrics = new Metrics({
     registrations: () => ({ bindings: counters.bindings, aors: counters.aors }),
     reachability: () => reachability.counts(),
     ...(offlineStore ? { offline: () => ({ ...offlineStore.totals() }) } : {}),

@@ -19,6 +19,7 @@
 // Saves bench/results/<timestamp>.json and .md.
 //
 //   node dist/bench/throttle.js [--phones 1000] [--rates 2000,2500,3000,3500,4000,5000,6000] [--no-sweep] [--keep]
+//     [--systems midreg-mirror,midreg-contact,midreg-aor,opensips-1,opensips-2] [--profile]
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -30,6 +31,7 @@ import {
   BENCH_DIR, delay, environmentLine, freePort, KAMAILIO_CFG, OPENSIPS_START, REPO_ROOT, runEnvironment, runLog, runStamp, startDrachtio, startKamailio, startMidreg, startOpensips, type KamailioService, type Service,
 } from './procs.js';
 import { runProbe } from './probe.js';
+import { formatProfile, summarizeProfile, type ProfileSummary } from './profile.js';
 import { fmt1, fmtInt, markdownTable, textTable, type Table } from './report.js';
 
 const RESULTS_DIR = join(BENCH_DIR, 'results');
@@ -52,9 +54,11 @@ const HELP = `usage: node dist/bench/throttle.js [options]   (npm run bench:thro
   --rates <list> REGISTER/s tried in the sweep, ascending; a mode stops at its first failed rate (default 2000,2500,3000,3500,4000,5000,6000)
   --no-sweep     population step only
   --keep         keep the work dir (logs, sipp statistics)
+  --systems <l>  systems to run (default: midreg-mirror,midreg-contact,midreg-aor,opensips-1,opensips-2)
+  --profile      run midreg under node --cpu-prof and summarize each system's profile
   --help`;
 
-interface Options { phones: number; rates: number[]; sweep: boolean; keep: boolean }
+interface Options { phones: number; rates: number[]; sweep: boolean; keep: boolean; systems: SystemName[]; profile: boolean }
 
 function parseOptions(argv: string[]): Options {
   const { values } = parseArgs({
@@ -64,6 +68,8 @@ function parseOptions(argv: string[]): Options {
       rates: { type: 'string', default: '2000,2500,3000,3500,4000,5000,6000' },
       'no-sweep': { type: 'boolean', default: false },
       keep: { type: 'boolean', default: false },
+      systems: { type: 'string', default: ALL_SYSTEMS.join(',') },
+      profile: { type: 'boolean', default: false },
       help: { type: 'boolean', default: false },
     },
     strict: true,
@@ -73,15 +79,20 @@ function parseOptions(argv: string[]): Options {
   if (!Number.isInteger(phones) || phones <= 0) throw new Error(`--phones: "${values.phones}" is not a positive integer`);
   const rates = values.rates.split(',').map(Number);
   if (rates.some((r) => !Number.isInteger(r) || r <= 0)) throw new Error(`--rates: "${values.rates}" is not a list of positive integers`);
-  return { phones, rates: rates.sort((a, b) => a - b), sweep: !values['no-sweep'], keep: values.keep };
+  const systems = values.systems.split(',').map((x) => x.trim());
+  const unknown = systems.filter((x) => !(ALL_SYSTEMS as readonly string[]).includes(x));
+  if (unknown.length > 0) throw new Error(`--systems: unknown ${unknown.join(', ')}`);
+  return { phones, rates: rates.sort((a, b) => a - b), sweep: !values['no-sweep'], keep: values.keep, systems: systems as SystemName[], profile: values.profile };
 }
 
 // ---- the systems -------------------------------------------------------------------------------
 
-type SystemName = 'midreg-mirror' | 'midreg-contact' | 'opensips-1' | 'opensips-2';
+const ALL_SYSTEMS = ['midreg-mirror', 'midreg-contact', 'midreg-aor', 'opensips-1', 'opensips-2'] as const;
+type SystemName = (typeof ALL_SYSTEMS)[number];
 const LABELS: Record<SystemName, string> = {
   'midreg-mirror': 'midreg mirror',
   'midreg-contact': 'midreg contact',
+  'midreg-aor': 'midreg aor',
   'opensips-1': 'OpenSIPS mode 1 (contact throttling)',
   'opensips-2': 'OpenSIPS mode 2 (AoR throttling)',
 };
@@ -93,6 +104,8 @@ interface Sys {
   /** The mid-registrar's own CPU: node (+ drachtio) for midreg, the process group for OpenSIPS. */
   probes: CpuProbe[];
   logs: string[];
+  /** midreg under --profile: the .cpuprofile written when it stops. */
+  profileFile?: string;
   stop(): Promise<void>;
 }
 
@@ -106,7 +119,7 @@ async function ready(target: string, what: string): Promise<void> {
   }
 }
 
-async function startSys(name: SystemName, workDir: string): Promise<Sys> {
+async function startSys(name: SystemName, workDir: string, profile = false): Promise<Sys> {
   const dir = join(workDir, name);
   mkdirSync(join(dir, 'reg'), { recursive: true });
   const registrar = await startKamailio(join(dir, 'reg'), { cfg: KAMAILIO_CFG, name: 'kamailio-registrar', tcp: true, defines: [`MAX_EXPIRES=${OUTGOING_EXPIRES}`] });
@@ -124,8 +137,10 @@ async function startSys(name: SystemName, workDir: string): Promise<Sys> {
     }
     const drachtio = await startDrachtio(dir);
     started.push(drachtio);
+    const profileName = `${name}.cpuprofile`;
     const app: Service = await startMidreg({
       workDir: dir,
+      ...(profile ? { cpuProfile: { dir, name: profileName } } : {}),
       env: {
         DRACHTIO_HOST: '127.0.0.1',
         DRACHTIO_PORT: String(drachtio.adminPort),
@@ -138,7 +153,7 @@ async function startSys(name: SystemName, workDir: string): Promise<Sys> {
         MIDREG_LOG_LEVEL: 'info',
         // as bench/systems.ts: the load generator is trusted, the per-source guard does not shed it
         MIDREG_TRUSTED_PEERS: '127.0.0.1',
-        MIDREG_MODE: name === 'midreg-contact' ? 'contact' : 'mirror',
+        MIDREG_MODE: name === 'midreg-contact' ? 'contact' : name === 'midreg-aor' ? 'aor' : 'mirror',
         MIDREG_OUTGOING_EXPIRES: String(OUTGOING_EXPIRES),
       },
     });
@@ -147,6 +162,7 @@ async function startSys(name: SystemName, workDir: string): Promise<Sys> {
     await ready(target, LABELS[name]);
     return {
       name, target, registrar, probes: [probeProcess('node', app.pid), probeProcess('drachtio', drachtio.pid)], logs: [app.logFile, drachtio.logFile, registrar.logFile],
+      ...(profile ? { profileFile: join(dir, profileName) } : {}),
       stop: async () => { await app.stop(10_000); await drachtio.stop(); await registrar.stop(); },
     };
   } catch (err) {
@@ -164,6 +180,24 @@ async function registrarCount(reg: KamailioService): Promise<number> {
 }
 
 // ---- one step ----------------------------------------------------------------------------------
+
+/**
+ * The kernel's UDP counters for the whole host (/proc/net/snmp): RcvbufErrors counts datagrams
+ * dropped because a socket's receive buffer was full (drachtio-server's stays at the OS default,
+ * field facts), InErrors all receive errors. Every process on the machine adds to them, so a step's
+ * delta is an upper bound for what the bench's sockets dropped.
+ */
+function udpCounters(): { rcvbufErrors: number; inErrors: number } {
+  try {
+    const lines = readFileSync('/proc/net/snmp', 'utf8').split('\n').filter((l) => l.startsWith('Udp:'));
+    const names = (lines[0] ?? '').split(/\s+/).slice(1);
+    const values = (lines[1] ?? '').split(/\s+/).slice(1).map(Number);
+    const at = (n: string): number => values[names.indexOf(n)] ?? Number.NaN;
+    return { rcvbufErrors: at('RcvbufErrors'), inErrors: at('InErrors') };
+  } catch {
+    return { rcvbufErrors: Number.NaN, inErrors: Number.NaN };
+  }
+}
 
 
 /** Each response time sipp wrote (-trace_rtt): ms since sipp started, response time, rtd (1 first REGISTER, 2 refresh). */
@@ -204,6 +238,8 @@ interface Step {
   peakThreadPct: Record<string, number>;
   /** The refresh-only window: REGISTERs answered, those that reached the registrar, CPU µs per REGISTER. */
   window: { answered: number; reachedRegistrar: number; usPer: Record<string, number> };
+  /** Host-wide UDP datagrams dropped for a full receive buffer during the step (/proc/net/snmp). */
+  udpRcvbufErrors: number;
 }
 
 function loadFailure(r: LoadResult, sent: number, answered: number): string {
@@ -222,6 +258,7 @@ async function step(sys: Sys, rate: number, workDir: string, log: (l: string) =>
   const dir = join(workDir, `step${n}-${sys.name}-${rate}`);
   const probes = sys.probes;
   const regBefore = await registrarCount(sys.registrar);
+  const udpBefore = udpCounters();
   const cpuBefore = sampleCpu(probes);
   const sippBefore = reapedChildrenCpu();
   const watchers = probes.flatMap((p) => (p.pid !== undefined ? [{ name: p.name, w: new PeakThreadWatcher(p.pid) }] : []));
@@ -245,6 +282,7 @@ async function step(sys: Sys, rate: number, workDir: string, log: (l: string) =>
   for (const { name, w } of watchers) peakThreadPct[name] = w.stop();
   await delay(300);
   const reached = (await registrarCount(sys.registrar)) - regBefore;
+  const udpRcvbufErrors = udpCounters().rcvbufErrors - udpBefore.rcvbufErrors;
   const rtt = readRtt(dir);
   const answered = rtt.length;
   const sent = rate * PER_PHONE;
@@ -260,10 +298,11 @@ async function step(sys: Sys, rate: number, workDir: string, log: (l: string) =>
     ms: quantiles(rtt.map((r) => r.rtMs)), refreshMs: quantiles(rtt.filter((r) => r.rtd === 2).map((r) => r.rtMs)),
     usPer: per(cpu, answered), cpuPct: Object.fromEntries(Object.entries(cpu).map(([k, v]) => [k, (v / wallSec) * 100])),
     window: { answered: inWindow, reachedRegistrar: wReg, usPer: per(wCpu, inWindow) },
+    udpRcvbufErrors,
   };
   log(`  ${LABELS[sys.name]} @ ${fmtInt(rate)}/s: ${fmtInt(answered)}/${fmtInt(sent)} answered (${fmtInt(perSec)}/s), ${fmtInt(reached)} reached the registrar (${(s.share * 100).toFixed(2)} %); `
     + `p50/p99 ${s.ms.p50}/${s.ms.p99} ms; sipp ${sippPct.toFixed(0)}%, busiest thread ${Object.entries(peakThreadPct).map(([k, v]) => `${k} ${v.toFixed(0)}%`).join(' ') || '—'}; CPU µs/REGISTER ${Object.entries(s.usPer).map(([k, v]) => `${k} ${fmtInt(v)}`).join(', ')}; `
-    + `window: ${fmtInt(inWindow)} answered, ${fmtInt(wReg)} reached, ${Object.entries(s.window.usPer).map(([k, v]) => `${k} ${fmtInt(v)}`).join(', ')} µs${pass ? '' : ` — NOT SUSTAINED: ${failure || `${fmtInt(perSec)}/s < 95 %`}`}`);
+    + `window: ${fmtInt(inWindow)} answered, ${fmtInt(wReg)} reached, ${Object.entries(s.window.usPer).map(([k, v]) => `${k} ${fmtInt(v)}`).join(', ')} µs; UDP receive-buffer drops (host) ${fmtInt(udpRcvbufErrors)}${pass ? '' : ` — NOT SUSTAINED: ${failure || `${fmtInt(perSec)}/s < 95 %`}`}`);
   return s;
 }
 
@@ -303,7 +342,8 @@ async function main(): Promise<void> {
   log(`midreg throttling bench ${stamp}: ${environmentLine(meta)}`);
   log(`options: ${fmtInt(opts.phones)} phones × ${PER_PHONE} REGISTERs (1 + 9 refreshes 1 s apart, Expires ${PHONE_EXPIRES}); outgoing expires ${OUTGOING_EXPIRES}; sweep ${opts.sweep ? opts.rates.join(', ') : 'off'}; work dir ${workDir}`);
 
-  const systems: SystemName[] = ['midreg-mirror', 'midreg-contact', ...(existsSync(OPENSIPS_START) ? ['opensips-1', 'opensips-2'] as const : [])];
+  const systems: SystemName[] = opts.systems.filter((n) => !n.startsWith('opensips') || existsSync(OPENSIPS_START));
+  const profiles: ProfileSummary[] = [];
   if (!existsSync(OPENSIPS_START)) log(`OpenSIPS skipped: no peer at ${OPENSIPS_START}`);
   const population: Step[] = [];
   const sweep: Record<string, Step[]> = {};
@@ -317,10 +357,10 @@ async function main(): Promise<void> {
   try {
     for (const name of systems) {
       log(`${clock()} ${LABELS[name]}`);
-      current = await startSys(name, workDir);
+      current = await startSys(name, workDir, opts.profile && name.startsWith('midreg'));
       try {
         population.push(await step(current, opts.phones, workDir, log));
-        if (opts.sweep && (name === 'midreg-mirror' || name === 'midreg-contact')) {
+        if (opts.sweep && name.startsWith('midreg')) {
           const steps: Step[] = [];
           for (const rate of opts.rates) {
             let s = await step(current, rate, workDir, log);
@@ -332,8 +372,15 @@ async function main(): Promise<void> {
           sweep[name] = steps;
         }
       } finally {
+        const profileFile = current.profileFile;
         await current.stop();
         current = undefined;
+        // Stopping the profiled process writes its profile.
+        if (profileFile && existsSync(profileFile)) {
+          const summary = summarizeProfile(profileFile);
+          profiles.push(summary);
+          for (const l of formatProfile(summary, `${LABELS[name]} CPU profile`)) log(l);
+        }
       }
     }
   } catch (err) {
@@ -346,6 +393,7 @@ async function main(): Promise<void> {
   const find = (n: SystemName): Step | undefined => population.find((s) => s.system === n);
   const mirror = find('midreg-mirror');
   const contact = find('midreg-contact');
+  const aor = find('midreg-aor');
   const maxOf = (n: SystemName): { max: number; capped: boolean } => {
     const steps = sweep[n] ?? [];
     const passed = steps.filter((s) => s.pass).map((s) => s.rate);
@@ -353,6 +401,7 @@ async function main(): Promise<void> {
   };
   const mMax = maxOf('midreg-mirror');
   const cMax = maxOf('midreg-contact');
+  const aMax = maxOf('midreg-aor');
   const nodeAbsorbed = contact?.window.usPer['node'] ?? 0;
   const nodeRelayed = mirror?.window.usPer['node'] ?? 0;
   const refreshShare = (s: Step): number => {
@@ -397,8 +446,8 @@ async function main(): Promise<void> {
       tables.push({
         title: 'CPU per REGISTER in the refresh-only window (1.5–9 s of the population step)',
         head: ['system', 'REGISTERs answered in the window', 'reached the registrar in the window', 'node µs per REGISTER', 'drachtio µs per REGISTER'],
-        rows: [mirror, contact].map((s) => [LABELS[s.system], fmtInt(s.window.answered), fmtInt(s.window.reachedRegistrar), fmtInt(s.window.usPer['node'] ?? 0), fmtInt(s.window.usPer['drachtio'] ?? 0)]),
-        notes: ['mirror: every refresh relayed; contact: every refresh absorbed (answered by midreg) unless the window\'s registrar count says otherwise'],
+        rows: [mirror, contact, ...(aor ? [aor] : [])].map((s) => [LABELS[s.system], fmtInt(s.window.answered), fmtInt(s.window.reachedRegistrar), fmtInt(s.window.usPer['node'] ?? 0), fmtInt(s.window.usPer['drachtio'] ?? 0)]),
+        notes: ['mirror: every refresh relayed; contact and aor: every refresh absorbed (answered by midreg) unless the window\'s registrar count says otherwise'],
       });
     }
   }
@@ -406,10 +455,10 @@ async function main(): Promise<void> {
   if (sweepRows.length > 0) {
     tables.push({
       title: 'Sustained REGISTER refreshes/s: the same load (R phones × 10 REGISTERs, R REGISTER/s for 10 s) at rising R',
-      head: ['system', 'offered /s', 'answered /s', 'reached the registrar', 'p50 / p99 ms', 'node + drachtio µs per REGISTER', 'node / drachtio / sipp % of a core', 'busiest thread node / drachtio', 'verdict'],
+      head: ['system', 'offered /s', 'answered /s', 'reached the registrar', 'p50 / p99 ms', 'node + drachtio µs per REGISTER', 'node / drachtio / sipp % of a core', 'busiest thread node / drachtio', 'UDP rcvbuf drops (host)', 'verdict'],
       rows: sweepRows.map((s) => [
         LABELS[s.system], fmtInt(s.rate), fmtInt(s.perSec), `${fmtInt(s.reachedRegistrar)} (${pct(s.share)})`, `${s.ms.p50} / ${s.ms.p99}`,
-        `${us(s, 'node')} + ${us(s, 'drachtio')}`, `${(s.cpuPct['node'] ?? 0).toFixed(0)}% / ${(s.cpuPct['drachtio'] ?? 0).toFixed(0)}% / ${s.sippPct.toFixed(0)}%`, `${(s.peakThreadPct['node'] ?? 0).toFixed(0)}% / ${(s.peakThreadPct['drachtio'] ?? 0).toFixed(0)}%`, s.pass ? 'sustained' : `not sustained: ${s.failure || '< 95 % of offered'}`,
+        `${us(s, 'node')} + ${us(s, 'drachtio')}`, `${(s.cpuPct['node'] ?? 0).toFixed(0)}% / ${(s.cpuPct['drachtio'] ?? 0).toFixed(0)}% / ${s.sippPct.toFixed(0)}%`, `${(s.peakThreadPct['node'] ?? 0).toFixed(0)}% / ${(s.peakThreadPct['drachtio'] ?? 0).toFixed(0)}%`, fmtInt(s.udpRcvbufErrors), s.pass ? 'sustained' : `not sustained: ${s.failure || '< 95 % of offered'}`,
       ]),
       notes: [
         'sustained = 0 failed calls, 0 retransmissions, every REGISTER answered 200 and ≥ 95 % of the offered rate; a rate not sustained is tried once more, a mode stops at its first rate not sustained twice',
@@ -436,6 +485,15 @@ async function main(): Promise<void> {
   }
   if (sweepRows.length > 0) {
     targets.push(['sustained REGISTER/s in contact mode ≥ 1.5× mirror', `${fmtInt(cMax.max)}${cMax.capped ? '+ (highest rate tried)' : ''} vs ${fmtInt(mMax.max)}${mMax.capped ? '+' : ''}/s = ${Number.isNaN(ratio) ? '—' : `${ratio.toFixed(2)}×`} → ${ratio >= 1.5 ? 'met' : cMax.capped ? 'not decided (contact mode passed every rate tried)' : 'missed'}`]);
+    if (sweep['midreg-aor']) {
+      const aRatio = mMax.max > 0 ? aMax.max / mMax.max : Number.NaN;
+      targets.push(['sustained REGISTER/s in aor mode, against mirror', `${fmtInt(aMax.max)}${aMax.capped ? '+' : ''} vs ${fmtInt(mMax.max)}${mMax.capped ? '+' : ''}/s = ${Number.isNaN(aRatio) ? '—' : `${aRatio.toFixed(2)}×`}`]);
+    }
+  }
+  if (mirror && aor) {
+    const an = aor.window.usPer['node'] ?? 0;
+    const r = nodeRelayed > 0 ? an / nodeRelayed : Number.NaN;
+    targets.push(['aor mode: locally answered REGISTER against a relayed one (node)', `${fmtInt(opts.phones)}/s: ${fmtInt(an)} vs ${fmtInt(nodeRelayed)} µs = ${r.toFixed(2)}×; ${pct(refreshShare(aor))} of refreshes reached the registrar`]);
   }
   const os1 = find('opensips-1');
   const os2 = find('opensips-2');
@@ -454,7 +512,7 @@ async function main(): Promise<void> {
     meta: { ...meta, bench: 'throttle', durationSec, workDir: opts.keep ? workDir : undefined },
     settings: { perPhone: PER_PHONE, phoneExpires: PHONE_EXPIRES, outgoingExpires: OUTGOING_EXPIRES, refreshMargin: REFRESH_MARGIN, window: WINDOW },
     population, sweep, computed: { refreshPeriod: REFRESH_PERIOD, ...computed },
-    maxima: { mirror: mMax, contact: cMax }, error,
+    maxima: { mirror: mMax, contact: cMax, aor: aMax }, profiles, error,
   }, null, 2)}\n`);
   writeFileSync(`${base}.md`, [
     `# midreg throttling benchmark ${stamp}`,
@@ -465,6 +523,7 @@ async function main(): Promise<void> {
     '',
     ...tables.flatMap(markdownTable),
     ...(error ? ['### Error', '', error, ''] : []),
+    ...(profiles.length > 0 ? ['### midreg CPU profiles (node --cpu-prof)', '', '```', ...profiles.flatMap((p) => formatProfile(p, 'profile')), '```', ''] : []),
     '### Steps',
     '',
     '```',

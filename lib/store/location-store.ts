@@ -144,7 +144,20 @@ export interface OpenOptions {
    * Writes still succeed meanwhile; only the WAL file grows.
    */
   onCheckpointStatus?: (error: string | undefined) => void;
+  /** Told when writing a batch of locally answered refreshes failed (they are retried a second later). */
+  onAbsorbWriteError?: (err: unknown) => void;
 }
+
+/** After a failed write of absorbed refreshes, the next try waits this long. */
+const ABSORB_RETRY_MS = 1000;
+/**
+ * Locally answered refreshes are written at most this long after the first of a batch. A crash
+ * loses at most this much of refresh extensions: the binding stays, with the expiry and CSeq of the
+ * refresh before (the phone's next refresh has a higher CSeq anyway, and is absorbed).
+ */
+export const ABSORB_FLUSH_MS = 200;
+
+interface PendingAbsorb { aor: string; contact: string; expiresAt: number; cseq: number; updatedAt: number }
 
 /** How often the checkpoint thread copies the WAL back into the database file. */
 export const CHECKPOINT_INTERVAL_MS = 200;
@@ -306,6 +319,16 @@ export class LocationStore {
   private replaceTx!: (aor: string, rows: BindingRow[], stored: readonly string[] | undefined) => void;
   private purgeTx!: (now: number, limit: number) => { removed: number; emptiedAors: number };
   private saveAorTx!: (aor: string, rows: BindingRow[], stored: readonly string[] | undefined, upstream: AorUpstreamRow | null) => void;
+  private absorbTx!: (batch: readonly PendingAbsorb[]) => void;
+  /**
+   * Refreshes midreg answered itself (throttling), not yet written: by AoR, then contact. Written
+   * together ABSORB_FLUSH_MS after the first, in one transaction: one commit per batch instead of
+   * one per REGISTER (each commit rewrote the row's page and an expiry-index page, the largest
+   * per-refresh cost in the CPU profile). Every other read or write of the store writes them first,
+   * and bindingsOf overlays them, so this process never sees a stale binding.
+   */
+  private pendingAbsorbs = new Map<string, Map<string, PendingAbsorb>>();
+  private absorbFlush: NodeJS.Timeout | undefined;
 
   private checkpointer: { worker: Worker; state: Int32Array } | undefined;
   private checkpointError: string | undefined;
@@ -421,6 +444,9 @@ export class LocationStore {
       if (upstream) stmt.upsertAorUpstream.run(upstream);
       else stmt.deleteAorUpstream.run(aor);
     });
+    this.absorbTx = db.transaction((batch: readonly PendingAbsorb[]) => {
+      for (const a of batch) stmt.absorbRefresh.run(a.expiresAt, a.cseq, a.updatedAt, a.aor, a.contact);
+    });
     this.purgeTx = db.transaction((now: number, limit: number) => {
       // AoR mode: registrations that ended at the registrar by themselves (lapsed ones included).
       stmt.purgeAorUpstream.run(now);
@@ -467,7 +493,38 @@ export class LocationStore {
 
   /** Every stored binding of the AoR, live or not. */
   bindingsOf(aor: string): Binding[] {
-    return this.stmt.bindingsOf.all(aor).map(fromRow);
+    const rows = this.stmt.bindingsOf.all(aor).map(fromRow);
+    const pending = this.pendingAbsorbs.get(aor);
+    if (!pending) return rows;
+    return rows.map((b) => {
+      const p = pending.get(b.contact);
+      return p ? { ...b, expiresAt: p.expiresAt, cseq: p.cseq, updatedAt: p.updatedAt } : b;
+    });
+  }
+
+  /** Write the pending absorbed refreshes now (before any other read or write, and on close). */
+  flushAbsorbed(): void {
+    if (this.pendingAbsorbs.size === 0) return;
+    if (this.absorbFlush) { clearTimeout(this.absorbFlush); this.absorbFlush = undefined; }
+    const batch = [...this.pendingAbsorbs.values()].flatMap((byContact) => [...byContact.values()]);
+    this.pendingAbsorbs = new Map();
+    try {
+      this.absorbTx(batch);
+    } catch (err) {
+      // Kept for the next try, unless a newer refresh of the same binding came meanwhile.
+      for (const a of batch) {
+        const byContact = this.pendingAbsorbs.get(a.aor) ?? new Map<string, PendingAbsorb>();
+        if (!byContact.has(a.contact)) byContact.set(a.contact, a);
+        this.pendingAbsorbs.set(a.aor, byContact);
+      }
+      this.absorbFlush = setTimeout(() => { this.absorbFlush = undefined; this.flushQuietly(); }, ABSORB_RETRY_MS);
+      this.absorbFlush.unref();
+      throw err;
+    }
+  }
+
+  private flushQuietly(): void {
+    try { this.flushAbsorbed(); } catch (err) { this.opts.onAbsorbWriteError?.(err); }
   }
 
   /**
@@ -476,6 +533,7 @@ export class LocationStore {
    * written in between), which spares reading them again.
    */
   replaceAor(aor: string, bindings: Binding[], stored?: readonly Binding[]): void {
+    this.flushQuietly();
     const stray = bindings.find((b) => b.aor !== aor) ?? stored?.find((b) => b.aor !== aor);
     if (stray) throw new StoreError(`binding of ${stray.aor} given for ${aor}`);
     this.replaceTx(aor, bindings.map(toRow), stored?.map((b) => b.contact));
@@ -483,11 +541,13 @@ export class LocationStore {
 
   /** Bindings still live at `now`, highest q first. */
   liveBindings(aor: string, now: number): Binding[] {
+    this.flushQuietly();
     return this.stmt.liveOf.all(aor, now).map(fromRow);
   }
 
   /** liveBindings as operators see them: in AoR mode each device carries its AoR's upstream registration. */
   liveBindingsView(aor: string, now: number): Binding[] {
+    this.flushQuietly();
     return this.stmt.liveViewOf.all(aor, now).map(fromRow);
   }
 
@@ -508,6 +568,7 @@ export class LocationStore {
    * (null: none), in one transaction. `stored` as for replaceAor.
    */
   saveAor(aor: string, devices: Binding[], stored: readonly Binding[] | undefined, upstream: AorUpstream | null): void {
+    this.flushQuietly();
     const stray = devices.find((b) => b.aor !== aor) ?? stored?.find((b) => b.aor !== aor) ?? (upstream && upstream.aor !== aor ? upstream : undefined);
     if (stray) throw new StoreError(`binding of ${stray.aor} given for ${aor}`);
     this.saveAorTx(aor, devices.map(toRow), stored?.map((b) => b.contact), upstream ? toUpstreamRow(upstream) : null);
@@ -515,10 +576,12 @@ export class LocationStore {
 
   /** AoR mode: up to `limit` AoRs whose last device is gone while midreg's Contact is still registered upstream. */
   pendingAorDeregistrations(now: number, limit: number): AorUpstream[] {
+    this.flushQuietly();
     return this.stmt.pendingAorDeregistrations.all(now, now, limit).map(fromUpstreamRow);
   }
 
   countPendingAorDeregistrations(now: number): number {
+    this.flushQuietly();
     return this.stmt.countPendingAorDeregistrations.get(now, now)?.n ?? 0;
   }
 
@@ -537,15 +600,18 @@ export class LocationStore {
    * registered upstream (the phone stopped refreshing): requests for them get 480.
    */
   lapsedBindingsByContact(contact: string, now: number): Binding[] {
+    this.flushQuietly();
     return this.stmt.lapsedByContact.all(contact, now, now).map(fromRow);
   }
 
   /** Contact mode: up to `limit` bindings to de-register upstream (expired for the phone, still registered there, not tried yet). */
   pendingDeregistrations(now: number, limit: number): Binding[] {
+    this.flushQuietly();
     return this.stmt.pendingDeregistrations.all(now, now, limit).map(fromRow);
   }
 
   countPendingDeregistrations(now: number): number {
+    this.flushQuietly();
     return this.stmt.countPendingDeregistrations.get(now, now)?.n ?? 0;
   }
 
@@ -554,21 +620,31 @@ export class LocationStore {
    * keep it, answered 480, until its upstream expiry. A binding the phone registered again since is left alone.
    */
   markLapsed(aor: string, contact: string, updatedAt: number, now: number): void {
+    this.flushQuietly();
     this.stmt.markLapsed.run(now, aor, contact, updatedAt);
   }
 
   /** Delete the binding unless it was written after `updatedAt` (the phone registered again meanwhile); true when deleted. */
   deleteIfUnchanged(aor: string, contact: string, updatedAt: number): boolean {
+    this.flushQuietly();
     return this.stmt.deleteIfUnchanged.run(aor, contact, updatedAt).changes > 0;
   }
 
   /** A refresh midreg answered itself (contact mode): the phone's new expiry and the CSeq it used. */
   absorbRefresh(aor: string, contact: string, expiresAt: number, cseq: number, now: number): void {
-    this.stmt.absorbRefresh.run(expiresAt, cseq, now, aor, contact);
+    if (this.readOnlyReason !== undefined || this.db.readonly) throw new StoreError(`database is read-only: ${this.readOnlyReason ?? 'opened read-only'}`);
+    const byContact = this.pendingAbsorbs.get(aor) ?? new Map<string, PendingAbsorb>();
+    byContact.set(contact, { aor, contact, expiresAt, cseq, updatedAt: now });
+    this.pendingAbsorbs.set(aor, byContact);
+    if (!this.absorbFlush) {
+      this.absorbFlush = setTimeout(() => { this.absorbFlush = undefined; this.flushQuietly(); }, ABSORB_FLUSH_MS);
+      this.absorbFlush.unref();
+    }
   }
 
   /** Live bindings whose contact URI is exactly `contact` (a request the platform routed to a registered contact). */
   liveBindingsByContact(contact: string, now: number): Binding[] {
+    this.flushQuietly();
     return this.stmt.liveByContact.all(contact, now).map(fromRow);
   }
 
@@ -578,6 +654,7 @@ export class LocationStore {
    * "it expired" (480).
    */
   bindingsByInsertionKey(key: string): Binding[] {
+    this.flushQuietly();
     return this.stmt.byInsertionKey.all(key).map(fromRow);
   }
 
@@ -593,6 +670,7 @@ export class LocationStore {
 
   /** Whether a live binding of `aor` was registered from this source address and port. */
   isLiveSource(aor: string, address: string, port: number, now: number): boolean {
+    this.flushQuietly();
     return this.stmt.liveFromSource.get(aor, address, port, now) !== undefined;
   }
 
@@ -602,6 +680,7 @@ export class LocationStore {
    * without repeating or skipping a binding, however many contacts the AoR has.
    */
   listLiveAfter(now: number, opts: { after?: { aor: string; contact: string }; aorPrefix?: string; limit: number }): Binding[] {
+    this.flushQuietly();
     const prefix = opts.aorPrefix ?? '';
     // No binding has an empty contact, so (prefix, '') sorts before every row of the range.
     const start = opts.after !== undefined && opts.after.aor >= prefix ? opts.after : { aor: prefix, contact: '' };
@@ -613,6 +692,7 @@ export class LocationStore {
   }
 
   counts(now: number): { bindings: number; aors: number } {
+    this.flushQuietly();
     return this.stmt.countLive.get(now) ?? { bindings: 0, aors: 0 };
   }
 
@@ -622,6 +702,7 @@ export class LocationStore {
    * removed means nothing is left to sweep.
    */
   purgeExpiredBatch(now: number, limit: number): { removed: number; emptiedAors: number } {
+    this.flushQuietly();
     return this.purgeTx(now, limit);
   }
 
@@ -647,6 +728,7 @@ export class LocationStore {
   }
 
   close(): void {
+    if (this.db.open) this.flushQuietly();
     this.stopCheckpointer();
     if (!this.db.open) return;
     if (!this.db.readonly && this.readOnlyReason === undefined) {

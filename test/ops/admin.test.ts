@@ -322,6 +322,7 @@ describe('admin API', () => {
         bindings: LIVE_BINDINGS + 1,
         aors: LIVE_AORS + 1,
         register: { '2xx': 2, '3xx': 0, '4xx': 3, '5xx': 0, '6xx': 0 },
+        mode: 'mirror',
         register_absorbed: 0,
         message: { delivered: 2, not_found: 1, forbidden: 0, too_large: 0, failed: 0, relayed: 0, stored: 0, offline_refused: 0, unreachable: 0 },
         replica_write_failures: 1,

@@ -6,7 +6,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { LocationStore } from '../../lib/store/location-store.js';
+import { ABSORB_FLUSH_MS, LocationStore } from '../../lib/store/location-store.js';
 import { aorContactKey, type AorUpstream } from '../../lib/registrar/aor-throttle.js';
 import type { Binding } from '../../lib/registrar/registration.js';
 
@@ -64,5 +64,26 @@ describe('aor_upstream in the replica', () => {
       store.purgeExpiredBatch(NOW + 20, 100);
       assert.equal(store.aorUpstream(AOR), undefined);
     } finally { store.close(); }
+  });
+});
+
+describe('locally answered refreshes (throttling) are written in batches', () => {
+  it('are seen at once by this process, written to the file within ABSORB_FLUSH_MS, and never lost on close', async () => {
+    const file = join(dir, 'd.sqlite');
+    const store = new LocationStore(file);
+    store.replaceAor(AOR, [dev('sip:erin@192.0.2.7:5062', NOW + 60_000), dev('sip:erin@192.0.2.7:5064', NOW + 60_000)]);
+    const other = (): Binding[] => { const r = new LocationStore(file, { readonly: true }); try { return r.bindingsOf(AOR); } finally { r.close(); } };
+    store.absorbRefresh(AOR, 'sip:erin@192.0.2.7:5062', NOW + 120_000, 3, NOW + 1);
+    assert.deepEqual(store.bindingsOf(AOR).map((b) => [b.expiresAt, b.cseq]), [[NOW + 120_000, 3], [NOW + 60_000, 2]]);
+    assert.equal(other()[0]?.cseq, 2, 'not on disk at once');
+    await new Promise((r) => setTimeout(r, ABSORB_FLUSH_MS + 50));
+    assert.deepEqual(other().map((b) => b.cseq), [3, 2], 'on disk within ABSORB_FLUSH_MS');
+    // Any other read or write first writes what is pending (the sweep never sees a stale expiry).
+    store.absorbRefresh(AOR, 'sip:erin@192.0.2.7:5064', NOW + 90_000, 7, NOW + 2);
+    assert.equal(store.liveBindings(AOR, NOW).find((b) => b.contact.endsWith('5064'))?.cseq, 7);
+    assert.equal(other().find((b) => b.contact.endsWith('5064'))?.cseq, 7);
+    store.absorbRefresh(AOR, 'sip:erin@192.0.2.7:5064', NOW + 95_000, 8, NOW + 3);
+    store.close();
+    assert.equal(other().find((b) => b.contact.endsWith('5064'))?.cseq, 8, 'close writes what is pending');
   });
 });
