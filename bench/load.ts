@@ -36,6 +36,12 @@ export interface LoadOptions {
   vars: Record<string, string>;
   /** -inf file (CSV injection). */
   injection?: string;
+  /**
+   * sipp's socket buffers (-buff_size, bytes; the kernel caps it at net.core.rmem_max). Without
+   * it sipp's UDP socket keeps the OS default (about 208 KiB) and drops 200 OKs in bursts, which
+   * then count as the system's retransmissions.
+   */
+  buffSize?: number;
   /** Directory for this run's statistics files (created). */
   dir: string;
   /** A call with no answer for this long fails (-recv_timeout). */
@@ -151,6 +157,7 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
     // -rtt_freq 1: sipp drops the last partial batch of response times when it exits
     '-trace_rtt', '-rtt_freq', '1',
     ...(opts.injection ? ['-inf', opts.injection] : []),
+    ...(opts.buffSize ? ['-buff_size', String(opts.buffSize)] : []),
   ], opts);
   const command = [SIPP_BIN, ...args].join(' ');
   const exited = await run(args, opts.dir, (timeoutSec + 10) * 1000).done;

@@ -46,6 +46,11 @@ const OUTGOING_EXPIRES = 3600;
 const REFRESH_MARGIN = 60;
 /** The issue's population: phones refreshing every 60 s. */
 const REFRESH_PERIOD = 60;
+/**
+ * sipp's socket buffers: 4 MiB (net.core.rmem_max here). With the OS default its socket dropped
+ * hundreds of 200 OKs per step at 2,500/s (/proc/net/udp), and each showed up as a retransmission.
+ */
+const SIPP_BUFFER_BYTES = 4 * 1024 * 1024;
 /** Refresh-only window of a step (ms since sipp started): after every first REGISTER, before the last refresh. */
 const WINDOW = { fromMs: 1500, toMs: 9000 };
 
@@ -182,6 +187,24 @@ async function registrarCount(reg: KamailioService): Promise<number> {
 // ---- one step ----------------------------------------------------------------------------------
 
 /**
+ * Datagrams the kernel dropped on the UDP sockets bound to `port` on 127.0.0.1 because their
+ * receive buffer was full (/proc/net/udp, last column): drachtio-server's SIP socket, or sipp's.
+ */
+function udpSocketDrops(port: number): number {
+  try {
+    const hexPort = `:${port.toString(16).toUpperCase().padStart(4, '0')}`;
+    let drops = 0;
+    for (const line of readFileSync('/proc/net/udp', 'utf8').split('\n').slice(1)) {
+      const cols = line.trim().split(/\s+/);
+      if (cols[1]?.endsWith(hexPort)) drops += Number(cols[cols.length - 1] ?? 0) || 0;
+    }
+    return drops;
+  } catch {
+    return Number.NaN;
+  }
+}
+
+/**
  * The kernel's UDP counters for the whole host (/proc/net/snmp): RcvbufErrors counts datagrams
  * dropped because a socket's receive buffer was full (drachtio-server's stays at the OS default,
  * field facts), InErrors all receive errors. Every process on the machine adds to them, so a step's
@@ -240,6 +263,8 @@ interface Step {
   window: { answered: number; reachedRegistrar: number; usPer: Record<string, number> };
   /** Host-wide UDP datagrams dropped for a full receive buffer during the step (/proc/net/snmp). */
   udpRcvbufErrors: number;
+  /** Datagrams dropped on the system's SIP socket (drachtio-server or OpenSIPS) and on sipp's, during the step. */
+  socketDrops: { server: number; sipp: number };
 }
 
 function loadFailure(r: LoadResult, sent: number, answered: number): string {
@@ -259,13 +284,16 @@ async function step(sys: Sys, rate: number, workDir: string, log: (l: string) =>
   const probes = sys.probes;
   const regBefore = await registrarCount(sys.registrar);
   const udpBefore = udpCounters();
+  const serverPort = Number(sys.target.split(':')[1]);
+  const sippPort = await freePort();
+  const serverDropsBefore = udpSocketDrops(serverPort);
   const cpuBefore = sampleCpu(probes);
   const sippBefore = reapedChildrenCpu();
   const watchers = probes.flatMap((p) => (p.pid !== undefined ? [{ name: p.name, w: new PeakThreadWatcher(p.pid) }] : []));
   const t0 = performance.now();
   const loadP = runLoad({
-    scenario: SCENARIO, target: sys.target, localPort: await freePort(), rate, calls: rate, limit: rate + 10,
-    vars: { prefix: `openthr${n}x`, domain: DOMAIN, expires: String(PHONE_EXPIRES) }, dir, recvTimeoutMs: 4000,
+    scenario: SCENARIO, target: sys.target, localPort: sippPort, rate, calls: rate, limit: rate + 10,
+    vars: { prefix: `openthr${n}x`, domain: DOMAIN, expires: String(PHONE_EXPIRES) }, dir, recvTimeoutMs: 4000, buffSize: SIPP_BUFFER_BYTES,
   });
   // the refresh-only window (sipp's clock starts about when it was spawned)
   await delay(WINDOW.fromMs);
@@ -274,7 +302,11 @@ async function step(sys: Sys, rate: number, workDir: string, log: (l: string) =>
   await delay(WINDOW.toMs - WINDOW.fromMs);
   const wCpu = cpuDelta(wCpuBefore, sampleCpu(probes));
   const wReg = (await registrarCount(sys.registrar)) - wRegBefore;
+  // sipp's socket is gone once it exits: its drops are read while it still runs, and again near its end.
+  let sippDrops = udpSocketDrops(sippPort);
+  const sippWatch = setInterval(() => { const d = udpSocketDrops(sippPort); if (d > sippDrops) sippDrops = d; }, 200);
   const load = await loadP;
+  clearInterval(sippWatch);
   const wallSec = (performance.now() - t0) / 1000;
   const cpu = cpuDelta(cpuBefore, sampleCpu(probes));
   const sippPct = ((reapedChildrenCpu() - sippBefore) / wallSec) * 100;
@@ -283,6 +315,7 @@ async function step(sys: Sys, rate: number, workDir: string, log: (l: string) =>
   await delay(300);
   const reached = (await registrarCount(sys.registrar)) - regBefore;
   const udpRcvbufErrors = udpCounters().rcvbufErrors - udpBefore.rcvbufErrors;
+  const socketDrops = { server: udpSocketDrops(serverPort) - serverDropsBefore, sipp: sippDrops };
   const rtt = readRtt(dir);
   const answered = rtt.length;
   const sent = rate * PER_PHONE;
@@ -298,11 +331,11 @@ async function step(sys: Sys, rate: number, workDir: string, log: (l: string) =>
     ms: quantiles(rtt.map((r) => r.rtMs)), refreshMs: quantiles(rtt.filter((r) => r.rtd === 2).map((r) => r.rtMs)),
     usPer: per(cpu, answered), cpuPct: Object.fromEntries(Object.entries(cpu).map(([k, v]) => [k, (v / wallSec) * 100])),
     window: { answered: inWindow, reachedRegistrar: wReg, usPer: per(wCpu, inWindow) },
-    udpRcvbufErrors,
+    udpRcvbufErrors, socketDrops,
   };
   log(`  ${LABELS[sys.name]} @ ${fmtInt(rate)}/s: ${fmtInt(answered)}/${fmtInt(sent)} answered (${fmtInt(perSec)}/s), ${fmtInt(reached)} reached the registrar (${(s.share * 100).toFixed(2)} %); `
     + `p50/p99 ${s.ms.p50}/${s.ms.p99} ms; sipp ${sippPct.toFixed(0)}%, busiest thread ${Object.entries(peakThreadPct).map(([k, v]) => `${k} ${v.toFixed(0)}%`).join(' ') || '—'}; CPU µs/REGISTER ${Object.entries(s.usPer).map(([k, v]) => `${k} ${fmtInt(v)}`).join(', ')}; `
-    + `window: ${fmtInt(inWindow)} answered, ${fmtInt(wReg)} reached, ${Object.entries(s.window.usPer).map(([k, v]) => `${k} ${fmtInt(v)}`).join(', ')} µs; UDP receive-buffer drops (host) ${fmtInt(udpRcvbufErrors)}${pass ? '' : ` — NOT SUSTAINED: ${failure || `${fmtInt(perSec)}/s < 95 %`}`}`);
+    + `window: ${fmtInt(inWindow)} answered, ${fmtInt(wReg)} reached, ${Object.entries(s.window.usPer).map(([k, v]) => `${k} ${fmtInt(v)}`).join(', ')} µs; UDP receive-buffer drops: server socket ${fmtInt(socketDrops.server)}, sipp socket ${fmtInt(socketDrops.sipp)}, host ${fmtInt(udpRcvbufErrors)}${pass ? '' : ` — NOT SUSTAINED: ${failure || `${fmtInt(perSec)}/s < 95 %`}`}`);
   return s;
 }
 
@@ -455,10 +488,10 @@ async function main(): Promise<void> {
   if (sweepRows.length > 0) {
     tables.push({
       title: 'Sustained REGISTER refreshes/s: the same load (R phones × 10 REGISTERs, R REGISTER/s for 10 s) at rising R',
-      head: ['system', 'offered /s', 'answered /s', 'reached the registrar', 'p50 / p99 ms', 'node + drachtio µs per REGISTER', 'node / drachtio / sipp % of a core', 'busiest thread node / drachtio', 'UDP rcvbuf drops (host)', 'verdict'],
+      head: ['system', 'offered /s', 'answered /s', 'reached the registrar', 'p50 / p99 ms', 'node + drachtio µs per REGISTER', 'node / drachtio / sipp % of a core', 'busiest thread node / drachtio', 'UDP drops drachtio / sipp / host', 'verdict'],
       rows: sweepRows.map((s) => [
         LABELS[s.system], fmtInt(s.rate), fmtInt(s.perSec), `${fmtInt(s.reachedRegistrar)} (${pct(s.share)})`, `${s.ms.p50} / ${s.ms.p99}`,
-        `${us(s, 'node')} + ${us(s, 'drachtio')}`, `${(s.cpuPct['node'] ?? 0).toFixed(0)}% / ${(s.cpuPct['drachtio'] ?? 0).toFixed(0)}% / ${s.sippPct.toFixed(0)}%`, `${(s.peakThreadPct['node'] ?? 0).toFixed(0)}% / ${(s.peakThreadPct['drachtio'] ?? 0).toFixed(0)}%`, fmtInt(s.udpRcvbufErrors), s.pass ? 'sustained' : `not sustained: ${s.failure || '< 95 % of offered'}`,
+        `${us(s, 'node')} + ${us(s, 'drachtio')}`, `${(s.cpuPct['node'] ?? 0).toFixed(0)}% / ${(s.cpuPct['drachtio'] ?? 0).toFixed(0)}% / ${s.sippPct.toFixed(0)}%`, `${(s.peakThreadPct['node'] ?? 0).toFixed(0)}% / ${(s.peakThreadPct['drachtio'] ?? 0).toFixed(0)}%`, `${fmtInt(s.socketDrops.server)} / ${fmtInt(s.socketDrops.sipp)} / ${fmtInt(s.udpRcvbufErrors)}`, s.pass ? 'sustained' : `not sustained: ${s.failure || '< 95 % of offered'}`,
       ]),
       notes: [
         'sustained = 0 failed calls, 0 retransmissions, every REGISTER answered 200 and ≥ 95 % of the offered rate; a rate not sustained is tried once more, a mode stops at its first rate not sustained twice',
