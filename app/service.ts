@@ -237,7 +237,7 @@ export async function startMidreg(config: Config, logger: Logger): Promise<Midre
     purging = true;
     if (store.unavailableReason !== undefined) {
       if (!await store.reopenWritable()) { purging = false; return; }
-      logger.info('store writable again', { store: store.describe });
+      logger.info(store.kind === 'sqlite' ? 'database writable again' : 'store writable again', { store: store.describe });
     }
     // Contact mode: phones that stopped refreshing are de-registered upstream first (bounded per
     // run); what the registrar accepted is deleted, the rest waits as lapsed until its upstream expiry.
