@@ -1,16 +1,16 @@
 // AoR throttling (MIDREG_MODE=aor), the I/O side: answer a device's refresh locally, or relay the
 // REGISTER with midreg's AoR Contact and apply the registrar's answer to the devices and to the
 // upstream registration (lib/registrar/aor-throttle.ts decides; lib/store keeps).
-import type { LocationStore } from '../store/location-store.js';
+import type { AorWrite, BindingStore } from '../store/store.js';
 import type { Logger } from '../ops/logger.js';
 import type { SelfAddress } from './contact-insertion.js';
 import { aorContactUri, aorThrottleDecision, planAorUpdate, upstreamRegister } from './aor-throttle.js';
 import { isFinalRefusal, localAnswerContacts } from './throttle.js';
-import { contactKey, type RegisterAttempt, type ReplicaLimits } from './registration.js';
+import { contactKey, type Binding, type RegisterAttempt, type ReplicaLimits } from './registration.js';
 import type { SipRequest, SipResponder } from '../sip/drachtio.js';
 import { askUpstream, replyHeaders, upstreamHeaders, type RequestSender, type UpstreamTarget } from '../sip/upstream.js';
 
-export type AorStore = Pick<LocationStore, 'bindingsOf' | 'absorbRefresh' | 'aorUpstream' | 'saveAor'>;
+export type AorStore = Pick<BindingStore, 'bindingsOf' | 'absorbRefresh' | 'aorUpstream' | 'updateAor'>;
 
 export interface AorThrottleDeps {
   sender: RequestSender;
@@ -44,12 +44,12 @@ export async function handleAorRegister(
   let now = deps.clock();
   let relayReason: string;
   try {
-    const devices = deps.store.bindingsOf(attempt.aor);
-    const upstream = deps.store.aorUpstream(attempt.aor);
+    const [devices, upstream] = await Promise.all([deps.store.bindingsOf(attempt.aor), deps.store.aorUpstream(attempt.aor)]);
     const decision = aorThrottleDecision(attempt, expiresHeader, devices, upstream, now, deps.refreshMarginSec);
     if (decision.kind === 'absorb') {
       const expiresAt = now + decision.expires * 1000;
-      deps.store.absorbRefresh(attempt.aor, decision.binding.contact, expiresAt, attempt.cseq, now);
+      // As in contact mode: one row, and only if it still exists (a reply that removed it wins).
+      await deps.store.absorbRefresh(attempt.aor, decision.binding.contact, expiresAt, attempt.cseq, now);
       const after = devices.map((b) => (b === decision.binding ? { ...b, expiresAt, cseq: attempt.cseq, updatedAt: now } : b));
       // RFC 3261 §10.3 step 8: the 200 "MUST contain Contact header field values enumerating all
       // current bindings" and "SHOULD include a Date header field". The AoR's bindings as the
@@ -79,8 +79,8 @@ export async function handleAorRegister(
     return;
   }
   const aorContact = aorContactUri(attempt.aor, self);
-  let devicesBefore: ReturnType<AorStore['bindingsOf']> = [];
-  try { devicesBefore = deps.store.bindingsOf(attempt.aor); } catch { /* relayed as if the AoR had no device */ }
+  let devicesBefore: Binding[] = [];
+  try { devicesBefore = await deps.store.bindingsOf(attempt.aor); } catch { /* relayed as if the AoR had no device */ }
   const out = upstreamRegister(attempt, expiresHeader, devicesBefore, aorContact, deps.outgoingExpiresSec, now);
   // No Path: midreg's AoR Contact already brings the registrar's requests back to midreg.
   const headers = upstreamHeaders(req.headers(), { maxForwards: checked.maxForwards });
@@ -107,46 +107,66 @@ export async function handleAorRegister(
   let detail: Record<string, unknown>;
   let facing: string | undefined;
   now = deps.clock();
+  type Decided = { detail: Record<string, unknown>; facing: string | undefined; delta: { bindings: number; aors: number }; written: number | undefined };
   try {
-    // Read again: another REGISTER of the AoR may have been answered while this one was upstream.
-    const devices = deps.store.bindingsOf(attempt.aor);
-    const before = deps.store.aorUpstream(attempt.aor);
-    const plan = planAorUpdate(attempt, expiresHeader, devices, before, { status: reply.status, contacts: is2xx ? reply.contacts() : [], expiresHeader: reply.header('Expires') }, aorContact, now);
-    if (plan.kind === 'save') {
-      let kept = plan.devices;
-      if (kept.length > deps.limits.maxBindingsPerAor) {
-        // The device that just registered first, then the longest-lived.
-        kept = [...kept].sort((a, b) => Number(b.callId === attempt.callId) - Number(a.callId === attempt.callId) || b.expiresAt - a.expiresAt).slice(0, deps.limits.maxBindingsPerAor);
-        log.warn('replica limit hit', { ...base, status: reply.status, why: `more than ${deps.limits.maxBindingsPerAor} bindings (MIDREG_MAX_BINDINGS_PER_AOR)` });
-      }
+    // Read, plan and write in one store operation (lib/store/store.ts): another REGISTER of the AoR
+    // answered while this one was upstream is seen, and cannot be undone by this write.
+    const decided = await deps.store.updateAor(attempt.aor, attempt.callId, (stored): AorWrite<Decided> => {
+      const devices = stored.bindings;
+      const before = stored.upstream;
+      const plan = planAorUpdate(attempt, expiresHeader, devices, before, { status: reply.status, contacts: is2xx ? reply.contacts() : [], expiresHeader: reply.header('Expires') }, aorContact, now);
       const hadDevices = devices.length > 0;
-      if (!hadDevices && kept.length > 0 && deps.counters.aors >= deps.limits.maxAors) {
-        log.warn('replica limit hit', { ...base, status: reply.status, why: `replica full: ${deps.limits.maxAors} AoRs (MIDREG_MAX_AORS)` });
-        kept = [];
+      // RFC 3261 §10.3 step 7: a reply to an older CSeq of this Call-ID than one already applied
+      // (kept in memory, lib/registrar/register-sequence.ts, even after its binding went) is stale.
+      if (is2xx && stored.lastCseq !== undefined && stored.lastCseq > attempt.cseq) {
+        return { result: { detail: { decision: 'stale-cseq' }, facing: undefined, delta: { bindings: 0, aors: 0 }, written: undefined } };
       }
-      deps.store.saveAor(attempt.aor, kept, devices, plan.upstream);
-      deps.counters.bindings += kept.length - devices.length;
-      deps.counters.aors += (kept.length > 0 ? 1 : 0) - (hadDevices ? 1 : 0);
-      deps.onReplicaWritten?.(attempt.aor, kept.length);
-      facing = localAnswerContacts(kept, now);
-      detail = {
-        decision: 'saved', devices: kept.map((b) => ({ contact: b.contact, expires: Math.round((b.expiresAt - now) / 1000) })),
-        added: plan.added.length, removed: plan.removed.length, upstreamGranted: plan.grantedSec ?? 0,
-      };
-    } else if (isFinalRefusal(reply.status) && Array.isArray(attempt.contacts)) {
-      // The registrar is obeyed: a refused refresh removes that device's own binding (same Call-ID and Contact).
-      const asked = new Set(attempt.contacts.map((c) => contactKey(c.uri)));
-      const kept = devices.filter((b) => !(b.callId === attempt.callId && asked.has(contactKey(b.contact))));
-      if (kept.length < devices.length) {
-        deps.store.saveAor(attempt.aor, kept, devices, before ?? null);
-        deps.counters.bindings -= devices.length - kept.length;
-        if (kept.length === 0) deps.counters.aors -= 1;
-        deps.onReplicaWritten?.(attempt.aor, kept.length);
+      if (plan.kind === 'save') {
+        let kept = plan.devices;
+        const limits: string[] = [];
+        if (kept.length > deps.limits.maxBindingsPerAor) {
+          // The device that just registered first, then the longest-lived.
+          kept = [...kept].sort((a, b) => Number(b.callId === attempt.callId) - Number(a.callId === attempt.callId) || b.expiresAt - a.expiresAt).slice(0, deps.limits.maxBindingsPerAor);
+          limits.push(`more than ${deps.limits.maxBindingsPerAor} bindings (MIDREG_MAX_BINDINGS_PER_AOR)`);
+        }
+        if (!hadDevices && kept.length > 0 && deps.counters.aors >= deps.limits.maxAors) {
+          limits.push(`replica full: ${deps.limits.maxAors} AoRs (MIDREG_MAX_AORS)`);
+          kept = [];
+        }
+        return {
+          bindings: kept, upstream: plan.upstream, recordCseq: attempt.cseq,
+          result: {
+            detail: {
+              decision: 'saved', devices: kept.map((b) => ({ contact: b.contact, expires: Math.round((b.expiresAt - now) / 1000) })),
+              added: plan.added.length, removed: plan.removed.length, upstreamGranted: plan.grantedSec ?? 0, ...(limits.length > 0 ? { limits } : {}),
+            },
+            facing: localAnswerContacts(kept, now),
+            delta: { bindings: kept.length - devices.length, aors: (kept.length > 0 ? 1 : 0) - (hadDevices ? 1 : 0) },
+            written: kept.length,
+          },
+        };
       }
-      detail = { decision: plan.reason, refusedRemoved: devices.length - kept.length };
-    } else {
-      detail = { decision: plan.reason };
-    }
+      if (isFinalRefusal(reply.status) && Array.isArray(attempt.contacts)) {
+        // The registrar is obeyed: a refused refresh removes that device's own binding (same Call-ID and Contact).
+        const asked = new Set(attempt.contacts.map((c) => contactKey(c.uri)));
+        const kept = devices.filter((b) => !(b.callId === attempt.callId && asked.has(contactKey(b.contact))));
+        const removed = devices.length - kept.length;
+        return {
+          ...(removed > 0 ? { bindings: kept } : {}),
+          result: {
+            detail: { decision: plan.reason, refusedRemoved: removed }, facing: undefined,
+            delta: { bindings: -removed, aors: removed > 0 && kept.length === 0 ? -1 : 0 }, written: removed > 0 ? kept.length : undefined,
+          },
+        };
+      }
+      return { result: { detail: { decision: plan.reason }, facing: undefined, delta: { bindings: 0, aors: 0 }, written: undefined } };
+    });
+    detail = decided.detail;
+    facing = decided.facing;
+    deps.counters.bindings += decided.delta.bindings;
+    deps.counters.aors += decided.delta.aors;
+    if (decided.written !== undefined) deps.onReplicaWritten?.(attempt.aor, decided.written);
+    if (Array.isArray(detail['limits'])) log.warn('replica limit hit', { ...base, status: reply.status, why: (detail['limits'] as string[]).join('; ') });
   } catch (err) {
     detail = { decision: 'replica-error', error: err instanceof Error ? err.message : String(err) };
     deps.onReplicaWriteFailed?.(err);

@@ -121,17 +121,18 @@ describe('planAorUpdate: the registrar\'s answer applied to devices and upstream
 describe('locate: a request to midreg\'s AoR Contact', () => {
   const own = { sipAddresses: ['udp/10.0.0.1:5060'], domains: ['example.test'] };
   const lookup = (up: AorUpstream | undefined, live: Binding[]) => ({
-    liveBindingsByContact: () => [], liveBindings: () => live, bindingsByInsertionKey: () => [], aorUpstreamByKey: () => up,
+    liveBindingsByContact: () => Promise.resolve([]), liveBindings: () => Promise.resolve(live), bindingsByInsertionKey: () => Promise.resolve([]),
+    aorUpstreamByKey: () => Promise.resolve(up),
   });
-  it('reaches every live device of the AoR', () => {
-    const target = locate(AOR_CONTACT, lookup(upstream(), [device(), device({ contact: OTHER })]), own, NOW);
+  it('reaches every live device of the AoR', async () => {
+    const target = await locate(AOR_CONTACT, lookup(upstream(), [device(), device({ contact: OTHER })]), own, NOW);
     assert.ok(target.kind === 'bindings' && target.via === 'aor-contact' && target.bindings.length === 2);
   });
-  it('is lapsed (480) with no live device, or when midreg\'s removal was challenged', () => {
-    assert.equal(locate(AOR_CONTACT, lookup(upstream(), []), own, NOW).kind, 'lapsed');
-    assert.equal(locate(AOR_CONTACT, lookup(upstream({ lapsedAt: NOW }), [device()]), own, NOW).kind, 'lapsed');
+  it('is lapsed (480) with no live device, or when midreg\'s removal was challenged', async () => {
+    assert.equal((await locate(AOR_CONTACT, lookup(upstream(), []), own, NOW)).kind, 'lapsed');
+    assert.equal((await locate(AOR_CONTACT, lookup(upstream({ lapsedAt: NOW }), [device()]), own, NOW)).kind, 'lapsed');
   });
-  it('an unknown key reaches nothing', () => {
-    assert.equal(locate(AOR_CONTACT, lookup(undefined, [device()]), own, NOW).kind, 'unknown-key');
+  it('an unknown key reaches nothing', async () => {
+    assert.equal((await locate(AOR_CONTACT, lookup(undefined, [device()]), own, NOW)).kind, 'unknown-key');
   });
 });
