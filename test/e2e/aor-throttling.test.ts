@@ -149,6 +149,16 @@ for (const mode of DOMAIN_MODES) describe(`AoR throttling, end to end (domain: $
     const listed = contactsOf(second.last);
     assert.ok(listed.includes(bob1.contact) && listed.includes(bob2.contact) && !listed.includes('ctid='), `the 200 lists both devices: ${listed}`);
 
+    // Removing a device needs the registrar's consent too (OpenSIPS mode 2 answers it 200 for a
+    // device that is not the AoR's last, without the registrar seeing it).
+    const removal = await sendAndCollect(forger, stack.drachtio.sipPort, sipMessage(`REGISTER sip:${domain} SIP/2.0`, [
+      `Via: SIP/2.0/UDP 127.0.0.1:${forger.port};branch=z9hG4bK-unreg-${mode}`, 'Max-Forwards: 70',
+      `From: <sip:bob@${domain}>;tag=unreg`, `To: <sip:bob@${domain}>`, `Call-ID: unreg-${mode}-${Date.now()}`, 'CSeq: 1 REGISTER',
+      `Contact: <${bob2.contact}>`, 'Expires: 0',
+    ]), { transport: 'udp', waitMs: 5000, graceMs: 0 });
+    assert.deepEqual(removal.statuses.filter((s) => s >= 200), [401], 'a de-registration without credentials is challenged by the registrar');
+    assert.equal(replica(stack, 'bob').length, 2, 'and removes nothing');
+
     // Refreshes ask 10 s: the registrar granted 20 (its max_expires), so 10 + 2 s of margin fit.
     const seen = upstreamCseqs(stack, bob1.callId).length;
     assert.deepEqual((await bob1.register(10)).finals, [200]);
@@ -215,6 +225,8 @@ for (const mode of DOMAIN_MODES) describe(`AoR throttling, end to end (domain: $
     assert.deepEqual((await dana2.register(60)).finals, [401, 200]);
     const gone = await dana2.register(0);
     assert.equal(gone.finals.at(-1), 200);
+    // Relayed (the registrar authenticates it), asking MIDREG_OUTGOING_EXPIRES for midreg's Contact: dana1 still needs it.
+    assert.equal(logLines(stack.midreg, { message: 'REGISTER relayed', callId: dana2.callId, relayReason: 'deregister', status: 200, upstreamExpires: '3600' }).length, 1);
     assert.deepEqual(replica(stack, 'dana').map((b) => b.contact), [dana1.contact]);
     assert.equal((await upstreamOf('dana')).length, 1, 'midreg\'s Contact stays: dana1 is still there');
     assert.deepEqual((await dana1.register(0, { star: true })).finals.at(-1), 200);
