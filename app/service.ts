@@ -12,11 +12,13 @@ import { SenderRate } from '../lib/messaging/offline-policy.js';
 import { OfflineStore } from '../lib/store/offline-store.js';
 import { Metrics } from '../lib/ops/metrics.js';
 import { createRegisterHandler, type ReplicaCounters } from '../lib/registrar/registration-relay.js';
-import { deregisterLapsed } from '../lib/registrar/upstream-deregistration.js';
+import { deregisterLapsed, deregisterOne } from '../lib/registrar/upstream-deregistration.js';
+import type { UpstreamOutcome } from '../lib/sip/upstream.js';
+import { ConnectionWatch, isConnectionFlow } from '../lib/reachability/connection-watch.js';
 import { createProxyHandler, PROXIED_METHODS } from '../lib/messaging/request-proxy.js';
 import { isTrustedPeer } from '../lib/messaging/routing.js';
 import { SipEngine, type RequestHandler } from '../lib/sip/drachtio.js';
-import { ReachabilityTable } from '../lib/reachability/reachability.js';
+import { pingVerdict, ReachabilityTable } from '../lib/reachability/reachability.js';
 import { Qualifier } from '../lib/reachability/qualifier.js';
 import type { Binding } from '../lib/registrar/registration.js';
 
@@ -59,7 +61,9 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
   // Reachability lives in memory beside the replica, never in it (lib/reachability/).
   const reachability = new ReachabilityTable();
   const qualifyOn = config.qualify.intervalSec > 0;
-  const reachabilityOf = qualifyOn ? (b: Binding) => reachability.of(b) : undefined;
+  const watchOn = config.connectionWatchMs > 0;
+  // Routing skips unreachable bindings when something can find them: qualify, or the connection watch.
+  const reachabilityOf = qualifyOn || watchOn ? (b: Binding) => reachability.of(b) : undefined;
   const metrics = new Metrics({
     registrations: () => ({ bindings: counters.bindings, aors: counters.aors }),
     reachability: () => reachability.counts(),
@@ -121,7 +125,12 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
     counters,
     onRegisterAnswered: (status, upstreamMs) => metrics.registerAnswered(status, upstreamMs),
     onReplicaWriteFailed: () => metrics.replicaWriteFailed(),
-    ...(courier ? { onReplicaWritten: (aor: string, bindings: number) => { if (bindings > 0) courier.registered(aor); } } : {}),
+    ...(courier || watchOn ? {
+      onReplicaWritten: (aor: string, bindings: number) => {
+        if (bindings > 0) courier?.registered(aor);
+        connectionWatch?.track(aor);
+      },
+    } : {}),
   })));
   engine.handle('MESSAGE', admitted(createMessageHandler({
     sender: engine,
@@ -143,6 +152,19 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
       },
     } : {}),
     ...(reachabilityOf ? { reachability: reachabilityOf } : {}),
+    // A MESSAGE is a ping too: a branch drachtio-server could not send (its own 503: the flow is
+    // gone) marks the binding unreachable at once, any answer marks it reachable. Only for flows
+    // whose entries something forgets again: all with qualify (its rounds sweep the table),
+    // connection-oriented ones with the connection watch.
+    ...(reachabilityOf ? {
+      onBranch: (b: Binding, outcome: UpstreamOutcome) => {
+        if (qualifyOn || (watchOn && isConnectionFlow(b))) {
+          const verdict = pingVerdict(outcome);
+          const after = reachability.record(b, verdict, Date.now());
+          if (verdict.kind === 'unreachable') logger.warn('binding unreachable: a MESSAGE could not reach it', { event: 'message', aor: b.aor, contact: b.contact, state: after.state, why: verdict.why });
+        }
+      },
+    } : {}),
     onOutcome: (outcome) => metrics.messageOutcome(outcome),
   })));
   const proxy = createProxyHandler({
@@ -156,6 +178,29 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
     ...(reachabilityOf ? { reachability: reachabilityOf } : {}),
   });
   for (const method of PROXIED_METHODS) engine.handle(method, proxy);
+
+  // drachtio-server says nothing when a TCP/TLS/WS connection closes: midreg watches the kernel's
+  // table of its connections instead (lib/reachability/connection-watch.ts).
+  const connectionWatch: ConnectionWatch | undefined = watchOn ? new ConnectionWatch({
+    table: reachability,
+    store,
+    sipAddresses: () => engine.sipAddresses,
+    intervalMs: config.connectionWatchMs,
+    logger,
+    onClosed: (b: Binding) => {
+      metrics.connectionClosed();
+      // Contact mode: the registrar keeps this contact for up to MIDREG_OUTGOING_EXPIRES; a phone
+      // whose connection is gone cannot be reached through it, so it is removed there now.
+      if (config.mode === 'contact' && engine.connected && b.callId !== null) {
+        void deregisterOne({
+          sender: engine, store, upstream, logger,
+          onRemoved: (emptied) => { counters.bindings -= 1; if (emptied) counters.aors -= 1; },
+          onResult: (result) => metrics.upstreamDeregistration(result),
+        }, b, Date.now(), 'its connection closed');
+      }
+    },
+  }) : undefined;
+  connectionWatch?.seed();
 
   const qualifier = qualifyOn ? new Qualifier({
     sender: engine,
@@ -176,6 +221,7 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
     logger.info('connected to drachtio-server', { drachtio: `${config.drachtio.host}:${config.drachtio.port}`, sip: hostport });
     metrics.drachtioConnected(true);
     markConnected();
+    connectionWatch?.start();
     if (qualifier) {
       qualifier.start();
       logger.info('qualify on', { intervalSec: config.qualify.intervalSec, timeoutMs: config.qualify.timeoutMs });
@@ -275,6 +321,7 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
       await admin.then((server) => server?.close(), () => undefined);
       clearInterval(purgeTimer);
       qualifier?.stop();
+      connectionWatch?.stop();
       if (courierTimer) clearInterval(courierTimer);
       stopping = true;
       const deadline = Date.now() + config.stopTimeoutMs;

@@ -37,6 +37,8 @@ export interface MessageRouterDeps {
   /** What qualify knows of each binding (absent: every binding is tried, as without qualify). */
   reachability?: (binding: Binding) => Reachability;
   onOutcome?(outcome: MessageOutcome): void;
+  /** How each branch to a binding ended (a send over a dead flow is news for its reachability). */
+  onBranch?(binding: Binding, outcome: UpstreamOutcome): void;
   clock?: () => number;
 }
 
@@ -185,7 +187,10 @@ export function createMessageHandler(deps: MessageRouterDeps): RequestHandler {
     const outcome = await forkFirst2xx(sendable.map((branch) => askUpstream(deps.sender, {
       method: 'MESSAGE', uri: branch.requestUri, headers: branchHeaders(req, hops.value, branch.route), body: req.body,
       ...(branch.nextHop ? { nextHop: branch.nextHop } : {}),
-    }, deps.upstream.timeoutMs, clock)));
+    }, deps.upstream.timeoutMs, clock).then((branchOutcome) => {
+      deps.onBranch?.(branch.binding, branchOutcome);
+      return branchOutcome;
+    })));
     sendAnswer(res, outcome);
     const delivered = outcome.status >= 200 && outcome.status < 300;
     finish(delivered ? 'delivered' : 'failed', outcome.status, {
