@@ -120,6 +120,7 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
     ...(config.insertion === 'contact' ? { contactInsertion: { self: () => selfAddressFrom(ownUri() ?? '') } } : {}),
     ...(config.mode === 'contact' ? { throttle: { outgoingExpiresSec: config.outgoingExpiresSec, refreshMarginSec: config.refreshMarginSec } } : {}),
     onRegisterAbsorbed: () => metrics.registerAbsorbed(),
+    flowTimerSec: config.flowTimerSec,
     logger,
     limits: { maxBindingsPerAor: config.maxBindingsPerAor, maxAors: config.maxAors },
     counters,

@@ -8,7 +8,7 @@ import type { OfflineStore } from '../store/offline-store.js';
 import { admitOffline, sipDate, type OfflineLimits, type SenderRate } from './offline-policy.js';
 import { ALL_UNREACHABLE, chooseReachable, type Reachability } from '../reachability/reachability.js';
 import type { Binding } from '../registrar/registration.js';
-import { branchFor, chooseFinal, classifySender, locate, understoodScheme, type Branch } from './routing.js';
+import { branchFor, chooseFinal, classifySender, locate, oneFlowPerInstance, understoodScheme, type Branch } from './routing.js';
 import { parseUri, type RequestHandler, type SipReply, type SipRequest } from '../sip/drachtio.js';
 import { askUpstream, nextMaxForwards, outboundBytes, replyHeaders, upstreamHeaders, type RequestSender, type UpstreamOutcome, type UpstreamTarget } from '../sip/upstream.js';
 
@@ -172,7 +172,8 @@ export function createMessageHandler(deps: MessageRouterDeps): RequestHandler {
       return;
     }
     const size = outboundBytes({ method: 'MESSAGE', uri: req.uri, headers: branchHeaders(req, hops.value, undefined), body: req.body });
-    const branches: Branch[] = choice.bindings.map((b) => branchFor(b, size));
+    const flows = oneFlowPerInstance(choice.bindings);
+    const branches: Branch[] = flows.kept.map((b) => branchFor(b, size));
     const sendable = branches.filter((b): b is Extract<Branch, { kind: 'send' }> => b.kind === 'send');
     if (sendable.length === 0) {
       const skipped = branches[0];
@@ -196,6 +197,7 @@ export function createMessageHandler(deps: MessageRouterDeps): RequestHandler {
     finish(delivered ? 'delivered' : 'failed', outcome.status, {
       aor: target.aor, branches: sendable.length, skipped: branches.length - sendable.length,
       ...(choice.skipped.length > 0 ? { unreachable: choice.skipped.map((b) => b.contact) } : {}),
+      ...(flows.dropped.length > 0 ? { olderFlows: flows.dropped.map((b) => b.contact) } : {}),
       to: sendable.map((b) => b.nextHop ?? b.requestUri),
     });
   };

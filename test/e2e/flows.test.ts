@@ -12,6 +12,8 @@ import { rawRequest } from '../support/raw-ua.js';
 import { allLiveBindings } from '../support/replica.js';
 import { startStack, type Stack } from '../support/stack.js';
 import { StreamUa } from '../support/stream-ua.js';
+import { createSocket } from 'node:dgram';
+import { randomBytes } from 'node:crypto';
 import JsSIP from 'jssip';
 import WebSocket from 'ws';
 
@@ -136,6 +138,51 @@ describe('TLS, TCP and WebSocket flows, end to end', { skip: skip ?? false, time
     assert.deepEqual(sent.statuses, [200]);
     assert.equal(tls.messages().at(-1)?.body.toString(), 'after a ping');
     assert.equal(tls.messages().at(-1)?.connection, 1);
+  });
+
+  it('RFC 5626 §8 STUN keep-alive on UDP: drachtio-server answers a Binding request with the address it saw', async () => {
+    const sock = createSocket('udp4');
+    try {
+      await new Promise<void>((resolve) => sock.bind(0, '127.0.0.1', () => resolve()));
+      const txid = randomBytes(12);
+      const request = Buffer.concat([Buffer.from([0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42]), txid]);
+      const answer = new Promise<Buffer>((resolve) => sock.once('message', (m) => resolve(m)));
+      sock.send(request, stack.drachtio.sipPort, '127.0.0.1');
+      const reply = await Promise.race([answer, new Promise<undefined>((r) => setTimeout(() => r(undefined), 2000))]);
+      assert.ok(reply, 'a STUN answer');
+      assert.equal(reply.readUInt16BE(0), 0x0101, 'Binding Success Response');
+      assert.deepEqual(reply.subarray(8, 20), txid, 'for our transaction');
+      // XOR-MAPPED-ADDRESS (0x0020) or MAPPED-ADDRESS (0x0001) carries our port.
+      let port: number | undefined;
+      for (let at = 20; at + 4 <= reply.length;) {
+        const type = reply.readUInt16BE(at);
+        const len = reply.readUInt16BE(at + 2);
+        if (type === 0x0020) port = reply.readUInt16BE(at + 6) ^ 0x2112;
+        if (type === 0x0001 && port === undefined) port = reply.readUInt16BE(at + 6);
+        at += 4 + len + ((4 - (len % 4)) % 4);
+      }
+      assert.equal(port, sock.address().port, 'the mapped address is the one we sent from');
+    } finally {
+      sock.close();
+    }
+  });
+
+  it('RFC 5626 §5.3: of a device\'s two flows (same +sip.instance, reg-id 1 and 2) a MESSAGE takes only the newest', async () => {
+    const user = 'openfrank';
+    const instance = ';+sip.instance="<urn:uuid:5f1c0e3a-0000-4000-8000-00000000f00d>"';
+    const ua = await StreamUa.open({ transport: 'tcp', port: stack.drachtio.sipPort, user, domain, contactParams: `${instance};reg-id=1`, registerHeaders: ['Supported: outbound, path'] });
+    uas.push(ua);
+    assert.equal(await ua.register(), 200, 'first flow');
+    await ua.connect();
+    ua.setContactParams(`${instance};reg-id=2`);
+    assert.equal(await ua.register(), 200, 'second flow, over a second connection');
+    const stored = allLiveBindings(stack.dbFile).filter((b) => b.aor === `sip:${user}@${domain}`);
+    assert.equal(stored.length, 2, 'the registrar lists both flows');
+    const sent = await rawRequest(stack, alice, 'MESSAGE', 'openalice', { to: user, body: 'newest flow' });
+    assert.deepEqual(sent.statuses, [200]);
+    assert.deepEqual(ua.messages().map((m) => m.connection), [2], 'one copy, on the newest flow');
+    const line = logLines(stack.midreg, { message: 'MESSAGE delivered', aor: `sip:${user}@${domain}` }).at(-1);
+    assert.equal((line?.['olderFlows'] as string[] | undefined)?.length, 1, 'the older flow is left out, and the log says so');
   });
 
   it('a closed TLS connection makes its binding unreachable within a second; a MESSAGE then reaches only the live device', async () => {

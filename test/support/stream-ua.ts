@@ -51,6 +51,9 @@ export class StreamUa {
 
   private constructor(private readonly opts: StreamUaOptions) {}
 
+  /** Contact parameters of the next REGISTER (e.g. another reg-id for a second flow). */
+  setContactParams(params: string): void { this.opts.contactParams = params; }
+
   static async open(opts: StreamUaOptions): Promise<StreamUa> {
     const ua = new StreamUa(opts);
     await ua.connect();
