@@ -78,6 +78,8 @@ describe('TLS, TCP and WebSocket flows, end to end', { skip: skip ?? false, time
       const stored = allLiveBindings(stack.dbFile).find((b) => b.aor === `sip:wsbob@${domain}`);
       assert.ok(stored, 'the replica holds the WebSocket binding');
       assert.match(stored.contact, /\.invalid;transport=ws/i, 'JsSIP\'s contact: a .invalid host (RFC 7118 §5)');
+      // drachtio-server names a WebSocket flow's protocol "tcp" (SipMsgData_t: udp, tls or tcp only).
+      assert.equal(stored.source?.transport, 'tcp');
 
       // UDP phone → WebSocket client: over the WebSocket connection JsSIP opened.
       const sent = await rawRequest(stack, alice, 'MESSAGE', 'openalice', { to: 'wsbob', body: 'hello browser' });
