@@ -154,13 +154,15 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
     } : {}),
     ...(reachabilityOf ? { reachability: reachabilityOf } : {}),
     // A MESSAGE is a ping too: a branch drachtio-server could not send (its own 503: the flow is
-    // gone) marks the binding unreachable at once, any answer marks it reachable. Only for flows
-    // whose entries something forgets again: all with qualify (its rounds sweep the table),
-    // connection-oriented ones with the connection watch.
+    // gone) marks the binding unreachable at once, any answer marks it reachable. A branch that
+    // timed out says nothing for sure (midreg's own overload looks the same) and is left to
+    // qualify. Only for flows whose entries something forgets again: all with qualify (its rounds
+    // sweep the table), connection-oriented ones with the connection watch.
     ...(reachabilityOf ? {
       onBranch: (b: Binding, outcome: UpstreamOutcome) => {
         if (qualifyOn || (watchOn && isConnectionFlow(b))) {
           const verdict = pingVerdict(outcome);
+          if (verdict.kind === 'unreachable' && verdict.why === 'timeout') return;
           const after = reachability.record(b, verdict, Date.now());
           if (verdict.kind === 'unreachable') logger.warn('binding unreachable: a MESSAGE could not reach it', { event: 'message', aor: b.aor, contact: b.contact, state: after.state, why: verdict.why });
         }
