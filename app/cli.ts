@@ -11,8 +11,9 @@ import { z } from 'zod';
 import {
   aorLookupKey, bindingView, columnWidths, formatRow, liveBindingPages, TABLE_HEADER, tableRow,
 } from '../lib/ops/binding-view.js';
-import { LocationStore } from '../lib/store/location-store.js';
-import { OfflineStore } from '../lib/store/offline-store.js';
+import { SqliteStore } from '../lib/store/sqlite-store.js';
+import type { BindingStore, OfflineMessageStore, Store } from '../lib/store/store.js';
+import type { Binding } from '../lib/registrar/registration.js';
 
 /** A failure the user can act on: printed as one line, exit code 1. */
 class CliError extends Error {}
@@ -26,10 +27,10 @@ async function write(out: Writable, text: string): Promise<void> {
   if (!out.write(text)) await once(out, 'drain');
 }
 
-function openReplica(file: string): LocationStore {
+function openReplica(file: string): Store {
   if (!existsSync(file)) throw new CliError(`no database at ${file} (give --db FILE or set MIDREG_DB)`);
   try {
-    return new LocationStore(file, { readonly: true });
+    return new SqliteStore(file, { readonly: true });
   } catch (err) {
     throw new CliError(err instanceof Error ? err.message : String(err));
   }
@@ -57,23 +58,31 @@ function openOutput(path: string): { path: string; stream: Writable; finish(): P
   };
 }
 
-function withReplica<T>(file: string, use: (store: LocationStore) => Promise<T>): Promise<T> {
+async function withReplica<T>(file: string, use: (store: Store) => Promise<T>): Promise<T> {
   const store = openReplica(file);
-  return use(store).finally(() => store.close());
+  try {
+    return await use(store);
+  } finally {
+    await store.close();
+  }
 }
 
 // ---- registrations ----------------------------------------------------------------------------
 
-export async function showRegistrations(store: LocationStore, aor: string | undefined, opts: { json: boolean }, out: Writable, now: number): Promise<void> {
+async function* oneAor(bindings: Binding[]): AsyncGenerator<Binding[]> {
+  yield bindings;
+}
+
+export async function showRegistrations(store: Pick<BindingStore, 'listLiveAfter' | 'liveBindings'>, aor: string | undefined, opts: { json: boolean }, out: Writable, now: number): Promise<void> {
   const pages = aor === undefined
     ? liveBindingPages(store, now, { batch: READ_BATCH })
-    : [store.liveBindings(aorLookupKey(aor), now)].values();
+    : oneAor(await store.liveBindings(aorLookupKey(aor), now));
   let bindings = 0;
   let aors = 0;
   let lastAor: string | undefined;
   let widths: number[] | undefined;
   if (opts.json) await write(out, '[');
-  for (const page of pages) {
+  for await (const page of pages) {
     if (page.length === 0) continue;
     if (opts.json) {
       await write(out, page.map((b, i) => `${bindings + i === 0 ? '\n' : ',\n'}${JSON.stringify(bindingView(b, now))}`).join(''));
@@ -259,10 +268,9 @@ export function formatReachability(bindings: readonly ReachableBinding[]): strin
 // ---- offline messages ---------------------------------------------------------------------------
 
 /** The offline queue from the replica file: every recipient's count, or one recipient's messages (never their bodies). */
-export async function showOffline(store: LocationStore, aor: string | undefined, opts: { json: boolean }, out: Writable): Promise<void> {
-  const offline = new OfflineStore(store);
+export async function showOffline(offline: Pick<OfflineMessageStore, 'summary' | 'listOf'>, aor: string | undefined, opts: { json: boolean }, out: Writable): Promise<void> {
   if (aor === undefined) {
-    const queues = offline.summary();
+    const queues = await offline.summary();
     if (opts.json) { await write(out, `${JSON.stringify(queues.map((q) => ({ aor: q.recipient, messages: q.messages, bytes: q.bytes, oldest_at: new Date(q.oldestAt).toISOString() })), null, 2)}\n`); return; }
     if (queues.length === 0) { await write(out, 'no offline messages\n'); return; }
     const rows = queues.map((q) => [q.recipient, String(q.messages), String(q.bytes), new Date(q.oldestAt).toISOString()]);
@@ -272,7 +280,7 @@ export async function showOffline(store: LocationStore, aor: string | undefined,
     return;
   }
   const key = aorLookupKey(aor);
-  const messages = offline.listOf(key).map((m) => ({
+  const messages = (await offline.listOf(key)).map((m) => ({
     id: m.id, from: m.sender, content_type: m.contentType, bytes: Buffer.byteLength(m.body, 'utf8'), date: m.date,
     received_at: new Date(m.receivedAt).toISOString(), expires_at: new Date(m.expiresAt).toISOString(), attempts: m.attempts,
   }));
@@ -313,10 +321,10 @@ function progressReporter(err: Writable & { isTTY?: boolean }, total: number): {
   };
 }
 
-export async function exportBindings(store: LocationStore, out: Writable, opts: { batch: number; progress?: Writable & { isTTY?: boolean } }, now: number): Promise<number> {
-  const progress = opts.progress ? progressReporter(opts.progress, store.counts(now).bindings) : undefined;
+export async function exportBindings(store: Pick<BindingStore, 'listLiveAfter' | 'counts'>, out: Writable, opts: { batch: number; progress?: Writable & { isTTY?: boolean } }, now: number): Promise<number> {
+  const progress = opts.progress ? progressReporter(opts.progress, (await store.counts(now)).bindings) : undefined;
   let done = 0;
-  for (const page of liveBindingPages(store, now, { batch: opts.batch })) {
+  for await (const page of liveBindingPages(store, now, { batch: opts.batch })) {
     await write(out, page.map((b) => `${JSON.stringify(bindingView(b, now))}\n`).join(''));
     done += page.length;
     progress?.update(done);
@@ -356,7 +364,7 @@ export function program(env: NodeJS.ProcessEnv): Command {
     .option('--db <file>', 'SQLite replica (env MIDREG_DB)', dbDefault)
     .option('--json', 'print a JSON array of bindings (the admin API\'s binding fields)', false)
     .action(async (aor: string | undefined, opts: { db: string; json: boolean }) => {
-      await withReplica(opts.db, (store) => showRegistrations(store, aor, { json: opts.json }, process.stdout, Date.now()));
+      await withReplica(opts.db, (store) => showRegistrations(store.bindings, aor, { json: opts.json }, process.stdout, Date.now()));
     });
 
   cli.command('stats')
@@ -370,7 +378,7 @@ export function program(env: NodeJS.ProcessEnv): Command {
         if (opts.url !== undefined) throw new CliError('give either --url (ask the service) or --db (read the replica), not both');
         const db = opts.db;
         await withReplica(db, async (store) => {
-          const counts = store.counts(Date.now());
+          const counts = await store.bindings.counts(Date.now());
           await write(process.stdout, opts.json
             ? `${JSON.stringify({ database: db, bindings: counts.bindings, aors: counts.aors }, null, 2)}\n`
             : `database  ${db}\nbindings  ${counts.bindings} live, ${counts.aors} AoR${counts.aors === 1 ? '' : 's'}\n`);
@@ -416,7 +424,7 @@ export function program(env: NodeJS.ProcessEnv): Command {
         await write(process.stdout, opts.json ? `${JSON.stringify({ aor: aorLookupKey(aor), purged })}\n` : `purged ${purged} message${purged === 1 ? '' : 's'} for ${aorLookupKey(aor)}\n`);
         return;
       }
-      await withReplica(opts.db, (store) => showOffline(store, aor, { json: opts.json }, process.stdout));
+      await withReplica(opts.db, (store) => showOffline(store.offline, aor, { json: opts.json }, process.stdout));
     });
 
   cli.command('export')
@@ -429,7 +437,7 @@ export function program(env: NodeJS.ProcessEnv): Command {
       await withReplica(opts.db, async (store) => {
         const file = opts.out !== undefined ? openOutput(opts.out) : undefined;
         const progress = opts.progress || process.stderr.isTTY ? process.stderr : undefined;
-        const count = await exportBindings(store, file?.stream ?? process.stdout, { batch: opts.batch, ...(progress ? { progress } : {}) }, Date.now());
+        const count = await exportBindings(store.bindings, file?.stream ?? process.stdout, { batch: opts.batch, ...(progress ? { progress } : {}) }, Date.now());
         if (file) {
           await file.finish();
           if (!progress) process.stderr.write(`exported ${count} bindings to ${file.path}\n`);

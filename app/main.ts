@@ -4,7 +4,7 @@ import { ConfigError, loadConfig } from './config.js';
 import { startMidreg } from './service.js';
 import { createLogger } from '../lib/ops/logger.js';
 
-function main(): void {
+async function main(): Promise<void> {
   let config;
   try {
     config = loadConfig();
@@ -18,7 +18,7 @@ function main(): void {
   const logger = createLogger({ level: config.logLevel, format: config.logFormat });
   let service;
   try {
-    service = startMidreg(config, logger);
+    service = await startMidreg(config, logger);
   } catch (err) {
     logger.error('cannot start', { error: err instanceof Error ? err.message : String(err) });
     process.exit(1);
@@ -44,4 +44,4 @@ function main(): void {
   process.on('SIGINT', () => stop('SIGINT'));
 }
 
-main();
+await main();

@@ -3,13 +3,13 @@ import type { Config } from './config.js';
 import { startAdminServer, type AdminServer } from '../lib/ops/admin.js';
 import { FloodGuard } from '../lib/ops/flood-guard.js';
 import { ExpirySweeper, sweepExpired } from '../lib/store/expiry-sweep.js';
-import { LocationStore } from '../lib/store/location-store.js';
+import { SqliteStore } from '../lib/store/sqlite-store.js';
+import type { Store } from '../lib/store/store.js';
 import type { Logger } from '../lib/ops/logger.js';
 import { selfAddressFrom } from '../lib/registrar/contact-insertion.js';
 import { createMessageHandler } from '../lib/messaging/message-router.js';
 import { OfflineCourier } from '../lib/messaging/offline-courier.js';
 import { SenderRate } from '../lib/messaging/offline-policy.js';
-import { OfflineStore } from '../lib/store/offline-store.js';
 import { Metrics } from '../lib/ops/metrics.js';
 import { createRegisterHandler, type ReplicaCounters } from '../lib/registrar/registration-relay.js';
 import { deregisterLapsed, deregisterOne } from '../lib/registrar/upstream-deregistration.js';
@@ -24,7 +24,7 @@ import type { Binding } from '../lib/registrar/registration.js';
 
 export interface Midreg {
   readonly engine: SipEngine;
-  readonly store: LocationStore;
+  readonly store: Store;
   readonly metrics: Metrics;
   /** The admin API once listening; undefined when MIDREG_ADMIN_PORT is unset. Rejects when it cannot start. */
   readonly admin: Promise<AdminServer | undefined>;
@@ -43,21 +43,33 @@ export function pathUriFrom(sipAddresses: string[]): string | undefined {
   return `sip:${hostport};lr${transport === 'udp' ? '' : `;transport=${transport}`}`;
 }
 
-export function startMidreg(config: Config, logger: Logger): Midreg {
-  const store = new LocationStore(config.dbFile, {
+/** The SQLite replica (the one-node default). */
+function openSqlite(config: Config, logger: Logger): SqliteStore {
+  const store = new SqliteStore(config.dbFile, {
     fallbackToReadonly: true,
+    cseqRetentionMs: config.upstreamTimeoutMs + 5000,
     onCheckpointStatus: (error) => {
       if (error === undefined) logger.info('database checkpoints work again', { db: config.dbFile });
       else logger.warn('database checkpoint failed; the WAL file grows until it works', { db: config.dbFile, error });
     },
   });
-  for (const name of store.migrationsApplied) logger.info('database migration applied', { migration: name, db: config.dbFile });
-  if (store.readOnlyReason !== undefined) {
-    logger.error('database cannot be written; running with a read-only replica (REGISTERs are still relayed)', { db: config.dbFile, error: store.readOnlyReason });
+  for (const name of store.replica.migrationsApplied) logger.info('database migration applied', { migration: name, db: config.dbFile });
+  if (store.replica.readOnlyReason !== undefined) {
+    logger.error('database cannot be written; running with a read-only replica (REGISTERs are still relayed)', { db: config.dbFile, error: store.replica.readOnlyReason });
   }
-  const counters: ReplicaCounters = store.countStored();
-  logger.info('replica opened', { db: config.dbFile, schema: store.schemaVersion, bindings: counters.bindings, aors: counters.aors });
-  const offlineStore = config.offline ? new OfflineStore(store) : undefined;
+  logger.info('replica opened', { db: config.dbFile, schema: store.replica.schemaVersion });
+  return store;
+}
+
+export async function startMidreg(config: Config, logger: Logger): Promise<Midreg> {
+  const store: Store = openSqlite(config, logger);
+  const bindings = store.bindings;
+  const counters: ReplicaCounters = await bindings.countStored().catch((err: unknown) => {
+    logger.error('cannot count stored bindings; counters start at 0', { store: store.describe, error: err instanceof Error ? err.message : String(err) });
+    return { bindings: 0, aors: 0 };
+  });
+  logger.info('store ready', { store: store.kind, at: store.describe, bindings: counters.bindings, aors: counters.aors });
+  const offlineStore = config.offline ? store.offline : undefined;
   // Reachability lives in memory beside the replica, never in it (lib/reachability/).
   const reachability = new ReachabilityTable();
   const qualifyOn = config.qualify.intervalSec > 0;
@@ -67,8 +79,8 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
   const metrics = new Metrics({
     registrations: () => ({ bindings: counters.bindings, aors: counters.aors }),
     reachability: () => reachability.counts(),
-    ...(offlineStore ? { offline: () => ({ ...offlineStore.totals() }) } : {}),
-    ...(config.mode === 'contact' ? { pendingDeregistrations: () => store.countPendingDeregistrations(Date.now()) } : {}),
+    ...(offlineStore ? { offline: () => offlineStore.totals() } : {}),
+    ...(config.mode === 'contact' ? { pendingDeregistrations: () => bindings.countPendingDeregistrations(Date.now()) } : {}),
   });
 
   const engine = new SipEngine((err, req) => {
@@ -103,16 +115,19 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
   const courier = offlineStore ? new OfflineCourier({
     sender: engine,
     store: offlineStore,
-    bindings: store,
+    bindings,
     timeoutMs: config.upstreamTimeoutMs,
     logger,
     onOutcome: (outcome) => metrics.offlineOutcome(outcome),
   }) : undefined;
-  if (offlineStore) logger.info('offline messages on', { waiting: offlineStore.totals().messages, ttlSec: config.offline?.ttlSec });
+  if (offlineStore && courier) {
+    await courier.load().catch((err: unknown) => logger.error('cannot read the offline queue; delivered on the next tick', { error: err instanceof Error ? err.message : String(err) }));
+    logger.info('offline messages on', { waiting: (await offlineStore.totals().catch(() => ({ messages: Number.NaN }))).messages, ttlSec: config.offline?.ttlSec });
+  }
   const ownUri = (): string | undefined => config.pathUri ?? pathUriFrom(engine.sipAddresses);
   engine.handle('REGISTER', admitted(createRegisterHandler({
     sender: engine,
-    store,
+    store: bindings,
     upstream,
     domains: config.domains,
     sipAddresses: () => engine.sipAddresses,
@@ -129,13 +144,15 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
     ...(courier || watchOn ? {
       onReplicaWritten: (aor: string, bindings: number) => {
         if (bindings > 0) courier?.registered(aor);
-        connectionWatch?.track(aor);
+        connectionWatch?.track(aor).catch((err: unknown) => {
+          logger.warn('connection watch: cannot index the AoR\'s bindings', { aor, error: err instanceof Error ? err.message : String(err) });
+        });
       },
     } : {}),
   })));
   engine.handle('MESSAGE', admitted(createMessageHandler({
     sender: engine,
-    store,
+    store: bindings,
     upstream,
     domains: config.domains,
     sipAddresses: () => engine.sipAddresses,
@@ -146,7 +163,7 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
     ...(offlineStore && courier && config.offline ? {
       offline: {
         store: offlineStore,
-        isKnown: (aor: string) => store.isKnownAor(aor),
+        isKnown: (aor: string) => bindings.isKnownAor(aor),
         rate: new SenderRate(config.offline.senderPerMinute),
         limits: config.offline,
         stored: (aor: string) => courier.stored(aor),
@@ -171,7 +188,7 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
     onOutcome: (outcome) => metrics.messageOutcome(outcome),
   })));
   const proxy = createProxyHandler({
-    store,
+    store: bindings,
     upstreamUri: config.upstream,
     domains: config.domains,
     trustedPeers: config.trustedPeers,
@@ -186,7 +203,7 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
   // table of its connections instead (lib/reachability/connection-watch.ts).
   const connectionWatch: ConnectionWatch | undefined = watchOn ? new ConnectionWatch({
     table: reachability,
-    store,
+    store: bindings,
     sipAddresses: () => engine.sipAddresses,
     intervalMs: config.connectionWatchMs,
     logger,
@@ -196,18 +213,20 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
       // whose connection is gone cannot be reached through it, so it is removed there now.
       if (config.mode === 'contact' && engine.connected && b.callId !== null) {
         void deregisterOne({
-          sender: engine, store, upstream, logger,
+          sender: engine, store: bindings, upstream, logger,
           onRemoved: (emptied) => { counters.bindings -= 1; if (emptied) counters.aors -= 1; },
           onResult: (result) => metrics.upstreamDeregistration(result),
         }, b, Date.now(), 'its connection closed');
       }
     },
   }) : undefined;
-  connectionWatch?.seed();
+  connectionWatch?.seed().catch((err: unknown) => {
+    logger.warn('connection watch: cannot read the stored bindings at start; bindings are watched from their next registration', { error: err instanceof Error ? err.message : String(err) });
+  });
 
   const qualifier = qualifyOn ? new Qualifier({
     sender: engine,
-    store,
+    store: bindings,
     table: reachability,
     intervalMs: config.qualify.intervalSec * 1000,
     timeoutMs: config.qualify.timeoutMs,
@@ -230,7 +249,7 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
       logger.info('qualify on', { intervalSec: config.qualify.intervalSec, timeoutMs: config.qualify.timeoutMs });
     }
     // After a restart: messages stored before it go out to whoever is registered.
-    if (courier && store.readOnlyReason === undefined) setImmediate(() => courier.tick());
+    if (courier && store.unavailableReason === undefined) setImmediate(() => { void courier.tick(); });
   });
   engine.on('disconnect', (reason) => {
     logger.warn('lost drachtio-server; reconnecting', { drachtio: `${config.drachtio.host}:${config.drachtio.port}`, reason });
@@ -246,7 +265,7 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
       port: config.admin.port,
       token: config.admin.token,
       deps: {
-        store: { listLiveAfter: (...a) => store.listLiveAfter(...a), liveBindings: (...a) => store.liveBindings(...a), checkWritable: () => store.checkWritable(), counts: () => ({ ...counters }) },
+        store: { listLiveAfter: (...a) => bindings.listLiveAfter(...a), liveBindings: (...a) => bindings.liveBindings(...a), checkWritable: () => store.checkWritable(), counts: () => Promise.resolve({ ...counters }) },
         metrics,
         drachtioConnected: () => engine.connected,
         offline: offlineStore,
@@ -263,22 +282,22 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
 
   // Expired bindings are never used (lookups filter on expiry); this only reclaims the rows, in
   // transactions sized to stay well under SWEEP_BUDGET_MS each, paced (lib/store/expiry-sweep.ts).
-  const sweeper = new ExpirySweeper(store);
+  const sweeper = new ExpirySweeper(bindings);
   let purging = false;
   let stopping = false;
-  const purge = (reason: 'start' | 'timer'): void => {
+  const purge = async (reason: 'start' | 'timer'): Promise<void> => {
     if (purging || stopping) return;
-    if (store.readOnlyReason !== undefined) {
-      if (!store.reopenWritable()) return;
-      logger.info('database writable again', { db: config.dbFile });
-    }
     purging = true;
+    if (store.unavailableReason !== undefined) {
+      if (!await store.reopenWritable()) { purging = false; return; }
+      logger.info(store.kind === 'sqlite' ? 'database writable again' : 'store writable again', { store: store.describe });
+    }
     // Contact mode: phones that stopped refreshing are de-registered upstream first (bounded per
     // run); what the registrar accepted is deleted, the rest waits as lapsed until its upstream expiry.
     const deregistered = config.mode === 'contact' && engine.connected
       ? deregisterLapsed({
         sender: engine,
-        store,
+        store: bindings,
         upstream,
         logger,
         onRemoved: (emptied) => { counters.bindings -= 1; if (emptied) counters.aors -= 1; },
@@ -300,17 +319,17 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
       logger.error('expiry sweep failed', { error: err instanceof Error ? err.message : String(err) });
     }).finally(() => { purging = false; });
   };
-  const purgeTimer = setInterval(() => purge('timer'), config.purgeIntervalSec * 1000);
+  const purgeTimer = setInterval(() => { void purge('timer'); }, config.purgeIntervalSec * 1000);
   purgeTimer.unref();
   // Expired offline messages go, and failed deliveries are retried, on this beat; a registration
   // delivers at once without waiting for it.
   const courierTimer = courier && config.offline ? setInterval(() => {
-    if (store.readOnlyReason === undefined && engine.connected) courier.tick();
+    if (store.unavailableReason === undefined && engine.connected) void courier.tick();
   }, config.offline.retryIntervalSec * 1000) : undefined;
   courierTimer?.unref();
   // Bindings that expired while midreg was down are never served (every lookup filters on
   // expiry); they are deleted in the background so start-up does not wait for them.
-  setImmediate(() => purge('start'));
+  setImmediate(() => { void purge('start'); });
 
   return {
     engine,
@@ -331,7 +350,7 @@ export function startMidreg(config: Config, logger: Logger): Midreg {
       while ((guard.active > 0 || (courier?.active ?? 0) > 0) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
       const abandoned = guard.active + (courier?.active ?? 0);
       engine.disconnect();
-      store.close();
+      await store.close();
       return { abandoned };
     },
   };

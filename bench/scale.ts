@@ -21,6 +21,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { ExpirySweeper, FIRST_BATCH, sweepExpired } from '../lib/store/expiry-sweep.js';
 import { LocationStore } from '../lib/store/location-store.js';
+import type { BindingStore } from '../lib/store/store.js';
 import type { Binding } from '../lib/registrar/registration.js';
 
 const HOUR = 3_600_000;
@@ -174,7 +175,7 @@ async function measureStart(db: string, now: number): Promise<StartMeasure> {
   const countsMs = ms(tc);
   const totalMs = ms(t);
   const tp = process.hrtime.bigint();
-  const purged = await sweepExpired(new ExpirySweeper(store), { now: () => now });
+  const purged = await sweepExpired(new ExpirySweeper({ purgeExpiredBatch: (at, limit) => Promise.resolve(store.purgeExpiredBatch(at, limit)) }), { now: () => now });
   const purgeMs = ms(tp);
   store.close();
   return { totalMs, openMs, purgeMs, countsMs, purged, bindings: counts.bindings, aors: counts.aors, migrationsApplied: store.migrationsApplied.length, rssMb: mb(process.memoryUsage().rss) };
@@ -217,13 +218,13 @@ async function phaseSweep(db: string, now: number): Promise<SweepMeasure> {
   let worstStep: SweepMeasure['worstStep'] = { ms: 0, batch: 0 };
   // The split is read just around the transaction, inside the time the sweeper measures.
   let lastSplit: { cpuMs: number; waitMs: number } | undefined;
-  const splitStore: Pick<LocationStore, 'purgeExpiredBatch'> = {
+  const splitStore: Pick<BindingStore, 'purgeExpiredBatch'> = {
     purgeExpiredBatch: (at, limit) => {
       const before = threadSchedMs();
       const result = store.purgeExpiredBatch(at, limit);
       const after = threadSchedMs();
       lastSplit = before && after ? { cpuMs: after.cpuMs - before.cpuMs, waitMs: after.waitMs - before.waitMs } : undefined;
-      return result;
+      return Promise.resolve(result);
     },
   };
   const started = process.hrtime.bigint();

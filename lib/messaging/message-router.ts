@@ -1,20 +1,19 @@
 // SIP MESSAGE (RFC 3428) delivered from the replica: the voice platform behind midreg gains IM.
 import { canonicalAor } from '../registrar/aor.js';
-import type { LocationStore } from '../store/location-store.js';
+import type { BindingStore, OfflineMessageStore } from '../store/store.js';
 import type { Logger } from '../ops/logger.js';
 import type { MessageOutcome } from '../ops/metrics.js';
 import { namesMidreg, retargetToUpstream } from '../sip/own-address.js';
-import type { OfflineStore } from '../store/offline-store.js';
 import { admitOffline, sipDate, type OfflineLimits, type SenderRate } from './offline-policy.js';
 import { ALL_UNREACHABLE, chooseReachable, type Reachability } from '../reachability/reachability.js';
 import type { Binding } from '../registrar/registration.js';
-import { branchFor, chooseFinal, classifySender, locate, oneFlowPerInstance, understoodScheme, type Branch } from './routing.js';
+import { branchFor, chooseFinal, classifySender, isTrustedPeer, locate, oneFlowPerInstance, understoodScheme, type Branch } from './routing.js';
 import { parseUri, type RequestHandler, type SipReply, type SipRequest } from '../sip/drachtio.js';
 import { askUpstream, nextMaxForwards, outboundBytes, replyHeaders, upstreamHeaders, type RequestSender, type UpstreamOutcome, type UpstreamTarget } from '../sip/upstream.js';
 
 export interface MessageRouterDeps {
   sender: RequestSender;
-  store: Pick<LocationStore, 'liveBindings' | 'liveBindingsByContact' | 'bindingsByInsertionKey' | 'isLiveSource'> & Partial<Pick<LocationStore, 'lapsedBindingsByContact'>>;
+  store: Pick<BindingStore, 'liveBindings' | 'liveBindingsByContact' | 'bindingsByInsertionKey' | 'isLiveSource'> & Partial<Pick<BindingStore, 'lapsedBindingsByContact'>>;
   upstream: UpstreamTarget;
   domains: readonly string[];
   /** drachtio-server's SIP addresses as announced (`udp/127.0.0.1:5060`); [] until connected. */
@@ -26,9 +25,9 @@ export interface MessageRouterDeps {
   logger: Logger;
   /** Offline messages (MIDREG_OFFLINE_MESSAGES=on); absent: a user with no live binding gets noBindingStatus. */
   offline?: {
-    store: Pick<OfflineStore, 'add' | 'queueOf' | 'totals'>;
+    store: Pick<OfflineMessageStore, 'add' | 'queueOf' | 'totals'>;
     /** The registrar has accepted this AoR at least once. */
-    isKnown(aor: string): boolean;
+    isKnown(aor: string): Promise<boolean>;
     rate: SenderRate;
     limits: OfflineLimits;
     /** Called once a message is on disk (the courier delivers it when the user registers). */
@@ -75,14 +74,14 @@ export function createMessageHandler(deps: MessageRouterDeps): RequestHandler {
 
     const fromAor = senderAor(req);
     /** No live binding: keep the message for the user's next registration, or say why not. */
-    const keepOffline = (aor: string): void => {
+    const keepOffline = async (aor: string): Promise<void> => {
       const offline = deps.offline;
       if (!offline) return;
       const sender = fromAor ?? from;
       const admission = admitOffline({
-        recipientKnown: offline.isKnown(aor),
-        queue: offline.store.queueOf(aor),
-        totalBytes: offline.store.totals().bytes,
+        recipientKnown: await offline.isKnown(aor),
+        queue: await offline.store.queueOf(aor),
+        totalBytes: (await offline.store.totals()).bytes,
         messageBytes: bodyBytes,
         senderWithinRate: () => offline.rate.take(sender, now),
       }, offline.limits, deps.noBindingStatus);
@@ -92,7 +91,7 @@ export function createMessageHandler(deps: MessageRouterDeps): RequestHandler {
         return;
       }
       // On disk before the 202 goes out: what midreg acknowledged survives a crash.
-      const id = offline.store.add({
+      const id = await offline.store.add({
         recipient: aor, sender, fromHeader: req.header('From') ?? '', toHeader: req.header('To') ?? `<${aor}>`,
         contentType: req.header('Content-Type') ?? 'text/plain', body: req.body, date: req.header('Date') ?? sipDate(now),
         receivedAt: now, expiresAt: now + offline.limits.ttlSec * 1000,
@@ -102,8 +101,10 @@ export function createMessageHandler(deps: MessageRouterDeps): RequestHandler {
       offline.stored(aor);
       finish('stored', 202, { aor, id, bodyBytes });
     };
-    const sender = classifySender(req.source, deps.trustedPeers,
-      () => fromAor !== undefined && deps.store.isLiveSource(fromAor, req.source.address, req.source.port, now));
+    // Looked up only for a sender that is not a trusted peer (classifySender stays pure).
+    const liveSource = !isTrustedPeer(req.source, deps.trustedPeers) && fromAor !== undefined
+      && await deps.store.isLiveSource(fromAor, req.source.address, req.source.port, now);
+    const sender = classifySender(req.source, deps.trustedPeers, () => liveSource);
     if (!understoodScheme(req.uri)) {
       res.send(416, { reason: 'Unsupported URI Scheme' });
       finish('failed', 416, { why: 'Request-URI scheme not sip, sips or tel (RFC 3261 §16.3 item 2)' });
@@ -129,10 +130,10 @@ export function createMessageHandler(deps: MessageRouterDeps): RequestHandler {
     }
 
     const own = { sipAddresses: deps.sipAddresses(), domains: deps.domains };
-    const target = locate(req.uri, deps.store, own, now);
+    const target = await locate(req.uri, deps.store, own, now);
 
     if (target.kind === 'no-binding') {
-      if (deps.offline) { keepOffline(target.aor); return; }
+      if (deps.offline) { await keepOffline(target.aor); return; }
       res.send(deps.noBindingStatus);
       finish('not_found', deps.noBindingStatus, { aor: target.aor });
       return;

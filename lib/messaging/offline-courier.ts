@@ -6,7 +6,7 @@ import { randomUUID } from 'node:crypto';
 import type { Logger } from '../ops/logger.js';
 import type { OfflineOutcome } from '../ops/metrics.js';
 import type { Binding } from '../registrar/registration.js';
-import type { OfflineMessage, OfflineStore } from '../store/offline-store.js';
+import type { OfflineMessage, OfflineMessageStore } from '../store/store.js';
 import { askUpstream, outboundBytes, type RequestSender } from '../sip/upstream.js';
 import { forkFirst2xx } from './message-router.js';
 import { retryDelayMs } from './offline-policy.js';
@@ -14,8 +14,8 @@ import { branchFor, type Branch } from './routing.js';
 
 export interface OfflineCourierDeps {
   sender: RequestSender;
-  store: Pick<OfflineStore, 'nextOf' | 'delivered' | 'postpone' | 'recipientsDue' | 'takeExpired' | 'recipients'>;
-  bindings: { liveBindings(aor: string, now: number): Binding[] };
+  store: Pick<OfflineMessageStore, 'nextOf' | 'delivered' | 'postpone' | 'recipientsDue' | 'takeExpired' | 'recipients'>;
+  bindings: { liveBindings(aor: string, now: number): Promise<Binding[]> };
   timeoutMs: number;
   logger: Logger;
   onOutcome?(outcome: OfflineOutcome): void;
@@ -42,7 +42,11 @@ export class OfflineCourier {
 
   constructor(private readonly deps: OfflineCourierDeps) {
     this.clock = deps.clock ?? Date.now;
-    for (const recipient of deps.store.recipients()) this.waiting.add(recipient);
+  }
+
+  /** Learn who has messages waiting (after a restart); before the first tick. */
+  async load(): Promise<void> {
+    for (const recipient of await this.deps.store.recipients()) this.waiting.add(recipient);
   }
 
   /** A message was stored for `aor`. */
@@ -57,15 +61,23 @@ export class OfflineCourier {
   }
 
   /** Drop expired messages, then retry recipients whose next attempt is due. */
-  tick(): void {
+  async tick(): Promise<void> {
+    try {
+      await this.tickOnce();
+    } catch (err) {
+      this.deps.logger.error('offline tick failed; tried again on the next one', { event: 'offline', error: err instanceof Error ? err.message : String(err) });
+    }
+  }
+
+  private async tickOnce(): Promise<void> {
     const now = this.clock();
-    for (const message of this.deps.store.takeExpired(now, EXPIRE_BATCH)) {
+    for (const message of await this.deps.store.takeExpired(now, EXPIRE_BATCH)) {
       this.deps.logger.info('offline message expired undelivered', {
         event: 'offline', outcome: 'expired', id: message.id, to: message.recipient, from: message.sender, attempts: message.attempts, storedAt: new Date(message.receivedAt).toISOString(),
       });
       this.deps.onOutcome?.('expired');
     }
-    for (const recipient of this.deps.store.recipientsDue(now)) {
+    for (const recipient of await this.deps.store.recipientsDue(now)) {
       this.waiting.add(recipient);
       void this.deliver(recipient, false);
     }
@@ -86,21 +98,21 @@ export class OfflineCourier {
     try {
       for (;;) {
         const now = this.clock();
-        const message = this.deps.store.nextOf(aor, now);
+        const message = await this.deps.store.nextOf(aor, now);
         if (!message) { this.waiting.delete(aor); return; }
         // A fresh registration is the moment to try again; otherwise respect the backoff.
         if (!registeredNow && message.nextAttemptAt > now) return;
-        const bindings = this.deps.bindings.liveBindings(aor, now);
+        const bindings = await this.deps.bindings.liveBindings(aor, now);
         if (bindings.length === 0) return;
         const status = await this.send(message, bindings);
         if (status >= 200 && status < 300) {
-          this.deps.store.delivered(message);
+          await this.deps.store.delivered(message);
           this.deps.logger.info('offline message delivered', { event: 'offline', outcome: 'delivered', id: message.id, to: aor, from: message.sender, status, attempts: message.attempts + 1 });
           this.deps.onOutcome?.('delivered');
           continue;
         }
         const retryAt = this.clock() + retryDelayMs(message.attempts);
-        this.deps.store.postpone(message.id, retryAt);
+        await this.deps.store.postpone(message.id, retryAt);
         this.deps.logger.info('offline message not delivered; will retry', { event: 'offline', outcome: 'retry', id: message.id, to: aor, status, retryAt: new Date(retryAt).toISOString() });
         this.deps.onOutcome?.('retry');
         return;

@@ -1,7 +1,7 @@
 // Every request other than REGISTER and MESSAGE: users' requests go to the platform, the
 // platform's requests go to users from the replica, so voice works exactly as without midreg.
 import { isServedDomain } from '../registrar/aor.js';
-import type { LocationStore } from '../store/location-store.js';
+import type { BindingStore } from '../store/store.js';
 import type { Logger } from '../ops/logger.js';
 import { namesMidreg, ownHosts, retargetToUpstream, type OwnAddresses } from '../sip/own-address.js';
 import { ALL_UNREACHABLE, chooseReachable, type Reachability } from '../reachability/reachability.js';
@@ -15,7 +15,7 @@ export const PROXIED_METHODS = ['INVITE', 'OPTIONS', 'SUBSCRIBE', 'NOTIFY', 'INF
 export const ALLOW = ['INVITE', 'ACK', 'CANCEL', 'BYE', 'OPTIONS', 'REGISTER', 'MESSAGE', 'SUBSCRIBE', 'NOTIFY', 'INFO', 'REFER', 'PUBLISH', 'UPDATE'].join(', ');
 
 export interface RequestProxyDeps {
-  store: Pick<LocationStore, 'liveBindings' | 'liveBindingsByContact' | 'bindingsByInsertionKey'> & Partial<Pick<LocationStore, 'lapsedBindingsByContact'>>;
+  store: Pick<BindingStore, 'liveBindings' | 'liveBindingsByContact' | 'bindingsByInsertionKey'> & Partial<Pick<BindingStore, 'lapsedBindingsByContact'>>;
   upstreamUri: string;
   domains: readonly string[];
   trustedPeers: readonly string[];
@@ -68,7 +68,7 @@ export function createProxyHandler(deps: RequestProxyDeps): RequestHandler {
     let direction: 'to-platform' | 'to-user';
     if (isTrustedPeer(req.source, deps.trustedPeers)) {
       // From the platform: a request for a registered user (usually via the Path midreg added).
-      const target = locate(req.uri, deps.store, own, clock());
+      const target = await locate(req.uri, deps.store, own, clock());
       if (target.kind === 'no-binding') {
         res.send(deps.noBindingStatus);
         log.info('request refused: no live binding', { ...base, status: deps.noBindingStatus, aor: target.aor });

@@ -55,11 +55,11 @@ export function resolveTarget(input: {
 }
 
 export interface BindingLookup {
-  liveBindingsByContact(contact: string, now: number): Binding[];
-  liveBindings(aor: string, now: number): Binding[];
-  bindingsByInsertionKey(key: string): Binding[];
+  liveBindingsByContact(contact: string, now: number): Promise<Binding[]>;
+  liveBindings(aor: string, now: number): Promise<Binding[]>;
+  bindingsByInsertionKey(key: string): Promise<Binding[]>;
   /** Contact mode: bindings of this contact expired for the phone but still registered upstream. */
-  lapsedBindingsByContact?(contact: string, now: number): Binding[];
+  lapsedBindingsByContact?(contact: string, now: number): Promise<Binding[]>;
 }
 
 /**
@@ -67,26 +67,26 @@ export interface BindingLookup {
  * address carrying a binding key is a Contact midreg gave the registrar (contact insertion): it
  * reaches that stored binding and nothing else, so a forged or stale key never becomes a relay.
  */
-export function locate(requestUri: string, lookup: BindingLookup, own: OwnAddresses, now: number): Target {
+export async function locate(requestUri: string, lookup: BindingLookup, own: OwnAddresses, now: number): Promise<Target> {
   const domains = own.domains;
   const ruri = parseUri(requestUri);
   const key = ruri && namesMidreg(ruri, own) ? keyOf(requestUri) : undefined;
   if (key !== undefined) {
-    const stored = lookup.bindingsByInsertionKey(key);
+    const stored = await lookup.bindingsByInsertionKey(key);
     const live = stored.filter((b) => b.expiresAt > now);
     if (live.length > 0) return { kind: 'bindings', bindings: live, via: 'insertion', aor: live[0]?.aor };
     return stored[0] ? { kind: 'expired-key', key, aor: stored[0].aor } : { kind: 'unknown-key', key };
   }
   const servedAor = ruri && ruri.user !== undefined && isServedDomain(ruri.host, domains) ? canonicalAor(ruri) : undefined;
-  const byContact = lookup.liveBindingsByContact(requestUri, now);
+  const byContact = await lookup.liveBindingsByContact(requestUri, now);
   if (byContact.length === 0 && lookup.lapsedBindingsByContact) {
-    const [lapsed] = lookup.lapsedBindingsByContact(requestUri, now);
+    const [lapsed] = await lookup.lapsedBindingsByContact(requestUri, now);
     if (lapsed) return { kind: 'lapsed', contact: lapsed.contact, aor: lapsed.aor };
   }
   return resolveTarget({
     byContact,
     servedAor,
-    byAor: servedAor ? lookup.liveBindings(servedAor, now) : [],
+    byAor: servedAor ? await lookup.liveBindings(servedAor, now) : [],
   });
 }
 

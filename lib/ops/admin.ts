@@ -5,15 +5,14 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { isIP } from 'node:net';
 import { aorLookupKey, aorSearchPrefix, bindingView, decodeCursor, encodeCursor } from './binding-view.js';
-import type { LocationStore } from '../store/location-store.js';
-import type { OfflineStore } from '../store/offline-store.js';
+import type { BindingStore, OfflineMessageStore, Store } from '../store/store.js';
 import type { Logger } from './logger.js';
 import type { Reachability } from '../reachability/reachability.js';
 import type { Binding } from '../registrar/registration.js';
 import type { Metrics } from './metrics.js';
 
 export interface AdminDeps {
-  store: Pick<LocationStore, 'listLiveAfter' | 'liveBindings' | 'counts' | 'checkWritable'>;
+  store: Pick<BindingStore, 'listLiveAfter' | 'liveBindings' | 'counts'> & Pick<Store, 'checkWritable'>;
   drachtioConnected(): boolean;
   metrics: Metrics;
   /** What qualify knows of a binding, shown with each binding (the service's memory, not the replica). */
@@ -23,7 +22,7 @@ export interface AdminDeps {
   /** An operator purged a recipient's offline messages (for the log and metrics). */
   onOfflinePurged?(aor: string, purged: number): void;
   /** The offline message queue; undefined while MIDREG_OFFLINE_MESSAGES is off. */
-  offline?: Pick<OfflineStore, 'summary' | 'listOf' | 'purge' | 'totals'> | undefined;
+  offline?: Pick<OfflineMessageStore, 'summary' | 'listOf' | 'purge' | 'totals'> | undefined;
   now?: () => number;
 }
 
@@ -108,11 +107,11 @@ function routePattern(route: AdminRoute): RegExp {
 function routes(deps: AdminDeps): { match(path: string): { route: Route; deletes: boolean } | undefined } {
   const now = deps.now ?? Date.now;
 
-  const health: Route = (_url, res) => {
+  const health: Route = async (_url, res) => {
     const reasons: string[] = [];
     const drachtio = deps.drachtioConnected();
     if (!drachtio) reasons.push('drachtio-server not connected');
-    const writable = deps.store.checkWritable();
+    const writable = await deps.store.checkWritable();
     if (!writable.ok) reasons.push(`database not writable: ${writable.reason}`);
     const state = { drachtio: drachtio ? 'connected' : 'disconnected', database: writable.ok ? 'writable' : 'not_writable' };
     if (reasons.length === 0) sendJson(res, 200, { status: 'ok', ...state });
@@ -125,7 +124,7 @@ function routes(deps: AdminDeps): { match(path: string): { route: Route; deletes
     res.end(text);
   };
 
-  const list: Route = (url, res) => {
+  const list: Route = async (url, res) => {
     const limit = pageSize(url.searchParams.get('limit'));
     const from = url.searchParams.get('from');
     const after = from ? decodeCursor(from) : undefined;
@@ -133,7 +132,7 @@ function routes(deps: AdminDeps): { match(path: string): { route: Route; deletes
     const aorPrefix = aorSearchPrefix(url.searchParams.get('aor') ?? '');
     const at = now();
     // One row more than asked tells whether another page exists without a second query.
-    const rows = deps.store.listLiveAfter(at, { limit: limit + 1, ...(after ? { after } : {}), ...(aorPrefix ? { aorPrefix } : {}) });
+    const rows = await deps.store.listLiveAfter(at, { limit: limit + 1, ...(after ? { after } : {}), ...(aorPrefix ? { aorPrefix } : {}) });
     const page = rows.slice(0, limit);
     const last = page[page.length - 1];
     sendJson(res, 200, {
@@ -149,10 +148,10 @@ function routes(deps: AdminDeps): { match(path: string): { route: Route; deletes
       throw new HttpError(400, 'the AoR is not validly URL-encoded');
     }
   };
-  const one = (encoded: string): Route => (_url, res) => {
+  const one = (encoded: string): Route => async (_url, res) => {
     const aor = decodeAor(encoded);
     const at = now();
-    const bindings = deps.store.liveBindings(aor, at);
+    const bindings = await deps.store.liveBindings(aor, at);
     if (bindings.length === 0) { sendJson(res, 404, { error: 'no live registration', aor }); return; }
     sendJson(res, 200, { aor, bindings: bindings.map((b) => bindingView(b, at, deps.reachability?.(b))) });
   };
@@ -162,29 +161,29 @@ function routes(deps: AdminDeps): { match(path: string): { route: Route; deletes
     return deps.offline;
   };
 
-  const offlineQueue: Route = (_url, res) => {
+  const offlineQueue: Route = async (_url, res) => {
     const store = offlineStore();
-    const totals = store.totals();
+    const totals = await store.totals();
     sendJson(res, 200, {
       messages: totals.messages,
       bytes: totals.bytes,
-      recipients: store.summary().map((q) => ({ aor: q.recipient, messages: q.messages, bytes: q.bytes, oldest_at: new Date(q.oldestAt).toISOString() })),
+      recipients: (await store.summary()).map((q) => ({ aor: q.recipient, messages: q.messages, bytes: q.bytes, oldest_at: new Date(q.oldestAt).toISOString() })),
     });
   };
 
   // Message bodies are never shown: the queue is the users' correspondence.
-  const offlineOf = (encoded: string): Route => (_url, res, method) => {
+  const offlineOf = (encoded: string): Route => async (_url, res, method) => {
     const store = offlineStore();
     const aor = decodeAor(encoded);
     if (method === 'DELETE') {
-      const purged = store.purge(aor);
+      const purged = await store.purge(aor);
       deps.onOfflinePurged?.(aor, purged);
       sendJson(res, 200, { aor, purged });
       return;
     }
     sendJson(res, 200, {
       aor,
-      messages: store.listOf(aor).map((m) => ({
+      messages: (await store.listOf(aor)).map((m) => ({
         id: m.id, from: m.sender, content_type: m.contentType, bytes: Buffer.byteLength(m.body, 'utf8'), date: m.date,
         received_at: new Date(m.receivedAt).toISOString(), expires_at: new Date(m.expiresAt).toISOString(),
         attempts: m.attempts, next_attempt_at: new Date(m.nextAttemptAt).toISOString(),
@@ -192,10 +191,10 @@ function routes(deps: AdminDeps): { match(path: string): { route: Route; deletes
     });
   };
 
-  const stats: Route = (_url, res) => {
+  const stats: Route = async (_url, res) => {
     const at = now();
     const snap = deps.metrics.snapshot();
-    const counts = deps.store.counts(at);
+    const counts = await deps.store.counts(at);
     sendJson(res, 200, {
       started_at: new Date(snap.startedAt).toISOString(),
       uptime_seconds: Math.max(0, Math.floor((at - snap.startedAt) / 1000)),

@@ -1,7 +1,7 @@
 // Bindings as operators see them: one stable snake_case JSON shape shared by the admin API, the
 // CLI and exports (so scripts written against one work with the others), keyset paging over the
 // replica, and the CLI's table. No I/O of its own.
-import type { LocationStore } from '../store/location-store.js';
+import type { BindingStore } from '../store/store.js';
 import type { Binding } from '../registrar/registration.js';
 import type { Reachability } from '../reachability/reachability.js';
 
@@ -117,16 +117,16 @@ export function decodeCursor(text: string): PageCursor | undefined {
   return undefined;
 }
 
-export type PagingStore = Pick<LocationStore, 'listLiveAfter'>;
+export type PagingStore = Pick<BindingStore, 'listLiveAfter'>;
 
 /**
  * Every live binding, a page at a time. Each page is its own short read, so a long export never
  * holds a read transaction open against the running service.
  */
-export function* liveBindingPages(store: PagingStore, now: number, opts: { batch: number; aorPrefix?: string }): Generator<Binding[]> {
+export async function* liveBindingPages(store: PagingStore, now: number, opts: { batch: number; aorPrefix?: string }): AsyncGenerator<Binding[]> {
   let after: PageCursor | undefined;
   for (;;) {
-    const page = store.listLiveAfter(now, { limit: opts.batch, ...(after ? { after } : {}), ...(opts.aorPrefix ? { aorPrefix: opts.aorPrefix } : {}) });
+    const page = await store.listLiveAfter(now, { limit: opts.batch, ...(after ? { after } : {}), ...(opts.aorPrefix ? { aorPrefix: opts.aorPrefix } : {}) });
     if (page.length === 0) return;
     yield page;
     if (page.length < opts.batch) return;

@@ -33,9 +33,9 @@ export interface MetricsOptions {
   /** Bindings and AoRs in the replica (the writers' counters); called once per scrape. */
   registrations: () => { bindings: number; aors: number };
   /** Offline messages waiting and their body bytes; called once per scrape. */
-  offline?: () => { messages: number; bytes: number };
+  offline?: () => Promise<{ messages: number; bytes: number }>;
   /** Contact mode: bindings waiting for midreg to de-register them upstream; called once per scrape. */
-  pendingDeregistrations?: () => number;
+  pendingDeregistrations?: () => Promise<number>;
   /** Bindings qualify knows reachable and unreachable (the other live ones are unknown); called once per scrape. */
   reachability?: () => { reachable: number; unreachable: number };
   now?: () => number;
@@ -50,6 +50,17 @@ function setGauges(read: () => number[], gauges: Gauge[]): void {
   let values: number[];
   try {
     values = read();
+  } catch {
+    values = [];
+  }
+  gauges.forEach((gauge, i) => gauge.set(values[i] ?? Number.NaN));
+}
+
+/** setGauges for a store that answers asynchronously (a failing one sets NaN, never fails the scrape). */
+async function setGaugesFrom(read: () => Promise<number[]>, gauges: Gauge[]): Promise<void> {
+  let values: number[];
+  try {
+    values = await read();
   } catch {
     values = [];
   }
@@ -194,8 +205,8 @@ export class Metrics {
     for (const state of REACHABILITY) this.reachabilityGauge.set({ state }, known[state]);
     const offline = this.opts.offline;
     const pending = this.opts.pendingDeregistrations;
-    if (pending) setGauges(() => [pending()], [this.pendingDeregistrationsGauge]);
-    if (offline) setGauges(() => { const { messages, bytes } = offline(); return [messages, bytes]; }, [this.offlineGauge, this.offlineBytesGauge]);
+    if (pending) await setGaugesFrom(async () => [await pending()], [this.pendingDeregistrationsGauge]);
+    if (offline) await setGaugesFrom(async () => { const { messages, bytes } = await offline(); return [messages, bytes]; }, [this.offlineGauge, this.offlineBytesGauge]);
     return this.registry.metrics();
   }
 

@@ -10,6 +10,7 @@
 import { readFileSync } from 'node:fs';
 import type { Logger } from '../ops/logger.js';
 import type { Binding } from '../registrar/registration.js';
+import type { BindingStore } from '../store/store.js';
 import { flowKey, type ReachabilityTable } from './reachability.js';
 
 /** Transports whose bindings live on a connection drachtio-server holds. */
@@ -103,7 +104,7 @@ export function judgeFlow(remote: string, seenBefore: boolean, established: Read
 
 export interface ConnectionWatchDeps {
   table: ReachabilityTable;
-  store: { liveBindings(aor: string, now: number): Binding[]; listLiveAfter(now: number, opts: { after?: { aor: string; contact: string }; limit: number }): Binding[] };
+  store: Pick<BindingStore, 'liveBindings' | 'listLiveAfter'>;
   sipAddresses(): readonly string[];
   intervalMs: number;
   logger: Logger;
@@ -136,11 +137,11 @@ export class ConnectionWatch {
   get size(): number { return this.flows.size; }
 
   /** Index the connection-oriented live bindings already in the replica (paged). */
-  seed(): void {
+  async seed(): Promise<void> {
     const now = this.clock();
     let after: { aor: string; contact: string } | undefined;
     for (;;) {
-      const page = this.deps.store.listLiveAfter(now, { limit: 1000, ...(after ? { after } : {}) });
+      const page = await this.deps.store.listLiveAfter(now, { limit: 1000, ...(after ? { after } : {}) });
       for (const b of page) if (isConnectionFlow(b)) this.add(b);
       const last = page[page.length - 1];
       if (!last || page.length < 1000) return;
@@ -149,9 +150,9 @@ export class ConnectionWatch {
   }
 
   /** The replica changed for `aor`: index its connection-oriented live bindings afresh. */
-  track(aor: string): void {
+  async track(aor: string): Promise<void> {
     const now = this.clock();
-    const current = this.deps.store.liveBindings(aor, now).filter(isConnectionFlow);
+    const current = (await this.deps.store.liveBindings(aor, now)).filter(isConnectionFlow);
     const keep = new Set(current.map((b) => flowKey(b)));
     for (const key of this.byAor.get(aor) ?? []) {
       if (!keep.has(key)) this.drop(key, true);
@@ -182,7 +183,15 @@ export class ConnectionWatch {
 
   start(): void {
     if (this.timer) return;
-    this.timer = setInterval(() => this.check(), this.deps.intervalMs);
+    let running = false;
+    this.timer = setInterval(() => {
+      // One look at a time: a slow store must not stack them up.
+      if (running) return;
+      running = true;
+      this.check().catch((err: unknown) => {
+        this.deps.logger.warn('connection watch: check failed; trying again next interval', { error: err instanceof Error ? err.message : String(err) });
+      }).finally(() => { running = false; });
+    }, this.deps.intervalMs);
     this.timer.unref();
   }
 
@@ -200,7 +209,7 @@ export class ConnectionWatch {
   }
 
   /** One look at the kernel's table; returns the bindings found closed. */
-  check(): Binding[] {
+  async check(): Promise<Binding[]> {
     if (this.flows.size === 0) return [];
     const ports = connectionPorts(this.deps.sipAddresses());
     if (ports.size === 0) return [];
@@ -221,7 +230,7 @@ export class ConnectionWatch {
       if (verdict.kind === 'open') { entry.seen = true; continue; }
       if (verdict.kind === 'not-seen-yet') continue;
       // Still the binding the replica holds? (It may have re-registered over a new connection.)
-      const b = this.deps.store.liveBindings(entry.binding.aor, now).find((x) => flowKey(x) === key);
+      const b = (await this.deps.store.liveBindings(entry.binding.aor, now)).find((x) => flowKey(x) === key);
       if (!b) { this.drop(key, true); continue; }
       entry.closed = true;
       this.deps.table.record(b, { kind: 'unreachable', why: 'closed' }, now);

@@ -7,7 +7,7 @@ import type { Logger } from '../ops/logger.js';
 import type { Binding } from '../registrar/registration.js';
 import { branchFor } from '../messaging/routing.js';
 import { askUpstream, type RequestSender } from '../sip/upstream.js';
-import type { LocationStore } from '../store/location-store.js';
+import type { BindingStore } from '../store/store.js';
 import { MAX_QUALIFY_IN_FLIGHT, nextRoundDelay, pingsThisTick, planRound, type RoundPlan } from './qualify-pacing.js';
 import { pingVerdict, type ReachabilityTable } from './reachability.js';
 
@@ -15,7 +15,7 @@ export type PingResult = 'answered' | 'timeout' | 'failed';
 
 export interface QualifierDeps {
   sender: RequestSender;
-  store: Pick<LocationStore, 'listLiveAfter' | 'counts'>;
+  store: Pick<BindingStore, 'listLiveAfter' | 'counts'>;
   table: ReachabilityTable;
   intervalMs: number;
   timeoutMs: number;
@@ -50,7 +50,7 @@ export class Qualifier {
   start(): void {
     if (!this.stopped) return;
     this.stopped = false;
-    this.startRound();
+    void this.startRound();
   }
 
   stop(): void {
@@ -59,30 +59,30 @@ export class Qualifier {
     this.timer = undefined;
   }
 
-  private schedule(ms: number, step: () => void): void {
+  private schedule(ms: number, step: () => Promise<void>): void {
     if (this.stopped) return;
-    this.timer = setTimeout(step, ms);
+    this.timer = setTimeout(() => { void step(); }, ms);
     this.timer.unref();
   }
 
-  private startRound(): void {
+  private async startRound(): Promise<void> {
     const now = this.clock();
     this.roundStartedAt = now;
     this.cursor = undefined;
     let live: number;
     try {
-      live = this.deps.store.counts(now).bindings;
+      live = (await this.deps.store.counts(now)).bindings;
     } catch (err) {
       this.deps.logger.warn('qualify: cannot count bindings; retrying next interval', { error: err instanceof Error ? err.message : String(err) });
       this.schedule(this.deps.intervalMs, () => this.startRound());
       return;
     }
     this.plan = planRound(live, this.deps.intervalMs);
-    this.tick();
+    await this.tick();
   }
 
   /** One batch of pings; the round ends when the walk over the live bindings runs out. */
-  private tick(): void {
+  private async tick(): Promise<void> {
     if (this.stopped) return;
     const now = this.clock();
     let page: Binding[] = [];
@@ -91,7 +91,7 @@ export class Qualifier {
       want = pingsThisTick(this.plan, this.inFlight, this.deps.maxInFlight ?? MAX_QUALIFY_IN_FLIGHT);
       if (want > 0) {
         try {
-          page = this.deps.store.listLiveAfter(now, { limit: want, ...(this.cursor ? { after: this.cursor } : {}) });
+          page = await this.deps.store.listLiveAfter(now, { limit: want, ...(this.cursor ? { after: this.cursor } : {}) });
         } catch (err) {
           this.deps.logger.warn('qualify: cannot read bindings; retrying next tick', { error: err instanceof Error ? err.message : String(err) });
           this.schedule(this.plan.tickMs, () => this.tick());
@@ -99,6 +99,7 @@ export class Qualifier {
         }
       }
     }
+    if (this.stopped) return;
     for (const b of page) this.ping(b);
     const last = page[page.length - 1];
     if (last) this.cursor = { aor: last.aor, contact: last.contact };

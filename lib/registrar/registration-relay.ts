@@ -2,18 +2,17 @@
 // the replica. midreg never accepts, rejects or challenges a registration on its own behalf: it
 // only refuses what is not a valid REGISTER for a served domain.
 import { canonicalAor, isServedDomain } from './aor.js';
-import type { LocationStore } from '../store/location-store.js';
+import type { AorWrite, BindingStore } from '../store/store.js';
 import type { Logger } from '../ops/logger.js';
 import { formatContact, mapReplyContacts, rewriteContacts, type MappedContact, type SelfAddress } from './contact-insertion.js';
 import { namesMidreg, ownHosts, retargetToUpstream } from '../sip/own-address.js';
-import { RegisterSequence } from './register-sequence.js';
 import { isFinalRefusal, localAnswerContacts, raiseExpires, requestedExpiry, throttleDecision, type RelayReason } from './throttle.js';
 import { contactKey, grantedExpiry, limitPlan, planReplicaUpdate, RFC_DEFAULT_EXPIRES, type Binding, type RegisterAttempt, type ReplicaLimits, type ReplicaPlan } from './registration.js';
 import { parseUri, SipParseError, type NameAddr, type RequestHandler, type SipReply, type SipRequest, type SipResponder, type SipUri } from '../sip/drachtio.js';
 import { flowTimerToAdd } from './outbound.js';
 import { askUpstream, nextMaxForwards, replyHeaders, upstreamHeaders, type RequestSender, type UpstreamTarget } from '../sip/upstream.js';
 
-export type ReplicaStore = Pick<LocationStore, 'bindingsOf' | 'replaceAor' | 'absorbRefresh'>;
+export type ReplicaStore = Pick<BindingStore, 'bindingsOf' | 'updateAor' | 'absorbRefresh'>;
 
 /** Counted as rows change, so nothing on a hot path (or a metrics scrape) runs a COUNT over the table. */
 export interface ReplicaCounters { bindings: number; aors: number }
@@ -158,6 +157,18 @@ function phoneFacingContacts(contacts: readonly NameAddr[], planned: readonly Bi
   return out;
 }
 
+/** What one reply's planner decided (lib/store/store.ts updateAor), for the log and the counters. */
+interface Decided {
+  plan: ReplicaPlan;
+  mapped: MappedContact[] | undefined;
+  /** Bindings of the AoR before the write. */
+  before: number;
+  /** Bindings of the AoR after the write; undefined when nothing was written. */
+  written?: number;
+  limited?: { why: string; dropped?: string[] };
+  refusedRemoved?: number;
+}
+
 /** After a failed replica write, writes pause this long so a locked or full database costs one lock wait a second, not one per REGISTER. */
 export const REPLICA_RETRY_MS = 1000;
 
@@ -165,8 +176,6 @@ export function createRegisterHandler(deps: RegistrationRelayDeps): RequestHandl
   const clock = deps.clock ?? Date.now;
   const log = deps.logger;
   let replicaPausedUntil = 0;
-  // A reply can cross an older one only while midreg's client transaction still waits for it.
-  const sequence = new RegisterSequence(deps.upstream.timeoutMs + 5000);
 
   const refuse = (req: SipRequest, res: SipResponder, refusal: Refusal): void => {
     log.info('REGISTER refused', { event: 'register', decision: 'refused', status: refusal.status, why: refusal.why, source: `${req.source.transport}:${req.source.address}:${req.source.port}` });
@@ -196,12 +205,14 @@ export function createRegisterHandler(deps: RegistrationRelayDeps): RequestHandl
     if (throttle) {
       const now = clock();
       try {
-        const bindings = deps.store.bindingsOf(attempt.aor);
+        const bindings = await deps.store.bindingsOf(attempt.aor);
         const decision = throttleDecision(attempt, req.header('Expires'), bindings, now, throttle.refreshMarginSec);
         if (decision.kind === 'absorb') {
           const expiresAt = now + decision.expires * 1000;
           // The refresh's CSeq is recorded, so the next refresh must be higher (RFC 3261 §10.3 step 7).
-          deps.store.absorbRefresh(attempt.aor, decision.binding.contact, expiresAt, attempt.cseq, now);
+          // Not one updateAor: absorbRefresh only rewrites a binding that still exists, so a reply
+          // that removed it meanwhile wins, and a refresh costs one row, not the AoR's.
+          await deps.store.absorbRefresh(attempt.aor, decision.binding.contact, expiresAt, attempt.cseq, now);
           const after = bindings.map((b) => (b === decision.binding ? { ...b, expiresAt, cseq: attempt.cseq, updatedAt: now } : b));
           // RFC 3261 §10.3 step 8: the 200 "MUST contain Contact header field values enumerating
           // all current bindings" and "SHOULD include a Date header field".
@@ -292,43 +303,49 @@ export function createRegisterHandler(deps: RegistrationRelayDeps): RequestHandl
     try {
       const now = clock();
       if (now < replicaPausedUntil && is2xx) throw new Error('replica writes paused after a database error');
-      const bindings = deps.store.bindingsOf(attempt.aor);
-      const state = { bindings, lastCseq: lastAppliedCseq(bindings, attempt, sequence.lastApplied(attempt.aor, attempt.callId, now)) };
-      if (deps.contactInsertion && is2xx) mapped = mapToPhone(reply, sentByKey, bindings);
-      plan = planReplicaUpdate(attempt, {
-        status: reply.status,
-        contacts: mapped ? mapped.map((m) => m.contact) : is2xx ? reply.contacts() : [],
-        expiresHeader: reply.header('Expires'),
-        ...(mapped ? { insertions: insertionsOf(mapped) } : {}),
-        ...(throttle ? { throttle: { requested } } : {}),
-      }, state, now);
-      if (plan.kind === 'save') {
-        const hadBindings = state.bindings.length > 0;
-        const bounded = limitPlan(plan, attempt.callId, deps.counters.aors, !hadBindings, deps.limits);
-        if (bounded.kind === 'refused') {
-          limited = { why: `replica full: ${deps.limits.maxAors} AoRs (MIDREG_MAX_AORS)` };
-        } else {
-          if (bounded.kind === 'trimmed') limited = { why: `more than ${deps.limits.maxBindingsPerAor} bindings (MIDREG_MAX_BINDINGS_PER_AOR)`, dropped: bounded.dropped };
-          plan = bounded.plan;
-          deps.store.replaceAor(plan.aor, plan.bindings, state.bindings);
-          sequence.record(attempt.aor, attempt.callId, attempt.cseq, now);
-          deps.counters.bindings += plan.bindings.length - state.bindings.length;
-          deps.counters.aors += (plan.bindings.length > 0 ? 1 : 0) - (hadBindings ? 1 : 0);
-          deps.onReplicaWritten?.(plan.aor, plan.bindings.length);
+      // Read, plan and write are one store operation (lib/store/store.ts): another reply for this
+      // AoR cannot slip in between. The planner is pure and may run again after a conflict.
+      const decided = await deps.store.updateAor(attempt.aor, attempt.callId, (stored): AorWrite<Decided> => {
+        const state = { bindings: stored.bindings, lastCseq: lastAppliedCseq(stored.bindings, attempt, stored.lastCseq) };
+        const phoneContacts = deps.contactInsertion && is2xx ? mapToPhone(reply, sentByKey, stored.bindings) : undefined;
+        const planned = planReplicaUpdate(attempt, {
+          status: reply.status,
+          contacts: phoneContacts ? phoneContacts.map((m) => m.contact) : is2xx ? reply.contacts() : [],
+          expiresHeader: reply.header('Expires'),
+          ...(phoneContacts ? { insertions: insertionsOf(phoneContacts) } : {}),
+          ...(throttle ? { throttle: { requested } } : {}),
+        }, state, now);
+        const before = stored.bindings.length;
+        if (planned.kind === 'save') {
+          const bounded = limitPlan(planned, attempt.callId, deps.counters.aors, before === 0, deps.limits);
+          if (bounded.kind === 'refused') {
+            return { result: { plan: planned, mapped: phoneContacts, before, limited: { why: `replica full: ${deps.limits.maxAors} AoRs (MIDREG_MAX_AORS)` } } };
+          }
+          const trimmed = bounded.kind === 'trimmed' ? { why: `more than ${deps.limits.maxBindingsPerAor} bindings (MIDREG_MAX_BINDINGS_PER_AOR)`, dropped: bounded.dropped } : undefined;
+          return {
+            bindings: bounded.plan.bindings,
+            recordCseq: attempt.cseq,
+            result: { plan: bounded.plan, mapped: phoneContacts, before, written: bounded.plan.bindings.length, ...(trimmed ? { limited: trimmed } : {}) },
+          };
         }
-      } else if (throttle && Array.isArray(attempt.contacts) && isFinalRefusal(reply.status) && (state.lastCseq === undefined || state.lastCseq <= attempt.cseq)) {
-        // The registrar is obeyed: a refused refresh (account disabled: 403…) must not leave a
-        // binding midreg would go on refreshing by itself. Only that binding's own refresh (same
-        // Call-ID and Contact) counts: a stranger's refused REGISTER naming the phone's Contact
-        // under another Call-ID removes nothing.
-        const kept = state.bindings.filter((b) => !(b.callId === attempt.callId && requested.has(contactKey(b.contact))));
-        if (kept.length < state.bindings.length) {
-          deps.store.replaceAor(attempt.aor, kept, state.bindings);
-          deps.counters.bindings -= state.bindings.length - kept.length;
-          if (kept.length === 0) deps.counters.aors -= 1;
-          refusedRemoved = state.bindings.length - kept.length;
-          deps.onReplicaWritten?.(attempt.aor, kept.length);
+        if (throttle && Array.isArray(attempt.contacts) && isFinalRefusal(reply.status) && (state.lastCseq === undefined || state.lastCseq <= attempt.cseq)) {
+          // The registrar is obeyed: a refused refresh (account disabled: 403…) must not leave a
+          // binding midreg would go on refreshing by itself. Only that binding's own refresh (same
+          // Call-ID and Contact) counts: a stranger's refused REGISTER naming the phone's Contact
+          // under another Call-ID removes nothing.
+          const kept = stored.bindings.filter((b) => !(b.callId === attempt.callId && requested.has(contactKey(b.contact))));
+          if (kept.length < before) return { bindings: kept, result: { plan: planned, mapped: phoneContacts, before, written: kept.length, refusedRemoved: before - kept.length } };
         }
+        return { result: { plan: planned, mapped: phoneContacts, before } };
+      });
+      plan = decided.plan;
+      mapped = decided.mapped;
+      limited = decided.limited;
+      refusedRemoved = decided.refusedRemoved ?? 0;
+      if (decided.written !== undefined) {
+        deps.counters.bindings += decided.written - decided.before;
+        deps.counters.aors += (decided.written > 0 ? 1 : 0) - (decided.before > 0 ? 1 : 0);
+        deps.onReplicaWritten?.(attempt.aor, decided.written);
       }
     } catch (err) {
       // The UA keeps its service even when the replica cannot be written; the next 2xx for

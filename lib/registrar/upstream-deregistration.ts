@@ -1,7 +1,7 @@
 // Contact throttling: a phone that stopped refreshing is removed at the registrar by midreg. The
 // registrar holds the Contact for up to MIDREG_OUTGOING_EXPIRES, the phone only for its own
 // expiry; once that passes, midreg sends the registrar the de-registration the phone never will.
-import type { LocationStore } from '../store/location-store.js';
+import type { BindingStore } from '../store/store.js';
 import type { Logger } from '../ops/logger.js';
 import type { Binding } from './registration.js';
 import { askUpstream, type RequestSender, type UpstreamTarget } from '../sip/upstream.js';
@@ -15,7 +15,7 @@ export const DEREGISTRATIONS_PER_RUN = 100;
 
 export interface DeregistrationDeps {
   sender: RequestSender;
-  store: Pick<LocationStore, 'pendingDeregistrations' | 'markLapsed' | 'deleteIfUnchanged' | 'bindingsOf'>;
+  store: Pick<BindingStore, 'pendingDeregistrations' | 'markLapsed' | 'deleteIfUnchanged'>;
   upstream: UpstreamTarget;
   logger: Logger;
   /** A binding was deleted from the replica (de-registered upstream): `emptied` when it was the AoR's last. */
@@ -60,7 +60,7 @@ export function deregistrationRequest(b: Binding, upstreamUri: string): { uri: s
  * the next run. Resolves with how many were tried.
  */
 export async function deregisterLapsed(deps: DeregistrationDeps, now: number, limit = DEREGISTRATIONS_PER_RUN): Promise<number> {
-  const pending = deps.store.pendingDeregistrations(now, limit).filter((b) => b.callId !== null);
+  const pending = (await deps.store.pendingDeregistrations(now, limit)).filter((b) => b.callId !== null);
   await Promise.all(pending.map((b) => deregisterOne(deps, b, now, 'its phone stopped refreshing')));
   return pending.length;
 }
@@ -78,17 +78,18 @@ export async function deregisterOne(deps: DeregistrationDeps, b: Binding, now: n
     result = classifyDeregistration(outcome.reply.status);
     if (result === 'ok') {
       // Unless the phone came back and registered again while the de-registration was on its way.
-      if (deps.store.deleteIfUnchanged(b.aor, b.contact, b.updatedAt)) deps.onRemoved?.(deps.store.bindingsOf(b.aor).length === 0);
+      const removed = await deps.store.deleteIfUnchanged(b.aor, b.contact, b.updatedAt);
+      if (removed.deleted) deps.onRemoved?.(removed.emptied);
       deps.logger.info(`binding de-registered upstream: ${why}`, { ...base, status: outcome.reply.status });
     } else {
-      deps.store.markLapsed(b.aor, b.contact, b.updatedAt, Date.now());
+      await deps.store.markLapsed(b.aor, b.contact, b.updatedAt, Date.now());
       deps.logger.warn(result === 'challenged'
         ? 'upstream de-registration challenged (midreg holds no credentials): binding kept as lapsed until its upstream expiry, requests for it get 480'
         : 'upstream de-registration refused: binding kept as lapsed until its upstream expiry, requests for it get 480', { ...base, status: outcome.reply.status });
     }
   } else {
     result = outcome.kind === 'timeout' ? 'timeout' : outcome.kind === 'unreachable' ? 'unreachable' : 'refused';
-    if (outcome.kind === 'too-large') deps.store.markLapsed(b.aor, b.contact, b.updatedAt, Date.now());
+    if (outcome.kind === 'too-large') await deps.store.markLapsed(b.aor, b.contact, b.updatedAt, Date.now());
     deps.logger.warn('upstream de-registration not answered: tried again on the next run', { ...base, result });
   }
   deps.onResult?.(result);

@@ -4,24 +4,9 @@
 import type Database from 'better-sqlite3';
 import type { LocationStore } from './location-store.js';
 
-/** One stored MESSAGE, as midreg received it. */
-export interface OfflineMessage {
-  id: number;
-  recipient: string;
-  sender: string;
-  fromHeader: string;
-  toHeader: string;
-  contentType: string;
-  body: string;
-  /** The Date header it arrived with, or the one midreg added. */
-  date: string;
-  receivedAt: number;
-  expiresAt: number;
-  attempts: number;
-  nextAttemptAt: number;
-}
+import type { NewOfflineMessage, OfflineMessage, QueueSummary } from './store.js';
 
-export type NewOfflineMessage = Omit<OfflineMessage, 'id' | 'attempts' | 'nextAttemptAt'>;
+export type { NewOfflineMessage, OfflineMessage, QueueSummary };
 
 interface Row {
   id: number; recipient: string; sender: string; from_header: string; to_header: string; content_type: string; body: string;
@@ -36,8 +21,6 @@ const fromRow = (r: Row): OfflineMessage => ({
 /** Bytes as SQLite's length(CAST(body AS BLOB)) counts them. */
 const bodyBytes = (body: string): number => Buffer.byteLength(body, 'utf8');
 
-/** What one recipient has waiting. */
-export interface QueueSummary { recipient: string; messages: number; bytes: number; oldestAt: number }
 
 function prepare(db: Database.Database) {
   return {

@@ -5,16 +5,17 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { AdminConfigError, isLoopback, startAdminServer, type AdminDeps, type AdminServer } from '../../lib/ops/admin.js';
-import { LocationStore } from '../../lib/store/location-store.js';
-import { OfflineStore } from '../../lib/store/offline-store.js';
+import { SqliteStore } from '../../lib/store/sqlite-store.js';
 import { Metrics } from '../../lib/ops/metrics.js';
 import { ReachabilityTable } from '../../lib/reachability/reachability.js';
-import { binding, captureLogger, fillReplica, LIVE_AORS, LIVE_BINDINGS } from './fixtures.js';
+import { adminStore, binding, captureLogger, fillReplica, LIVE_AORS, LIVE_BINDINGS } from './fixtures.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'midreg-admin-'));
 const file = join(dir, 'replica.sqlite');
 const NOW = Date.now();
-const store = new LocationStore(file);
+const sqlite = new SqliteStore(file);
+// Filled and inspected synchronously; the admin API reads through the store interface.
+const store = sqlite.replica;
 fillReplica(store, NOW);
 const open: Array<{ close(): Promise<void> | void }> = [];
 after(async () => {
@@ -25,7 +26,7 @@ after(async () => {
 
 let drachtioUp = true;
 const metrics = new Metrics({ registrations: () => store.counts(NOW), now: () => NOW });
-const deps: AdminDeps = { store, drachtioConnected: () => drachtioUp, metrics, now: () => NOW };
+const deps: AdminDeps = { store: adminStore(sqlite), drachtioConnected: () => drachtioUp, metrics, now: () => NOW };
 
 async function serve(over: Partial<AdminDeps> = {}, token?: string): Promise<{ server: AdminServer; url: string; lines: string[] }> {
   const { logger, lines } = captureLogger();
@@ -71,9 +72,9 @@ describe('admin API', () => {
     });
 
     it('is 503 naming the database when the replica cannot be written, with every reason', async () => {
-      const readonly = new LocationStore(file, { readonly: true });
+      const readonly = new SqliteStore(file, { readonly: true });
       open.push(readonly);
-      const { url } = await serve({ store: readonly });
+      const { url } = await serve({ store: adminStore(readonly) });
       const res = await getJson(`${url}/health`);
       assert.equal(res.status, 503);
       assert.equal(res.body['database'], 'not_writable');
@@ -208,14 +209,14 @@ describe('admin API', () => {
 
   describe('the offline queue: GET /offline, GET and DELETE /offline/<AoR>', () => {
     it('lists per recipient and one recipient\'s messages without their text, and purges one recipient\'s, surviving a reopen of the file', async () => {
-      const offline = new OfflineStore(store);
-      const add = (recipient: string, body: string, at: number): number => offline.add({
+      const offline = sqlite.offline;
+      const add = (recipient: string, body: string, at: number): Promise<number> => offline.add({
         recipient, sender: 'sip:alice@example.test', fromHeader: '<sip:alice@example.test>;tag=a', toHeader: `<${recipient}>`,
         contentType: 'text/plain', body, date: 'Mon, 01 Jan 2024 10:00:00 GMT', receivedAt: at, expiresAt: at + 60_000,
       });
-      add('sip:bob@example.test', 'secret words', NOW - 2000);
-      add('sip:bob@example.test', 'more', NOW - 1000);
-      add('sip:carol@example.test', 'hi', NOW);
+      await add('sip:bob@example.test', 'secret words', NOW - 2000);
+      await add('sip:bob@example.test', 'more', NOW - 1000);
+      await add('sip:carol@example.test', 'hi', NOW);
       const purgedLog: Array<[string, number]> = [];
       const { url } = await serve({ offline, onOfflinePurged: (aor, n) => { purgedLog.push([aor, n]); } });
       const queue = await getJson(`${url}/offline`);
@@ -233,11 +234,12 @@ describe('admin API', () => {
       const purged = await getJson(`${url}/offline/${encodeURIComponent('sip:bob@example.test')}`, { method: 'DELETE' });
       assert.deepEqual(purged.body, { aor: 'sip:bob@example.test', purged: 2 });
       assert.deepEqual(purgedLog, [['sip:bob@example.test', 2]]);
-      assert.deepEqual(offline.totals(), { messages: 1, bytes: 2 }, 'the totals follow');
-      const reopened = new OfflineStore(new LocationStore(file, { readonly: true }));
-      assert.deepEqual(reopened.summary().map((q) => q.recipient), ['sip:carol@example.test'], 'on disk');
+      assert.deepEqual(await offline.totals(), { messages: 1, bytes: 2 }, 'the totals follow');
+      const reopened = new SqliteStore(file, { readonly: true });
+      open.push(reopened);
+      assert.deepEqual((await reopened.offline.summary()).map((q) => q.recipient), ['sip:carol@example.test'], 'on disk');
       assert.equal((await getJson(`${url}/registrations`, { method: 'DELETE' })).status, 405, 'DELETE only where listed');
-      offline.purge('sip:carol@example.test');
+      await offline.purge('sip:carol@example.test');
     });
 
     it('answers 404 while offline messages are off', async () => {

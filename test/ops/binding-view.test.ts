@@ -6,18 +6,19 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { defaultAdminUrl } from '../../app/cli.js';
 import { aorLookupKey, aorSearchPrefix, liveBindingPages } from '../../lib/ops/binding-view.js';
-import { LocationStore } from '../../lib/store/location-store.js';
+import { SqliteStore } from '../../lib/store/sqlite-store.js';
 import { binding } from './fixtures.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'midreg-view-'));
-const store = new LocationStore(join(dir, 'paging.sqlite'));
-after(() => {
-  store.close();
+const sqlite = new SqliteStore(join(dir, 'paging.sqlite'));
+const store = sqlite.bindings;
+after(async () => {
+  await sqlite.close();
   rmSync(dir, { recursive: true, force: true });
 });
 const NOW = Date.now();
 const save = (aor: string, contacts: string[], expiresAt = NOW + 60_000): void =>
-  store.replaceAor(aor, contacts.map((c) => binding(aor, c, expiresAt)));
+  sqlite.replica.replaceAor(aor, contacts.map((c) => binding(aor, c, expiresAt)));
 
 save('sip:a@example.test', ['sip:a@h1']);
 save('sip:al@example.test', Array.from({ length: 7 }, (_, i) => `sip:al@10.0.0.${i}`));
@@ -28,10 +29,10 @@ save('sip:jö@example.test', ['sip:jo@h1']);
 save('sip:jø@example.test', ['sip:jo@h2']);
 
 /** `aor contact` of every binding paged through; a pager that never ends fails instead of hanging. */
-function keys(pages: Iterable<Array<{ aor: string; contact: string }>>): string[] {
+async function keys(pages: AsyncIterable<Array<{ aor: string; contact: string }>>): Promise<string[]> {
   const seen: string[] = [];
   let count = 0;
-  for (const page of pages) {
+  for await (const page of pages) {
     if (++count > 100) assert.fail('paging does not end');
     seen.push(...page.map((b) => `${b.aor} ${b.contact}`));
   }
@@ -39,22 +40,22 @@ function keys(pages: Iterable<Array<{ aor: string; contact: string }>>): string[
 }
 
 describe('paging the replica', () => {
-  it('returns every live binding once, in order, whatever the batch size', () => {
-    const all = keys(liveBindingPages(store, NOW, { batch: 1000 }));
+  it('returns every live binding once, in order, whatever the batch size', async () => {
+    const all = await keys(liveBindingPages(store, NOW, { batch: 1000 }));
     assert.equal(all.length, 1 + 7 + 2 + 1 + 2);
     assert.deepEqual(all, [...all].sort());
     assert.ok(!all.some((k) => k.startsWith('sip:gone@')));
     for (const batch of [1, 2, 3, 5, 13]) {
-      assert.deepEqual(keys(liveBindingPages(store, NOW, { batch })), all, `batch ${batch}`);
+      assert.deepEqual(await keys(liveBindingPages(store, NOW, { batch })), all, `batch ${batch}`);
     }
   });
 
-  it('limits to AoRs starting with a prefix, also across pages and past non-ASCII text', () => {
-    const al = keys(liveBindingPages(store, NOW, { batch: 3, aorPrefix: 'sip:al' }));
+  it('limits to AoRs starting with a prefix, also across pages and past non-ASCII text', async () => {
+    const al = await keys(liveBindingPages(store, NOW, { batch: 3, aorPrefix: 'sip:al' }));
     assert.equal(al.length, 9);
     assert.deepEqual([...new Set(al.map((k) => k.split(' ')[0]))], ['sip:al@example.test', 'sip:alb@example.test']);
-    assert.deepEqual(keys(liveBindingPages(store, NOW, { batch: 3, aorPrefix: 'sip:jö' })), ['sip:jö@example.test sip:jo@h1']);
-    assert.deepEqual(keys(liveBindingPages(store, NOW, { batch: 3, aorPrefix: 'sip:zz' })), []);
+    assert.deepEqual(await keys(liveBindingPages(store, NOW, { batch: 3, aorPrefix: 'sip:jö' })), ['sip:jö@example.test sip:jo@h1']);
+    assert.deepEqual(await keys(liveBindingPages(store, NOW, { batch: 3, aorPrefix: 'sip:zz' })), []);
   });
 });
 

@@ -8,17 +8,17 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { startAdminServer } from '../../lib/ops/admin.js';
-import { LocationStore } from '../../lib/store/location-store.js';
-import { OfflineStore } from '../../lib/store/offline-store.js';
+import { SqliteStore } from '../../lib/store/sqlite-store.js';
 import { Metrics } from '../../lib/ops/metrics.js';
 import { ReachabilityTable } from '../../lib/reachability/reachability.js';
-import { binding, captureLogger, fillReplica, LIVE_AORS, LIVE_BINDINGS } from './fixtures.js';
+import { adminStore, binding, captureLogger, fillReplica, LIVE_AORS, LIVE_BINDINGS } from './fixtures.js';
 
 const CLI = fileURLToPath(new URL('../../app/cli.js', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'midreg-cli-'));
 const file = join(dir, 'replica.sqlite');
 const NOW = Date.now();
-const store = new LocationStore(file);
+const sqlite = new SqliteStore(file);
+const store = sqlite.replica;
 fillReplica(store, NOW);
 const cleanup: Array<() => Promise<void> | void> = [];
 after(async () => {
@@ -167,7 +167,7 @@ describe('midreg CLI', () => {
       metrics.drachtioConnected(true);
       const server = await startAdminServer({
         host: '127.0.0.1', port: 0, token, logger: captureLogger().logger,
-        deps: { store, metrics, drachtioConnected: () => true },
+        deps: { store: adminStore(sqlite), metrics, drachtioConnected: () => true },
       });
       cleanup.push(() => server.close());
       const url = `http://127.0.0.1:${server.port}`;
@@ -196,7 +196,7 @@ describe('midreg CLI', () => {
 
     it('fails clearly when the service cannot be reached or is not named', async () => {
       const metrics = new Metrics({ registrations: () => ({ bindings: 0, aors: 0 }) });
-      const server = await startAdminServer({ host: '127.0.0.1', port: 0, logger: captureLogger().logger, deps: { store, metrics, drachtioConnected: () => true } });
+      const server = await startAdminServer({ host: '127.0.0.1', port: 0, logger: captureLogger().logger, deps: { store: adminStore(sqlite), metrics, drachtioConnected: () => true } });
       const port = server.port;
       await server.close();
       const down = await midreg(['stats', '--url', `http://127.0.0.1:${port}`]);
@@ -221,7 +221,7 @@ describe('midreg reachability', () => {
     const metrics = new Metrics({ registrations: () => store.counts(Date.now()) });
     const server = await startAdminServer({
       host: '127.0.0.1', port: 0, logger: captureLogger().logger,
-      deps: { store, metrics, drachtioConnected: () => true, reachability: (b) => table.of(b), reachabilityTotals: () => table.counts() },
+      deps: { store: adminStore(sqlite), metrics, drachtioConnected: () => true, reachability: (b) => table.of(b), reachabilityTotals: () => table.counts() },
     });
     cleanup.push(() => server.close());
     const url = `http://127.0.0.1:${server.port}`;
@@ -254,9 +254,9 @@ describe('midreg reachability', () => {
 
 describe('midreg offline', () => {
   it('lists the queue per recipient and one recipient\'s messages (never their text) from the file; --purge goes through the service', async () => {
-    const offline = new OfflineStore(store);
+    const offline = sqlite.offline;
     for (const body of ['one', 'two']) {
-      offline.add({
+      await offline.add({
         recipient: 'sip:dave@example.test', sender: 'sip:erin@example.test', fromHeader: '<sip:erin@example.test>;tag=e', toHeader: '<sip:dave@example.test>',
         contentType: 'text/plain', body, date: 'Mon, 01 Jan 2024 10:00:00 GMT', receivedAt: NOW, expiresAt: NOW + 60_000,
       });
@@ -271,7 +271,7 @@ describe('midreg offline', () => {
     const noService = await midreg(['offline', 'sip:dave@example.test', '--purge']);
     assert.equal(noService.code, 1);
     assert.match(noService.stderr, /^midreg: no admin API to ask/);
-    assert.equal(offline.purge('sip:dave@example.test'), 2);
+    assert.equal(await offline.purge('sip:dave@example.test'), 2);
   });
 });
 

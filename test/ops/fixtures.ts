@@ -2,7 +2,9 @@
 // and a logger whose every line the test can read.
 import { Writable } from 'node:stream';
 import winston from 'winston';
-import { LocationStore } from '../../lib/store/location-store.js';
+import type { LocationStore } from '../../lib/store/location-store.js';
+import type { SqliteStore } from '../../lib/store/sqlite-store.js';
+import type { AdminDeps } from '../../lib/ops/admin.js';
 import type { Logger } from '../../lib/ops/logger.js';
 import type { Binding } from '../../lib/registrar/registration.js';
 
@@ -39,6 +41,16 @@ export function fillReplica(store: LocationStore, now: number): void {
     const aor = `sip:u${String(i).padStart(2, '0')}@example.test`;
     save(aor, [binding(aor, `sip:u${i}@192.0.2.${100 + i}:5060`, now + 1_800_000, { source: { address: `192.0.2.${100 + i}`, port: 5060, transport: 'udp' } })]);
   }
+}
+
+/** What the admin API reads, from a SQLite store through the store interface. */
+export function adminStore(s: SqliteStore): AdminDeps['store'] {
+  return {
+    listLiveAfter: (now, opts) => s.bindings.listLiveAfter(now, opts),
+    liveBindings: (aor, now) => s.bindings.liveBindings(aor, now),
+    counts: (now) => s.bindings.counts(now),
+    checkWritable: () => s.checkWritable(),
+  };
 }
 
 export const LIVE_BINDINGS = 14;

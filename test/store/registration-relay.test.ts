@@ -6,7 +6,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { LocationStore } from '../../lib/store/location-store.js';
+import { SqliteStore } from '../../lib/store/sqlite-store.js';
 import { createLogger } from '../../lib/ops/logger.js';
 import { createRegisterHandler } from '../../lib/registrar/registration-relay.js';
 import type { NameAddr, OutboundRequest, SipReply, SipRequest, SipResponder } from '../../lib/sip/drachtio.js';
@@ -45,11 +45,11 @@ function responder(): SipResponder & { sent: number[] } {
 
 describe('REGISTER relay and the replica', () => {
   it('a reply to an older CSeq that arrives after a newer one was applied does not overwrite the replica', async () => {
-    const store = new LocationStore(join(dir, 'crossing.sqlite'));
+    const store = new SqliteStore(join(dir, 'crossing.sqlite'));
     const pending: { out: OutboundRequest; answer: (reply: SipReply) => void }[] = [];
     const handler = createRegisterHandler({
       sender: { request: (out) => new Promise((resolve) => { pending.push({ out, answer: resolve }); }) },
-      store,
+      store: store.bindings,
       upstream: { uri: 'sip:127.0.0.1:5080', timeoutMs: 2000 },
       domains: ['example.test'],
       sipAddresses: () => ['udp/127.0.0.1:5060'],
@@ -72,20 +72,20 @@ describe('REGISTER relay and the replica', () => {
       await first;
 
       assert.deepEqual([older.sent, newer.sent], [[200], [200]], 'both UAs get the registrar\'s answer unchanged');
-      const live = store.liveBindings(AOR, Date.now());
+      const live = store.replica.liveBindings(AOR, Date.now());
       assert.deepEqual(live.map((b) => [b.contact, b.cseq, b.source?.port]), [['sip:carol@192.0.2.7:5062', 2, 5062]],
         'the replica keeps what the newest REGISTER left');
     } finally {
-      store.close();
+      await store.close();
     }
   });
 
   it('after a restart, a stale reply is still caught by the CSeq the stored binding carries', async () => {
     const file = join(dir, 'restart.sqlite');
     const logger = createLogger({ level: 'error', format: 'json' });
-    const deps = (store: LocationStore, answer: (out: OutboundRequest) => SipReply) => createRegisterHandler({
+    const deps = (store: SqliteStore, answer: (out: OutboundRequest) => SipReply) => createRegisterHandler({
       sender: { request: (out) => Promise.resolve(answer(out)) },
-      store,
+      store: store.bindings,
       upstream: { uri: 'sip:127.0.0.1:5080', timeoutMs: 2000 },
       domains: ['example.test'],
       sipAddresses: () => ['udp/127.0.0.1:5060'],
@@ -94,23 +94,23 @@ describe('REGISTER relay and the replica', () => {
       limits: { maxBindingsPerAor: 32, maxAors: 1000 },
       counters: { bindings: 0, aors: 0 },
     });
-    const before = new LocationStore(file);
+    const before = new SqliteStore(file);
     await deps(before, () => ok([{ uri: 'sip:carol@192.0.2.7:5065', params: { expires: '300' } }]))(register(5, 'sip:carol@192.0.2.7:5065'), responder());
-    before.close();
+    await before.close();
 
-    const after = new LocationStore(file);
+    const after = new SqliteStore(file);
     try {
       const res = responder();
       await deps(after, () => ok([{ uri: 'sip:carol@192.0.2.7:5064', params: { expires: '300' } }]))(register(4, 'sip:carol@192.0.2.7:5064'), res);
       assert.deepEqual(res.sent, [200]);
-      assert.deepEqual(after.liveBindings(AOR, Date.now()).map((b) => b.contact), ['sip:carol@192.0.2.7:5065']);
+      assert.deepEqual(after.replica.liveBindings(AOR, Date.now()).map((b) => b.contact), ['sip:carol@192.0.2.7:5065']);
     } finally {
-      after.close();
+      await after.close();
     }
   });
 
   it('a phone provisioned by IP (REGISTER sip:<midreg>:<port>) is relayed to the registrar\'s URI with every end-to-end header unchanged', async () => {
-    const store = new LocationStore(join(dir, 'by-ip.sqlite'));
+    const store = new SqliteStore(join(dir, 'by-ip.sqlite'));
     const aor = 'sip:dora@203.0.113.5';
     const headers: Record<string, string> = {
       'call-id': 'dora-1', 'max-forwards': '70', expires: '300', contact: '<sip:dora@192.0.2.9:5062>',
@@ -131,7 +131,7 @@ describe('REGISTER relay and the replica', () => {
     const sent: OutboundRequest[] = [];
     const handler = createRegisterHandler({
       sender: { request: (out) => { sent.push(out); return Promise.resolve(ok([{ uri: 'sip:dora@192.0.2.9:5062', params: { expires: '120' } }])); } },
-      store,
+      store: store.bindings,
       upstream: { uri: 'sip:10.0.0.5:5080;transport=tcp', timeoutMs: 2000 },
       domains: ['example.test', '203.0.113.5'],
       // drachtio-server listens on a private address; phones know midreg by its public one.
@@ -149,14 +149,14 @@ describe('REGISTER relay and the replica', () => {
       for (const name of ['to', 'from', 'call-id', 'cseq', 'contact', 'authorization', 'expires']) {
         assert.equal(sent[0]?.headers[name], headers[name], `${name} unchanged`);
       }
-      assert.deepEqual(store.liveBindings(aor, Date.now()).map((b) => b.contact), ['sip:dora@192.0.2.9:5062'], 'the AoR stays user@<midreg IP>');
+      assert.deepEqual(store.replica.liveBindings(aor, Date.now()).map((b) => b.contact), ['sip:dora@192.0.2.9:5062'], 'the AoR stays user@<midreg IP>');
     } finally {
-      store.close();
+      await store.close();
     }
   });
 
   it('contact insertion: the registrar gets midreg\'s Contacts, the phone its own back, the replica both; queries and other devices map too', async () => {
-    const store = new LocationStore(join(dir, 'insertion.sqlite'));
+    const store = new SqliteStore(join(dir, 'insertion.sqlite'));
     const aor = 'sip:erin@example.test';
     const phone = 'sip:erin@192.168.1.10:5062;transport=tcp';
     const request = (cseq: number, contact: string | undefined): SipRequest => {
@@ -178,7 +178,7 @@ describe('REGISTER relay and the replica', () => {
     const answered: Array<Record<string, string>> = [];
     const handler = createRegisterHandler({
       sender: { request: (out) => { sent.push(out); return Promise.resolve({ ...ok(registrarContacts), headers: () => [['contact', registrarContacts.map((c) => `<${c.uri}>`).join(', ')]] }); } },
-      store,
+      store: store.bindings,
       upstream: { uri: 'sip:10.0.0.5:5060', timeoutMs: 2000 },
       domains: ['example.test'],
       sipAddresses: () => ['udp/203.0.113.5:5060'],
@@ -202,7 +202,7 @@ describe('REGISTER relay and the replica', () => {
       registrarContacts = [{ uri: upstreamContact, params: { expires: '300' } }, { uri: 'sip:erin@198.51.100.99:5060', params: { expires: '120' } }];
       await handler(request(2, phone), res());
       assert.equal(answered[1]?.['contact'], `<${phone}>;expires=300, <sip:erin@198.51.100.99:5060>;expires=120`, 'the phone finds its own Contact with the granted expiry');
-      const stored = store.liveBindings(aor, Date.now());
+      const stored = store.replica.liveBindings(aor, Date.now());
       const mine = stored.find((b) => b.contact === phone);
       assert.deepEqual(mine?.insertion, { contact: upstreamContact, key: upstreamContact.split('ctid=')[1] });
       assert.deepEqual(mine?.source, { address: '198.51.100.4', port: 40000, transport: 'tcp' });
@@ -210,20 +210,20 @@ describe('REGISTER relay and the replica', () => {
       // A query (no Contact) is answered from what the registrar lists, mapped by the stored keys.
       await handler(request(3, undefined), res());
       assert.equal(answered[2]?.['contact'], `<${phone}>;expires=300, <sip:erin@198.51.100.99:5060>;expires=120`);
-      assert.equal(store.bindingsByInsertionKey(mine?.insertion?.key ?? '').length, 1);
+      assert.equal(store.replica.bindingsByInsertionKey(mine?.insertion?.key ?? '').length, 1);
       // The registrar evicts the phone's binding: gone from the replica, key and all.
       registrarContacts = [{ uri: 'sip:erin@198.51.100.99:5060', params: { expires: '120' } }];
       await handler(request(4, undefined), res());
-      assert.deepEqual(store.bindingsByInsertionKey(mine?.insertion?.key ?? ''), []);
+      assert.deepEqual(store.replica.bindingsByInsertionKey(mine?.insertion?.key ?? ''), []);
     } finally {
-      store.close();
+      await store.close();
     }
   });
 });
 
 describe('RFC 5626 Flow-Timer on the way back to the phone (MIDREG_FLOW_TIMER_SEC)', () => {
   const answerWith = async (transport: string, requireHeader: string | undefined, flowTimerSec: number): Promise<Record<string, string>> => {
-    const store = new LocationStore(join(dir, `flow-timer-${transport}-${String(requireHeader)}-${flowTimerSec}.sqlite`));
+    const store = new SqliteStore(join(dir, `flow-timer-${transport}-${String(requireHeader)}-${flowTimerSec}.sqlite`));
     const contact = 'sip:carol@192.0.2.7:5061';
     const reply: SipReply = {
       ...ok([{ uri: contact, params: { expires: '300' } }]),
@@ -232,7 +232,7 @@ describe('RFC 5626 Flow-Timer on the way back to the phone (MIDREG_FLOW_TIMER_SE
     };
     const handler = createRegisterHandler({
       sender: { request: () => Promise.resolve(reply) },
-      store,
+      store: store.bindings,
       upstream: { uri: 'sip:127.0.0.1:5080', timeoutMs: 2000 },
       domains: ['example.test'],
       sipAddresses: () => ['udp/127.0.0.1:5060'],
@@ -245,7 +245,7 @@ describe('RFC 5626 Flow-Timer on the way back to the phone (MIDREG_FLOW_TIMER_SE
     const answered: Array<Record<string, string>> = [];
     const req = register(1, contact);
     await handler({ ...req, source: { ...req.source, transport } }, { finalSent: false, send: (_s, opts) => { answered.push(opts?.headers ?? {}); } });
-    store.close();
+    await store.close();
     return answered[0] ?? {};
   };
 

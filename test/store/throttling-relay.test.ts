@@ -6,7 +6,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { LocationStore } from '../../lib/store/location-store.js';
+import { SqliteStore } from '../../lib/store/sqlite-store.js';
 import { createLogger } from '../../lib/ops/logger.js';
 import { createRegisterHandler } from '../../lib/registrar/registration-relay.js';
 import { deregisterLapsed, type DeregistrationResult } from '../../lib/registrar/upstream-deregistration.js';
@@ -47,13 +47,15 @@ function responder(): SipResponder & { sent: Array<{ status: number; opts: SendO
 }
 
 function setup(file: string, answer: (out: OutboundRequest) => SipReply, opts: { insertion?: boolean } = {}) {
-  const store = new LocationStore(join(dir, file));
+  const sqlite = new SqliteStore(join(dir, file));
+  // Assertions read the SQLite replica directly; the relay goes through the store interface.
+  const store = sqlite.replica;
   const upstream: OutboundRequest[] = [];
   const counters = { bindings: 0, aors: 0 };
   let absorbed = 0;
   const handler = createRegisterHandler({
     sender: { request: (out) => { upstream.push(out); return Promise.resolve(answer(out)); } },
-    store,
+    store: sqlite.bindings,
     upstream: { uri: 'sip:127.0.0.1:5080', timeoutMs: 2000 },
     domains: ['example.test'],
     sipAddresses: () => ['udp/127.0.0.1:5060'],
@@ -65,7 +67,7 @@ function setup(file: string, answer: (out: OutboundRequest) => SipReply, opts: {
     onRegisterAbsorbed: () => { absorbed += 1; },
     ...(opts.insertion ? { contactInsertion: { self: () => ({ scheme: 'sip' as const, hostport: '127.0.0.1:5060', transport: 'udp' }) } } : {}),
   });
-  return { store, upstream, counters, handler, absorbed: () => absorbed };
+  return { store, bindings: sqlite.bindings, upstream, counters, handler, absorbed: () => absorbed };
 }
 
 describe('REGISTER relay in contact mode', () => {
@@ -163,7 +165,7 @@ describe('REGISTER relay in contact mode', () => {
       let status = 401;
       const deps = {
         sender: { request: (out: OutboundRequest) => { sent.push(out); return Promise.resolve(reply(status)); } },
-        store: t.store, upstream: { uri: 'sip:127.0.0.1:5080', timeoutMs: 2000 }, logger,
+        store: t.bindings, upstream: { uri: 'sip:127.0.0.1:5080', timeoutMs: 2000 }, logger,
         onResult: (r: DeregistrationResult) => { results.push(r); },
       };
       assert.equal(await deregisterLapsed(deps, later), 1);

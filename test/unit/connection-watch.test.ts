@@ -83,54 +83,54 @@ describe('the connection watch', () => {
     const table = new ReachabilityTable();
     const closed: Binding[] = [];
     const store = {
-      liveBindings: (aor: string, now: number) => bindings.filter((b) => b.aor === aor && b.expiresAt > now),
-      listLiveAfter: (now: number) => bindings.filter((b) => b.expiresAt > now),
+      liveBindings: (aor: string, now: number) => Promise.resolve(bindings.filter((b) => b.aor === aor && b.expiresAt > now)),
+      listLiveAfter: (now: number) => Promise.resolve(bindings.filter((b) => b.expiresAt > now)),
     };
     const watch = new ConnectionWatch({ table, store, sipAddresses: () => ['udp/127.0.0.1:5060', 'tls/127.0.0.1:5061'], intervalMs: 100, logger, files: [file], onClosed: (b) => closed.push(b), clock: () => 1000 });
     return { watch, table, write: (text) => writeFileSync(file, text), closed, done: () => rmSync(dir, { recursive: true, force: true }) };
   }
 
-  it('marks a binding unreachable (closed) once its connection is gone, once, and forgets it with the binding', () => {
+  it('marks a binding unreachable (closed) once its connection is gone, once, and forgets it with the binding', async () => {
     const phone = binding({});
     const udp = binding({ contact: 'sip:bob@10.0.0.6', source: { address: '127.0.0.1', port: 40009, transport: 'udp' } });
     const all = [phone, udp];
     const t = setup(all);
     try {
-      t.watch.seed();
+      await t.watch.seed();
       assert.equal(t.watch.size, 1, 'only the TLS binding is watched');
       t.write(TCP4);
-      assert.deepEqual(t.watch.check(), [], 'established: nothing to do');
+      assert.deepEqual((await t.watch.check()), [], 'established: nothing to do');
       t.write([HEADER, line(0, '0100007F:13C5', '00000000:0000', '0A')].join('\n'));
-      assert.deepEqual(t.watch.check().map((b) => b.contact), [phone.contact]);
+      assert.deepEqual((await t.watch.check()).map((b) => b.contact), [phone.contact]);
       assert.deepEqual(t.table.of(phone), { state: 'unreachable', since: 1000, checkedAt: 1000, why: 'closed' });
       assert.equal(t.closed.length, 1);
-      assert.deepEqual(t.watch.check(), [], 'judged once');
+      assert.deepEqual((await t.watch.check()), [], 'judged once');
       // The phone registers again from a new connection: the old flow is gone from the replica.
       all.splice(0, 1, binding({ source: { address: '127.0.0.1', port: 40001, transport: 'tls' } }));
-      t.watch.track(phone.aor);
+      await t.watch.track(phone.aor);
       assert.deepEqual(t.table.of(phone), { state: 'unknown' }, 'the old flow is forgotten');
       assert.equal(t.watch.size, 1);
     } finally { t.done(); }
   });
 
-  it('judges nothing when drachtio-server\'s listeners are not visible (another host or namespace)', () => {
+  it('judges nothing when drachtio-server\'s listeners are not visible (another host or namespace)', async () => {
     const t = setup([binding({})]);
     try {
-      t.watch.seed();
+      await t.watch.seed();
       t.write(TCP4);
-      t.watch.check();
+      (await t.watch.check());
       t.write([HEADER, line(0, '0100007F:1000', '00000000:0000', '0A')].join('\n'));
-      assert.deepEqual(t.watch.check(), []);
+      assert.deepEqual((await t.watch.check()), []);
       assert.equal(t.table.of(binding({})).state, 'unknown');
     } finally { t.done(); }
   });
 
-  it('never judges a flow it has not seen established', () => {
+  it('never judges a flow it has not seen established', async () => {
     const t = setup([binding({ source: { address: '127.0.0.1', port: 40007, transport: 'tls' } })]);
     try {
-      t.watch.seed();
+      await t.watch.seed();
       t.write(TCP4);
-      assert.deepEqual(t.watch.check(), []);
+      assert.deepEqual((await t.watch.check()), []);
       assert.equal(t.closed.length, 0);
     } finally { t.done(); }
   });

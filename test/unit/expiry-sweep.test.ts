@@ -12,7 +12,7 @@ function fakeStore(expired: number, msPerRow: () => number) {
       left -= removed;
       for (let row = 0; row < removed; row++) now += msPerRow();
       now += 0.05;
-      return { removed, emptiedAors: removed };
+      return Promise.resolve({ removed, emptiedAors: removed });
     },
   };
   return { store, clock: () => now, left: () => left };
@@ -33,7 +33,7 @@ describe('expiry sweep (batches sized by time, not by row count)', () => {
     assert.ok(next * (20 / 100) <= SWEEP_BUDGET_MS / 5, `next batch ${next} leaves room under the budget at the last cost per row`);
   });
 
-  it('keeps every step under the budget when the first rows are cold and the rest warm', () => {
+  it('keeps every step under the budget when the first rows are cold and the rest warm', async () => {
     let rows = 0;
     // The first 40 rows cost 0.5 ms each (pages read from disk), then 0.02 ms.
     const { store, clock, left } = fakeStore(5000, () => (rows++ < 40 ? 0.5 : 0.02));
@@ -41,7 +41,7 @@ describe('expiry sweep (batches sized by time, not by row count)', () => {
     assert.equal(sweeper.batchSize, FIRST_BATCH);
     const steps = [];
     for (let done = false; !done;) {
-      const step = sweeper.step(0);
+      const step = await sweeper.step(0);
       steps.push(step);
       done = step.done;
     }
@@ -54,9 +54,9 @@ describe('expiry sweep (batches sized by time, not by row count)', () => {
     assert.ok(steps.at(-1)!.removed < steps.at(-1)!.batch, 'the last step is the one that found fewer rows than asked');
   });
 
-  it('stops on the first step when nothing has expired', () => {
+  it('stops on the first step when nothing has expired', async () => {
     const { store, clock } = fakeStore(0, () => 0.01);
-    const step = new ExpirySweeper(store, clock).step(0);
+    const step = await new ExpirySweeper(store, clock).step(0);
     assert.deepEqual({ removed: step.removed, done: step.done }, { removed: 0, done: true });
   });
 });

@@ -141,8 +141,8 @@ describe('the qualifier', () => {
         },
       },
       store: {
-        counts: () => ({ bindings: bindings.length, aors: bindings.length }),
-        listLiveAfter: (_now, opts) => bindings.filter((b) => !opts.after || b.aor > opts.after.aor || (b.aor === opts.after.aor && b.contact > opts.after.contact)).slice(0, opts.limit),
+        counts: () => Promise.resolve({ bindings: bindings.length, aors: bindings.length }),
+        listLiveAfter: (_now, opts) => Promise.resolve(bindings.filter((b) => !opts.after || b.aor > opts.after.aor || (b.aor === opts.after.aor && b.contact > opts.after.contact)).slice(0, opts.limit)),
       },
       table,
       intervalMs: 500,

@@ -58,13 +58,13 @@ describe('requests to a Contact midreg gave the registrar (contact insertion)', 
   const own = { sipAddresses: ['udp/203.0.113.5:5060'], domains: ['example.test'] };
   const stored = binding({ contact: 'sip:bob@10.0.0.7:5060', insertion: { contact: 'sip:bob@203.0.113.5:5060;ctid=K1', key: 'K1' } });
   const lookup = {
-    liveBindingsByContact: () => [],
-    liveBindings: () => [],
-    bindingsByInsertionKey: (key: string) => (key === 'K1' ? [stored] : key === 'OLD' ? [binding({ expiresAt: 1000 })] : []),
+    liveBindingsByContact: () => Promise.resolve([]),
+    liveBindings: () => Promise.resolve([]),
+    bindingsByInsertionKey: (key: string) => Promise.resolve(key === 'K1' ? [stored] : key === 'OLD' ? [binding({ expiresAt: 1000 })] : []),
   };
 
-  it('reach the stored binding of that key, and the phone under its own user at the address it registered from', () => {
-    const target = locate('sip:bob@203.0.113.5:5060;ctid=K1', lookup, own, 2000);
+  it('reach the stored binding of that key, and the phone under its own user at the address it registered from', async () => {
+    const target = await locate('sip:bob@203.0.113.5:5060;ctid=K1', lookup, own, 2000);
     assert.ok(target.kind === 'bindings' && target.via === 'insertion' && target.bindings[0] === stored);
     const branch = branchFor(stored, 500);
     assert.ok(branch.kind === 'send');
@@ -72,10 +72,10 @@ describe('requests to a Contact midreg gave the registrar (contact insertion)', 
     assert.equal(flowUri(branch), 'sip:bob@203.0.113.5:40123;transport=udp', 'a proxied request names the phone\'s user at its NAT address');
   });
 
-  it('a forged key reaches nothing (404), an expired binding\'s key gets 480, a key elsewhere is not ours to look up', () => {
-    assert.deepEqual(locate('sip:bob@203.0.113.5:5060;ctid=FORGED', lookup, own, 2000), { kind: 'unknown-key', key: 'FORGED' });
-    assert.deepEqual(locate('sip:bob@203.0.113.5;ctid=OLD', lookup, own, 2000), { kind: 'expired-key', key: 'OLD', aor: 'sip:bob@example.test' });
-    assert.deepEqual(locate('sip:bob@198.51.100.1:5060;ctid=K1', lookup, own, 2000), { kind: 'upstream' }, 'not midreg\'s address');
+  it('a forged key reaches nothing (404), an expired binding\'s key gets 480, a key elsewhere is not ours to look up', async () => {
+    assert.deepEqual(await locate('sip:bob@203.0.113.5:5060;ctid=FORGED', lookup, own, 2000), { kind: 'unknown-key', key: 'FORGED' });
+    assert.deepEqual(await locate('sip:bob@203.0.113.5;ctid=OLD', lookup, own, 2000), { kind: 'expired-key', key: 'OLD', aor: 'sip:bob@example.test' });
+    assert.deepEqual(await locate('sip:bob@198.51.100.1:5060;ctid=K1', lookup, own, 2000), { kind: 'upstream' }, 'not midreg\'s address');
   });
 });
 

@@ -34,7 +34,7 @@ export async function replay(name: string, env: Record<string, string> = {}): Pr
     DRACHTIO_PORT: String(server.port), DRACHTIO_SECRET: 'replayed', MIDREG_UPSTREAM: `sip:${upstream}`, MIDREG_TRUSTED_PEERS: upstream,
     MIDREG_DOMAINS: 'example.test', MIDREG_DB: dbFile, MIDREG_LOG_LEVEL: 'error', ...env,
   });
-  const midreg = startMidreg(config, createLogger({ level: 'error', format: 'json' }));
+  const midreg = await startMidreg(config, createLogger({ level: 'error', format: 'json' }));
   try {
     await server.done;
   } finally {
