@@ -7,7 +7,7 @@ import { namesMidreg, retargetToUpstream } from '../sip/own-address.js';
 import { admitOffline, sipDate, type OfflineLimits, type SenderRate } from './offline-policy.js';
 import { ALL_UNREACHABLE, chooseReachable, type Reachability } from '../reachability/reachability.js';
 import type { Binding } from '../registrar/registration.js';
-import { branchFor, chooseFinal, classifySender, isTrustedPeer, locate, understoodScheme, type Branch } from './routing.js';
+import { branchFor, chooseFinal, classifySender, isTrustedPeer, locate, oneFlowPerInstance, understoodScheme, type Branch } from './routing.js';
 import { parseUri, type RequestHandler, type SipReply, type SipRequest } from '../sip/drachtio.js';
 import { askUpstream, nextMaxForwards, outboundBytes, replyHeaders, upstreamHeaders, type RequestSender, type UpstreamOutcome, type UpstreamTarget } from '../sip/upstream.js';
 
@@ -36,6 +36,8 @@ export interface MessageRouterDeps {
   /** What qualify knows of each binding (absent: every binding is tried, as without qualify). */
   reachability?: (binding: Binding) => Reachability;
   onOutcome?(outcome: MessageOutcome): void;
+  /** How each branch to a binding ended (a send over a dead flow is news for its reachability). */
+  onBranch?(binding: Binding, outcome: UpstreamOutcome): void;
   clock?: () => number;
 }
 
@@ -171,7 +173,8 @@ export function createMessageHandler(deps: MessageRouterDeps): RequestHandler {
       return;
     }
     const size = outboundBytes({ method: 'MESSAGE', uri: req.uri, headers: branchHeaders(req, hops.value, undefined), body: req.body });
-    const branches: Branch[] = choice.bindings.map((b) => branchFor(b, size));
+    const flows = oneFlowPerInstance(choice.bindings);
+    const branches: Branch[] = flows.kept.map((b) => branchFor(b, size));
     const sendable = branches.filter((b): b is Extract<Branch, { kind: 'send' }> => b.kind === 'send');
     if (sendable.length === 0) {
       const skipped = branches[0];
@@ -186,12 +189,16 @@ export function createMessageHandler(deps: MessageRouterDeps): RequestHandler {
     const outcome = await forkFirst2xx(sendable.map((branch) => askUpstream(deps.sender, {
       method: 'MESSAGE', uri: branch.requestUri, headers: branchHeaders(req, hops.value, branch.route), body: req.body,
       ...(branch.nextHop ? { nextHop: branch.nextHop } : {}),
-    }, deps.upstream.timeoutMs, clock)));
+    }, deps.upstream.timeoutMs, clock).then((branchOutcome) => {
+      deps.onBranch?.(branch.binding, branchOutcome);
+      return branchOutcome;
+    })));
     sendAnswer(res, outcome);
     const delivered = outcome.status >= 200 && outcome.status < 300;
     finish(delivered ? 'delivered' : 'failed', outcome.status, {
       aor: target.aor, branches: sendable.length, skipped: branches.length - sendable.length,
       ...(choice.skipped.length > 0 ? { unreachable: choice.skipped.map((b) => b.contact) } : {}),
+      ...(flows.dropped.length > 0 ? { olderFlows: flows.dropped.map((b) => b.contact) } : {}),
       to: sendable.map((b) => b.nextHop ?? b.requestUri),
     });
   };
