@@ -7,7 +7,8 @@ import { namesMidreg, retargetToUpstream } from '../sip/own-address.js';
 import { admitOffline, sipDate, type OfflineLimits, type SenderRate } from './offline-policy.js';
 import { ALL_UNREACHABLE, chooseReachable, type Reachability } from '../reachability/reachability.js';
 import type { Binding } from '../registrar/registration.js';
-import { branchFor, chooseFinal, classifySender, isTrustedPeer, locate, understoodScheme, type Branch } from './routing.js';
+import { branchThrough, chooseFinal, classifySender, isTrustedPeer, locate, understoodScheme, type Branch } from './routing.js';
+import { holderOf, type NodeView } from '../cluster/node-directory.js';
 import { parseUri, type RequestHandler, type SipReply, type SipRequest } from '../sip/drachtio.js';
 import { askUpstream, nextMaxForwards, outboundBytes, replyHeaders, upstreamHeaders, type RequestSender, type UpstreamOutcome, type UpstreamTarget } from '../sip/upstream.js';
 
@@ -35,6 +36,8 @@ export interface MessageRouterDeps {
   };
   /** What qualify knows of each binding (absent: every binding is tried, as without qualify). */
   reachability?: (binding: Binding) => Reachability;
+  /** Several nodes on one store: bindings held by another node are reached through it. Absent: one node. */
+  nodes?: NodeView;
   onOutcome?(outcome: MessageOutcome): void;
   clock?: () => number;
 }
@@ -62,13 +65,27 @@ export function createMessageHandler(deps: MessageRouterDeps): RequestHandler {
   const clock = deps.clock ?? Date.now;
   const log = deps.logger;
   return async (req, res) => {
-    const now = clock();
     const from = `${req.source.transport}:${req.source.address}:${req.source.port}`;
     const base = { event: 'message', ruri: req.uri, callId: req.header('Call-ID'), source: from };
     const finish = (outcome: MessageOutcome, status: number, detail: Record<string, unknown> = {}): void => {
       log.info(`MESSAGE ${outcome}`, { ...base, outcome, status, ...detail });
       deps.onOutcome?.(outcome);
     };
+    try {
+      await route(req, res, finish);
+    } catch (err) {
+      // The store could not be read (Redis down, database unreadable): the sender may try again
+      // (RFC 3261 §21.5.4 503: "temporarily unable to process the request ... the client MAY
+      // retry the request after" Retry-After). No cached location is used: it may name a flow that moved.
+      if (res.finalSent) throw err;
+      res.send(503, { reason: 'Location Store Unavailable', headers: { 'Retry-After': '5' } });
+      finish('failed', 503, { why: 'store unavailable', error: err instanceof Error ? err.message : String(err) });
+    }
+  };
+
+  async function route(req: SipRequest, res: Parameters<RequestHandler>[1], finish: (outcome: MessageOutcome, status: number, detail?: Record<string, unknown>) => void): Promise<void> {
+    const now = clock();
+    const from = `${req.source.transport}:${req.source.address}:${req.source.port}`;
 
     const fromAor = senderAor(req);
     /** No live binding: keep the message for the user's next registration, or say why not. */
@@ -99,10 +116,13 @@ export function createMessageHandler(deps: MessageRouterDeps): RequestHandler {
       offline.stored(aor);
       finish('stored', 202, { aor, id, bodyBytes });
     };
+    // A peer node passes on MESSAGEs for the phones whose flows this node holds; it is trusted
+    // only while its heartbeat is in the store (lib/cluster/node-directory.ts), never by address alone.
+    const fromPeerNode = deps.nodes?.isPeer(req.source) ?? false;
     // Looked up only for a sender that is not a trusted peer (classifySender stays pure).
-    const liveSource = !isTrustedPeer(req.source, deps.trustedPeers) && fromAor !== undefined
+    const liveSource = !fromPeerNode && !isTrustedPeer(req.source, deps.trustedPeers) && fromAor !== undefined
       && await deps.store.isLiveSource(fromAor, req.source.address, req.source.port, now);
-    const sender = classifySender(req.source, deps.trustedPeers, () => liveSource);
+    const sender = fromPeerNode ? { kind: 'trusted-peer' as const } : classifySender(req.source, deps.trustedPeers, () => liveSource);
     if (!understoodScheme(req.uri)) {
       res.send(416, { reason: 'Unsupported URI Scheme' });
       finish('failed', 416, { why: 'Request-URI scheme not sip, sips or tel (RFC 3261 §16.3 item 2)' });
@@ -171,13 +191,15 @@ export function createMessageHandler(deps: MessageRouterDeps): RequestHandler {
       return;
     }
     const size = outboundBytes({ method: 'MESSAGE', uri: req.uri, headers: branchHeaders(req, hops.value, undefined), body: req.body });
-    const branches: Branch[] = choice.bindings.map((b) => branchFor(b, size));
+    if (deps.nodes) await deps.nodes.confirm(choice.bindings.flatMap((b) => (b.node !== undefined ? [b.node] : [])));
+    const branches: Branch[] = choice.bindings.map((b) => branchThrough(b, holderOf(b, deps.nodes), fromPeerNode, size));
     const sendable = branches.filter((b): b is Extract<Branch, { kind: 'send' }> => b.kind === 'send');
     if (sendable.length === 0) {
       const skipped = branches[0];
       const status = skipped?.kind === 'skip' ? skipped.status : 500;
       res.send(status, skipped?.kind === 'skip' ? { reason: skipped.reason } : {});
-      finish('too_large', status, { why: 'every binding is UDP-only and the request exceeds 1300 bytes (RFC 3428 §8)' });
+      if (status === 480) finish('unreachable', 480, { aor: target.aor, why: skipped?.kind === 'skip' ? skipped.reason : '', nodes: branches.map((b) => b.binding.node) });
+      else finish('too_large', status, { why: 'every binding is UDP-only and the request exceeds 1300 bytes (RFC 3428 §8)' });
       return;
     }
 
@@ -194,7 +216,7 @@ export function createMessageHandler(deps: MessageRouterDeps): RequestHandler {
       ...(choice.skipped.length > 0 ? { unreachable: choice.skipped.map((b) => b.contact) } : {}),
       to: sendable.map((b) => b.nextHop ?? b.requestUri),
     });
-  };
+  }
 }
 
 export type Answer = { status: number; reply: SipReply | undefined };

@@ -45,6 +45,8 @@ export interface RegistrationRelayDeps extends RegisterEvents {
    * midreg (lib/registrar/throttle.ts), the rest relayed with expiries raised. Absent: mirror mode.
    */
   throttle?: { outgoingExpiresSec: number; refreshMarginSec: number };
+  /** Several nodes on one store: this node's SIP URI, recorded as the holder of each binding registered through it. */
+  node?: () => string | undefined;
   logger: Logger;
   limits: ReplicaLimits;
   /** Bindings and AoRs stored in the replica, kept up to date by every writer. */
@@ -191,7 +193,8 @@ export function createRegisterHandler(deps: RegistrationRelayDeps): RequestHandl
     }
     const checked = validate(req, ruri);
     if (checked.kind === 'refuse') { refuse(req, res, checked); return; }
-    const { attempt } = checked;
+    const self = deps.node?.();
+    const attempt: RegisterAttempt = self !== undefined ? { ...checked.attempt, node: self } : checked.attempt;
     // A phone provisioned by IP names midreg itself; the registrar gets its own URI instead
     // (lib/sip/own-address.ts). To, From, Call-ID, CSeq, Contact and Authorization stay as the phone
     // sent them, so the AoR is unchanged and the digest `uri` still names what the phone signed.

@@ -79,7 +79,7 @@ for (const mode of DOMAIN_MODES) describe(`SIGTERM under REGISTER load (domain: 
       const code = await stack.midreg.stop('SIGTERM', 10_000);
       assert.equal(code, 0, 'clean exit');
       await load;
-      const replica = new Set(allLiveBindings(stack.dbFile).map((b) => `${b.aor} ${b.contact}`));
+      const replica = new Set((await allLiveBindings(stack)).map((b) => `${b.aor} ${b.contact}`));
       assert.ok(replica.size > 100, `load reached the replica (${replica.size})`);
       // Every AoR the registrar holds from this load must be in the replica with the same contact.
       const missing: string[] = [];
