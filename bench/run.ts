@@ -9,7 +9,7 @@
 //   npm run bench -- --quick           fewer, shorter steps and a smaller replica
 //   npm run bench -- --only register   (or message, scale; repeatable)
 //   npm run bench -- --help
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { accessSync, constants, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -673,7 +673,7 @@ function prerequisites(): string[] {
 }
 
 /** A redis-server for --store redis, on a free port of 127.0.0.1. */
-async function startBenchRedis(workDir: string): Promise<{ url: string; stop(): Promise<void> }> {
+async function startBenchRedis(workDir: string): Promise<{ url: string; usage(): string; stop(): Promise<void> }> {
   const port = await freePort();
   const dir = join(workDir, 'redis');
   mkdirSync(dir, { recursive: true });
@@ -687,6 +687,15 @@ async function startBenchRedis(workDir: string): Promise<{ url: string; stop(): 
   }
   return {
     url: `redis://127.0.0.1:${port}`,
+    /** redis-server's own CPU and the AoR writes (EVALSHA) it ran, for the capacity plan. */
+    usage() {
+      const info = spawnSync('redis-cli', ['-p', String(port), 'info', 'all'], { encoding: 'utf8' }).stdout;
+      const num = (name: string): number => Number(new RegExp(`^${name}:([\\d.]+)`, 'm').exec(info)?.[1] ?? Number.NaN);
+      const calls = (cmd: string): number => Number(new RegExp(`^cmdstat_${cmd}:calls=(\\d+)`, 'm').exec(info)?.[1] ?? 0);
+      const cpuSec = num('used_cpu_user') + num('used_cpu_sys');
+      const writes = calls('evalsha') + calls('eval');
+      return `redis-server CPU ${cpuSec.toFixed(2)} s for ${writes} AoR writes (EVALSHA) and ${num('total_commands_processed')} commands in all: ${writes > 0 ? ((cpuSec * 1e6) / writes).toFixed(0) : '?'} µs of Redis CPU per AoR write, MESSAGE reads included`;
+    },
     stop: () => new Promise<void>((resolve) => { child.once('exit', () => resolve()); child.kill('SIGTERM'); }),
   };
 }
@@ -730,7 +739,7 @@ async function main(): Promise<void> {
   log(`options: ${opts.quick ? 'quick, ' : ''}${[...opts.only].join('+')}, systems ${opts.systems.join(',')}, rates ${opts.rates.join(',')}/s, ${opts.stepSec} s per step, drachtio loglevel ${opts.drachtioLoglevel ?? 'as shipped'}, midreg log level ${opts.midregLogLevel}, upstream over ${opts.upstreamTransport}${envText(opts.midregEnv)}; work dir ${workDir}`);
 
   // --store redis: one redis-server for the run, as an operator would run it (AOF, fsync each second).
-  let redis: { stop(): Promise<void> } | undefined;
+  let redis: { usage(): string; stop(): Promise<void> } | undefined;
   if (opts.store === 'redis') {
     const server = await startBenchRedis(workDir);
     redis = server;
@@ -811,6 +820,8 @@ async function main(): Promise<void> {
   }
   if (scale) tables.push(scaleTable(scale));
   if (targets.length > 0) tables.push(targetsTable(targets));
+  // In the log and so in the results file: redis-server's CPU is not one of the bench's columns.
+  if (redis) log(redis.usage());
   const durationSec = (Date.now() - startedAt.getTime()) / 1000;
 
   log('');
