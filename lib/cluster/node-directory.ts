@@ -24,6 +24,8 @@ export interface NodeView {
    * node that started less than a heartbeat ago is not in memory yet). Never rejects.
    */
   confirm(uris: readonly string[]): Promise<void>;
+  /** isPeer, after the same re-read when the source is not known as a peer (a node started less than a heartbeat ago). */
+  confirmPeer(source: { address: string; port: number }): Promise<boolean>;
 }
 
 /** Where a binding's requests go. */
@@ -102,6 +104,17 @@ export class NodeDirectory implements NodeView {
 
   async confirm(uris: readonly string[]): Promise<void> {
     if (uris.every((uri) => this.isAlive(uri))) return;
+    await this.reread();
+  }
+
+  async confirmPeer(source: { address: string; port: number }): Promise<boolean> {
+    if (this.isPeer(source)) return true;
+    await this.reread();
+    return this.isPeer(source);
+  }
+
+  /** Read the nodes now, unless that was done less than CONFIRM_MIN_INTERVAL_MS ago (then what is known stands). */
+  private async reread(): Promise<void> {
     if (Date.now() - this.lastRead < CONFIRM_MIN_INTERVAL_MS) return;
     this.reading ??= this.read().catch(() => undefined).finally(() => { this.reading = undefined; });
     await this.reading;

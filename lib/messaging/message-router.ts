@@ -118,10 +118,12 @@ export function createMessageHandler(deps: MessageRouterDeps): RequestHandler {
     };
     // A peer node passes on MESSAGEs for the phones whose flows this node holds; it is trusted
     // only while its heartbeat is in the store (lib/cluster/node-directory.ts), never by address alone.
-    const fromPeerNode = deps.nodes?.isPeer(req.source) ?? false;
+    let fromPeerNode = deps.nodes?.isPeer(req.source) ?? false;
     // Looked up only for a sender that is not a trusted peer (classifySender stays pure).
     const liveSource = !fromPeerNode && !isTrustedPeer(req.source, deps.trustedPeers) && fromAor !== undefined
       && await deps.store.isLiveSource(fromAor, req.source.address, req.source.port, now);
+    // Neither a phone nor the platform: perhaps a node that started since the last heartbeat read.
+    if (!fromPeerNode && !liveSource && deps.nodes && !isTrustedPeer(req.source, deps.trustedPeers)) fromPeerNode = await deps.nodes.confirmPeer(req.source);
     const sender = fromPeerNode ? { kind: 'trusted-peer' as const } : classifySender(req.source, deps.trustedPeers, () => liveSource);
     if (!understoodScheme(req.uri)) {
       res.send(416, { reason: 'Unsupported URI Scheme' });

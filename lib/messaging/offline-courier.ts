@@ -120,7 +120,7 @@ export class OfflineCourier {
           continue;
         }
         const retryAt = this.clock() + retryDelayMs(message.attempts);
-        await this.deps.store.postpone(message.id, retryAt);
+        await this.deps.store.postpone(message, retryAt);
         this.deps.logger.info('offline message not delivered; will retry', { event: 'offline', outcome: 'retry', id: message.id, to: aor, status, retryAt: new Date(retryAt).toISOString() });
         this.deps.onOutcome?.('retry');
         return;

@@ -453,17 +453,13 @@ class RedisOffline implements OfflineMessageStore {
     await this.remove(message.recipient, [message.id], [message.body]);
   }
 
-  async postpone(id: number, nextAttemptAt: number): Promise<void> {
-    // The id names its recipient only inside the message: found through the due index.
-    const recipients = await this.redis.zrange(keys.messagesDue, 0, -1);
-    for (const recipient of recipients) {
-      const json = await this.redis.hget(keys.messages(recipient), String(id));
-      if (json === null) continue;
-      const m = JSON.parse(json) as OfflineMessage;
-      await this.redis.hset(keys.messages(recipient), String(id), JSON.stringify({ ...m, attempts: m.attempts + 1, nextAttemptAt }));
-      await this.reindex(recipient, await this.messagesOf(recipient));
-      return;
-    }
+  async postpone(message: OfflineMessage, nextAttemptAt: number): Promise<void> {
+    const key = keys.messages(message.recipient);
+    const json = await this.redis.hget(key, String(message.id));
+    if (json === null) return;
+    const m = JSON.parse(json) as OfflineMessage;
+    await this.redis.hset(key, String(message.id), JSON.stringify({ ...m, attempts: m.attempts + 1, nextAttemptAt }));
+    await this.reindex(message.recipient, await this.messagesOf(message.recipient));
   }
 
   async takeExpired(now: number, limit: number): Promise<OfflineMessage[]> {

@@ -2,7 +2,7 @@
 // binding, and how a request reaches it.
 import { strict as assert } from 'node:assert';
 import { describe, it } from 'node:test';
-import { handledHere, holderOf, nodeHostPort, type NodeView } from '../../lib/cluster/node-directory.js';
+import { handledHere, holderOf, NodeDirectory, nodeHostPort, type NodeRegistry, type NodeView } from '../../lib/cluster/node-directory.js';
 import { branchThrough } from '../../lib/messaging/routing.js';
 import type { Binding } from '../../lib/registrar/registration.js';
 import { describeTarget, parseStoreUrl, StoreUrlError } from '../../lib/store/store-url.js';
@@ -56,6 +56,7 @@ const view = (self: string, alive: string[]): NodeView => ({
   isAlive: (uri) => alive.map(nodeHostPort).includes(nodeHostPort(uri)),
   isPeer: () => false,
   confirm: () => Promise.resolve(),
+  confirmPeer: () => Promise.resolve(false),
 });
 
 describe('the node holding a binding', () => {
@@ -90,5 +91,54 @@ describe('reaching a binding through its node', () => {
   it('is 480 at once when the node is gone, and never passed on by a node that got it from a peer', () => {
     assert.deepEqual(branchThrough(binding(B), { kind: 'dead-peer', node: B }, false, 500), { kind: 'skip', binding: binding(B), status: 480, reason: 'Holding Node Down' });
     assert.deepEqual(branchThrough(binding(B), { kind: 'peer', node: B }, true, 500), { kind: 'skip', binding: binding(B), status: 480, reason: 'Not Held Here' });
+  });
+});
+
+describe('the node directory', () => {
+  const A = 'sip:10.0.0.11:5060;lr';
+  const B = 'sip:10.0.0.12:5070;lr';
+  function registry(): NodeRegistry & { alive: Map<string, boolean>; beats: string[]; fail: boolean } {
+    const r = {
+      alive: new Map<string, boolean>(), beats: [] as string[], fail: false,
+      heartbeat(uri: string) { if (r.fail) return Promise.reject(new Error('redis down')); r.beats.push(uri); r.alive.set(uri, true); return Promise.resolve(); },
+      nodes() { return r.fail ? Promise.reject(new Error('redis down')) : Promise.resolve([...r.alive].map(([uri, alive]) => ({ uri, alive }))); },
+      leave(uri: string) { r.alive.set(uri, false); return Promise.resolve(); },
+    };
+    return r;
+  }
+
+  it('knows live peers by their SIP address, not itself, and keeps what it knew while Redis is down', async () => {
+    const reg = registry();
+    reg.alive.set(B, true);
+    const errors: Array<string | undefined> = [];
+    const dir = new NodeDirectory(reg, () => A, (e) => errors.push(e));
+    await dir.beat();
+    assert.deepEqual(reg.beats, [A]);
+    assert.ok(dir.isPeer({ address: '10.0.0.12', port: 5070 }));
+    assert.ok(!dir.isPeer({ address: '10.0.0.12', port: 5071 }), 'another port of that host is not the node');
+    assert.ok(!dir.isPeer({ address: '10.0.0.11', port: 5060 }), 'itself is no peer');
+    assert.ok(dir.isAlive(B) && dir.isAlive(A));
+    reg.fail = true;
+    await dir.beat();
+    assert.ok(dir.isAlive(B), 'unchanged while the heartbeats cannot be read');
+    assert.deepEqual(errors, ['redis down']);
+    reg.fail = false;
+    reg.alive.set(B, false);
+    await dir.beat();
+    assert.ok(!dir.isAlive(B) && !dir.isPeer({ address: '10.0.0.12', port: 5070 }), 'gone once its heartbeat is');
+    assert.deepEqual(errors, ['redis down', undefined]);
+  });
+
+  it('reads the heartbeats again for a source or node it does not know yet, at most four times a second', async () => {
+    const reg = registry();
+    const dir = new NodeDirectory(reg, () => A);
+    await dir.beat();
+    reg.alive.set(B, true);
+    // Within 250 ms of the last read: what is known stands.
+    assert.equal(await dir.confirmPeer({ address: '10.0.0.12', port: 5070 }), false);
+    await new Promise((r) => setTimeout(r, 260));
+    assert.equal(await dir.confirmPeer({ address: '10.0.0.12', port: 5070 }), true, 'a node started since the last read');
+    await dir.stop();
+    assert.equal(reg.alive.get(A), false, 'a stopping node removes its heartbeat');
   });
 });
