@@ -50,6 +50,10 @@ export interface Config {
   stopTimeoutMs: number;
   /** OPTIONS pings per live binding, once per interval (0 = off), and how long one waits for an answer. */
   qualify: { intervalSec: number; timeoutMs: number };
+  /** RFC 5626 Flow-Timer (seconds) for registrations that use outbound (0 = never added). */
+  flowTimerSec: number;
+  /** How often the connections of TCP/TLS/WebSocket bindings are checked (ms, 0 = off). */
+  connectionWatchMs: number;
   /** Offline messages (store and forward); undefined when MIDREG_OFFLINE_MESSAGES is off. */
   offline: { ttlSec: number; maxPerRecipient: number; maxBytesPerRecipient: number; maxTotalBytes: number; senderPerMinute: number; retryIntervalSec: number } | undefined;
   /** Admin HTTP API (health, metrics, registrations); off while port is undefined. */
@@ -129,6 +133,8 @@ export const SETTINGS = {
   offlineRetrySec: { env: 'MIDREG_OFFLINE_RETRY_INTERVAL_SEC', schema: z.coerce.number().int().min(1).max(3600).default(10) },
   qualifyIntervalSec: { env: 'MIDREG_QUALIFY_INTERVAL_SEC', schema: z.coerce.number().int().min(0).max(86_400).default(0) },
   qualifyTimeoutMs: { env: 'MIDREG_QUALIFY_TIMEOUT_MS', schema: z.coerce.number().int().min(100).max(32_000).default(3000) },
+  flowTimerSec: { env: 'MIDREG_FLOW_TIMER_SEC', schema: z.coerce.number().int().min(0).max(3600).default(0) },
+  connectionWatchMs: { env: 'MIDREG_CONNECTION_WATCH_MS', schema: z.coerce.number().int().min(0).max(60_000).default(500) },
   adminPort: { env: 'MIDREG_ADMIN_PORT', schema: z.coerce.number().int().min(1).max(65535).optional() },
   adminHost: { env: 'MIDREG_ADMIN_HOST', schema: z.string().min(1).default('127.0.0.1') },
   adminToken: { env: 'MIDREG_ADMIN_TOKEN', schema: z.string().min(16, 'must be at least 16 characters').optional() },
@@ -211,6 +217,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     maxAors: v.maxAors,
     stopTimeoutMs: v.stopTimeoutMs,
     qualify: { intervalSec: v.qualifyIntervalSec, timeoutMs: v.qualifyTimeoutMs },
+    connectionWatchMs: v.connectionWatchMs,
+    flowTimerSec: v.flowTimerSec,
     offline: v.offlineMessages === 'on'
       ? {
         ttlSec: v.offlineTtlSec, maxPerRecipient: v.offlineMaxPerUser, maxBytesPerRecipient: v.offlineMaxBytesPerUser,

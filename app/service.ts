@@ -15,11 +15,13 @@ import { OfflineCourier } from '../lib/messaging/offline-courier.js';
 import { SenderRate } from '../lib/messaging/offline-policy.js';
 import { Metrics } from '../lib/ops/metrics.js';
 import { createRegisterHandler, type ReplicaCounters } from '../lib/registrar/registration-relay.js';
-import { deregisterLapsed } from '../lib/registrar/upstream-deregistration.js';
+import { deregisterLapsed, deregisterOne } from '../lib/registrar/upstream-deregistration.js';
+import type { UpstreamOutcome } from '../lib/sip/upstream.js';
+import { ConnectionWatch, isConnectionFlow } from '../lib/reachability/connection-watch.js';
 import { createProxyHandler, PROXIED_METHODS } from '../lib/messaging/request-proxy.js';
 import { isTrustedPeer } from '../lib/messaging/routing.js';
 import { SipEngine, type RequestHandler } from '../lib/sip/drachtio.js';
-import { ReachabilityTable } from '../lib/reachability/reachability.js';
+import { pingVerdict, ReachabilityTable } from '../lib/reachability/reachability.js';
 import { Qualifier } from '../lib/reachability/qualifier.js';
 import type { Binding } from '../lib/registrar/registration.js';
 
@@ -92,7 +94,9 @@ export async function startMidreg(config: Config, logger: Logger): Promise<Midre
   // Reachability lives in memory beside the replica, never in it (lib/reachability/).
   const reachability = new ReachabilityTable();
   const qualifyOn = config.qualify.intervalSec > 0;
-  const reachabilityOf = qualifyOn ? (b: Binding) => reachability.of(b) : undefined;
+  const watchOn = config.connectionWatchMs > 0;
+  // Routing skips unreachable bindings when something can find them: qualify, or the connection watch.
+  const reachabilityOf = qualifyOn || watchOn ? (b: Binding) => reachability.of(b) : undefined;
   const metrics = new Metrics({
     registrations: () => ({ bindings: counters.bindings, aors: counters.aors }),
     reachability: () => reachability.counts(),
@@ -162,12 +166,20 @@ export async function startMidreg(config: Config, logger: Logger): Promise<Midre
     ...(config.mode === 'contact' ? { throttle: { outgoingExpiresSec: config.outgoingExpiresSec, refreshMarginSec: config.refreshMarginSec } } : {}),
     onRegisterAbsorbed: () => metrics.registerAbsorbed(),
     ...(nodes ? { node: nodeUri } : {}),
+    flowTimerSec: config.flowTimerSec,
     logger,
     limits: { maxBindingsPerAor: config.maxBindingsPerAor, maxAors: config.maxAors },
     counters,
     onRegisterAnswered: (status, upstreamMs) => metrics.registerAnswered(status, upstreamMs),
     onReplicaWriteFailed: () => metrics.replicaWriteFailed(),
-    ...(courier ? { onReplicaWritten: (aor: string, bindings: number) => { if (bindings > 0) courier.registered(aor); } } : {}),
+    ...(courier || watchOn ? {
+      onReplicaWritten: (aor: string, bindings: number) => {
+        if (bindings > 0) courier?.registered(aor);
+        connectionWatch?.track(aor).catch((err: unknown) => {
+          logger.warn('connection watch: cannot index the AoR\'s bindings', { aor, error: err instanceof Error ? err.message : String(err) });
+        });
+      },
+    } : {}),
   })));
   engine.handle('MESSAGE', admitted(createMessageHandler({
     sender: engine,
@@ -190,6 +202,21 @@ export async function startMidreg(config: Config, logger: Logger): Promise<Midre
     } : {}),
     ...(reachabilityOf ? { reachability: reachabilityOf } : {}),
     ...(nodes ? { nodes } : {}),
+    // A MESSAGE is a ping too: a branch drachtio-server could not send (its own 503: the flow is
+    // gone) marks the binding unreachable at once, any answer marks it reachable. A branch that
+    // timed out says nothing for sure (midreg's own overload looks the same) and is left to
+    // qualify. Only for flows whose entries something forgets again: all with qualify (its rounds
+    // sweep the table), connection-oriented ones with the connection watch.
+    ...(reachabilityOf ? {
+      onBranch: (b: Binding, outcome: UpstreamOutcome) => {
+        if (qualifyOn || (watchOn && isConnectionFlow(b))) {
+          const verdict = pingVerdict(outcome);
+          if (verdict.kind === 'unreachable' && verdict.why === 'timeout') return;
+          const after = reachability.record(b, verdict, Date.now());
+          if (verdict.kind === 'unreachable') logger.warn('binding unreachable: a MESSAGE could not reach it', { event: 'message', aor: b.aor, contact: b.contact, state: after.state, why: verdict.why });
+        }
+      },
+    } : {}),
     onOutcome: (outcome) => metrics.messageOutcome(outcome),
   })));
   const proxy = createProxyHandler({
@@ -203,6 +230,31 @@ export async function startMidreg(config: Config, logger: Logger): Promise<Midre
     ...(reachabilityOf ? { reachability: reachabilityOf } : {}),
   });
   for (const method of PROXIED_METHODS) engine.handle(method, proxy);
+
+  // drachtio-server says nothing when a TCP/TLS/WS connection closes: midreg watches the kernel's
+  // table of its connections instead (lib/reachability/connection-watch.ts).
+  const connectionWatch: ConnectionWatch | undefined = watchOn ? new ConnectionWatch({
+    table: reachability,
+    store: bindings,
+    sipAddresses: () => engine.sipAddresses,
+    intervalMs: config.connectionWatchMs,
+    logger,
+    onClosed: (b: Binding) => {
+      metrics.connectionClosed();
+      // Contact mode: the registrar keeps this contact for up to MIDREG_OUTGOING_EXPIRES; a phone
+      // whose connection is gone cannot be reached through it, so it is removed there now.
+      if (config.mode === 'contact' && engine.connected && b.callId !== null) {
+        void deregisterOne({
+          sender: engine, store: bindings, upstream, logger,
+          onRemoved: (emptied) => { counters.bindings -= 1; if (emptied) counters.aors -= 1; },
+          onResult: (result) => metrics.upstreamDeregistration(result),
+        }, b, Date.now(), 'its connection closed');
+      }
+    },
+  }) : undefined;
+  connectionWatch?.seed().catch((err: unknown) => {
+    logger.warn('connection watch: cannot read the stored bindings at start; bindings are watched from their next registration', { error: err instanceof Error ? err.message : String(err) });
+  });
 
   const qualifier = qualifyOn ? new Qualifier({
     sender: engine,
@@ -229,6 +281,7 @@ export async function startMidreg(config: Config, logger: Logger): Promise<Midre
       logger.info('node on shared store', { node: nodeUri(), store: store.describe });
     }
     markConnected();
+    connectionWatch?.start();
     if (qualifier) {
       qualifier.start();
       logger.info('qualify on', { intervalSec: config.qualify.intervalSec, timeoutMs: config.qualify.timeoutMs });
@@ -333,6 +386,7 @@ export async function startMidreg(config: Config, logger: Logger): Promise<Midre
       await admin.then((server) => server?.close(), () => undefined);
       clearInterval(purgeTimer);
       qualifier?.stop();
+      connectionWatch?.stop();
       if (courierTimer) clearInterval(courierTimer);
       stopping = true;
       const deadline = Date.now() + config.stopTimeoutMs;

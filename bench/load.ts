@@ -7,6 +7,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { delay } from './procs.js';
+import { fmtInt } from './report.js';
 
 const SIPP_BIN = process.env['SIPP_BIN'] ?? 'sipp';
 const HOST = '127.0.0.1';
@@ -226,4 +227,18 @@ export function startUas(opts: { scenario: string; localPort: number; timeoutSec
       return { code: r.code, received: num(stat, 'IncomingCall(C)'), failed: num(stat, 'FailedCall(C)') };
     },
   };
+}
+
+/** Why a load step fails the bench's pass rule (0 failures, 0 retransmissions, all completed, ≥ 95 % of offered); [] when it passes. */
+export function describeFailure(load: LoadResult): string[] {
+  const why: string[] = [];
+  if (load.failed > 0) {
+    const parts = [`${load.timeouts} timeouts`, load.unexpectedStatuses.length > 0 ? `answered ${load.unexpectedStatuses.join('/')}` : ''].filter(Boolean);
+    why.push(`${fmtInt(load.failed)} failed (${parts.join(', ')})`);
+  }
+  if (load.retransmissions > 0) why.push(`${fmtInt(load.retransmissions)} retransmissions`);
+  if (load.successful < load.calls && load.failed === 0) why.push(`${fmtInt(load.calls - load.successful)} not completed`);
+  if (load.achievedRate < 0.95 * load.rate) why.push(`achieved ${fmtInt(load.achievedRate)}/s < 95% of ${fmtInt(load.rate)}/s`);
+  if (why.length === 0 && load.exitCode !== 0) why.push(`sipp exited ${load.exitCode}`);
+  return why;
 }

@@ -143,6 +143,8 @@ export async function startDrachtio(workDir: string, opts: { loglevel?: string; 
   if (!xml.includes(`port="${adminPort}"`) || !xml.includes(`127.0.0.1:${sipPort}`)) {
     throw new Error('drachtio.conf.xml no longer has the <admin> and <contact> elements the bench rewrites');
   }
+  // The bench measures UDP: the TLS/WS/WSS listeners (and the certificate they need) stay out.
+  xml = xml.replace(/<contact>sips?:\*:\d+;transport=(?:tls|ws|wss)<\/contact>/g, '').replace(/<tls>[\s\S]*?<\/tls>/, '');
   if (opts.loglevel) xml = xml.replace(/<loglevel>[^<]*<\/loglevel>/, `<loglevel>${opts.loglevel}</loglevel>`);
   if (opts.sofiaLoglevel !== undefined) xml = xml.replace(/<sofia-loglevel>[^<]*<\/sofia-loglevel>/, `<sofia-loglevel>${opts.sofiaLoglevel}</sofia-loglevel>`);
   const conf = join(workDir, 'drachtio.conf.xml');

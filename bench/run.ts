@@ -15,7 +15,7 @@ import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { cpuDelta, machineBusyCpu, PeakThreadWatcher, probeSipp, sampleCpu, waitForQuiet } from './cpu.js';
-import { runLoad, startUas, type LoadResult, type Quantiles } from './load.js';
+import { describeFailure, runLoad, startUas, type LoadResult, type Quantiles } from './load.js';
 import {
   BENCH_DIR, delay, DRACHTIO_BIN_DEFAULT, environmentLine, freePort, OPENSIPS_BIN, REPO_ROOT, runEnvironment, runLog, runStamp, version,
 } from './procs.js';
@@ -230,18 +230,6 @@ interface MessageSetup {
   registeredAt: number;
 }
 
-function describeFailure(load: LoadResult): string[] {
-  const why: string[] = [];
-  if (load.failed > 0) {
-    const parts = [`${load.timeouts} timeouts`, load.unexpectedStatuses.length > 0 ? `answered ${load.unexpectedStatuses.join('/')}` : ''].filter(Boolean);
-    why.push(`${fmtInt(load.failed)} failed (${parts.join(', ')})`);
-  }
-  if (load.retransmissions > 0) why.push(`${fmtInt(load.retransmissions)} retransmissions`);
-  if (load.successful < load.calls && load.failed === 0) why.push(`${fmtInt(load.calls - load.successful)} not completed`);
-  if (load.achievedRate < 0.95 * load.rate) why.push(`achieved ${fmtInt(load.achievedRate)}/s < 95% of ${fmtInt(load.rate)}/s`);
-  if (why.length === 0 && load.exitCode !== 0) why.push(`sipp exited ${load.exitCode}`);
-  return why;
-}
 
 async function runStep(ctx: RunContext, sys: RunningSystem, kind: Kind, rate: number, label: StepLabel, msg?: MessageSetup): Promise<StepRecord> {
   ctx.stepNo++;

@@ -7,7 +7,7 @@ import { namesMidreg, retargetToUpstream } from '../sip/own-address.js';
 import { admitOffline, sipDate, type OfflineLimits, type SenderRate } from './offline-policy.js';
 import { ALL_UNREACHABLE, chooseReachable, type Reachability } from '../reachability/reachability.js';
 import type { Binding } from '../registrar/registration.js';
-import { branchThrough, chooseFinal, classifySender, isTrustedPeer, locate, understoodScheme, type Branch } from './routing.js';
+import { branchThrough, chooseFinal, classifySender, isTrustedPeer, locate, oneFlowPerInstance, understoodScheme, type Branch } from './routing.js';
 import { holderOf, type NodeView } from '../cluster/node-directory.js';
 import { parseUri, type RequestHandler, type SipReply, type SipRequest } from '../sip/drachtio.js';
 import { askUpstream, nextMaxForwards, outboundBytes, replyHeaders, upstreamHeaders, type RequestSender, type UpstreamOutcome, type UpstreamTarget } from '../sip/upstream.js';
@@ -39,6 +39,8 @@ export interface MessageRouterDeps {
   /** Several nodes on one store: bindings held by another node are reached through it. Absent: one node. */
   nodes?: NodeView;
   onOutcome?(outcome: MessageOutcome): void;
+  /** How each branch to a binding ended (a send over a dead flow is news for its reachability). */
+  onBranch?(binding: Binding, outcome: UpstreamOutcome): void;
   clock?: () => number;
 }
 
@@ -193,8 +195,9 @@ export function createMessageHandler(deps: MessageRouterDeps): RequestHandler {
       return;
     }
     const size = outboundBytes({ method: 'MESSAGE', uri: req.uri, headers: branchHeaders(req, hops.value, undefined), body: req.body });
-    if (deps.nodes) await deps.nodes.confirm(choice.bindings.flatMap((b) => (b.node !== undefined ? [b.node] : [])));
-    const branches: Branch[] = choice.bindings.map((b) => branchThrough(b, holderOf(b, deps.nodes), fromPeerNode, size));
+    const flows = oneFlowPerInstance(choice.bindings);
+    if (deps.nodes) await deps.nodes.confirm(flows.kept.flatMap((b) => (b.node !== undefined ? [b.node] : [])));
+    const branches: Branch[] = flows.kept.map((b) => branchThrough(b, holderOf(b, deps.nodes), fromPeerNode, size));
     const sendable = branches.filter((b): b is Extract<Branch, { kind: 'send' }> => b.kind === 'send');
     if (sendable.length === 0) {
       const skipped = branches[0];
@@ -210,12 +213,17 @@ export function createMessageHandler(deps: MessageRouterDeps): RequestHandler {
     const outcome = await forkFirst2xx(sendable.map((branch) => askUpstream(deps.sender, {
       method: 'MESSAGE', uri: branch.requestUri, headers: branchHeaders(req, hops.value, branch.route), body: req.body,
       ...(branch.nextHop ? { nextHop: branch.nextHop } : {}),
-    }, deps.upstream.timeoutMs, clock)));
+    }, deps.upstream.timeoutMs, clock).then((branchOutcome) => {
+      // Through a peer node, a failure says nothing about the phone's flow (that node's to know).
+      if (holderOf(branch.binding, deps.nodes).kind === 'local') deps.onBranch?.(branch.binding, branchOutcome);
+      return branchOutcome;
+    })));
     sendAnswer(res, outcome);
     const delivered = outcome.status >= 200 && outcome.status < 300;
     finish(delivered ? 'delivered' : 'failed', outcome.status, {
       aor: target.aor, branches: sendable.length, skipped: branches.length - sendable.length,
       ...(choice.skipped.length > 0 ? { unreachable: choice.skipped.map((b) => b.contact) } : {}),
+      ...(flows.dropped.length > 0 ? { olderFlows: flows.dropped.map((b) => b.contact) } : {}),
       to: sendable.map((b) => b.nextHop ?? b.requestUri),
     });
   }

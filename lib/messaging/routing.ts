@@ -91,6 +91,36 @@ export async function locate(requestUri: string, lookup: BindingLookup, own: Own
   });
 }
 
+/** `+sip.instance` as compared: quotes and angle brackets off, lower-case (RFC 5626 §4.1: a URN). */
+export function instanceKey(instance: string | null | undefined): string | undefined {
+  const bare = instance?.trim().replace(/^"|"$/g, '').replace(/^<|>$/g, '').trim().toLowerCase();
+  return bare ? bare : undefined;
+}
+
+/**
+ * RFC 5626 §5.3: "The proxy MUST NOT populate the target set with more than one contact with the
+ * same AOR and instance-id at a time." Each instance (device) keeps its most recently registered
+ * flow — a device that registered again over a new connection is reached over that one, its older
+ * flows (other reg-ids, or a flow the registrar still lists) are left out. Bindings without
+ * `+sip.instance` are all kept. Order is kept otherwise.
+ */
+export function oneFlowPerInstance(bindings: readonly Binding[]): { kept: Binding[]; dropped: Binding[] } {
+  const newest = new Map<string, Binding>();
+  for (const b of bindings) {
+    const key = instanceKey(b.instance);
+    if (key === undefined) continue;
+    const seen = newest.get(key);
+    if (!seen || b.updatedAt > seen.updatedAt) newest.set(key, b);
+  }
+  const kept: Binding[] = [];
+  const dropped: Binding[] = [];
+  for (const b of bindings) {
+    const key = instanceKey(b.instance);
+    (key === undefined || newest.get(key) === b ? kept : dropped).push(b);
+  }
+  return { kept, dropped };
+}
+
 export type Branch =
   | { kind: 'send'; binding: Binding; requestUri: string; nextHop: string | undefined; route: string | undefined }
   | { kind: 'skip'; binding: Binding; status: number; reason: string };

@@ -85,6 +85,7 @@ export class Metrics {
   private readonly pendingDeregistrationsGauge: Gauge;
   private readonly reachabilityGauge: Gauge<'state'>;
   private readonly qualifySent: Counter;
+  private readonly connectionsClosed: Counter;
   private readonly qualifyTotal: Counter<'result'>;
   // Plain tallies beside the prom-client ones: prom-client's reads are async and shaped for
   // exposition, `stats` wants numbers.
@@ -120,6 +121,7 @@ export class Metrics {
     this.reachabilityGauge = new Gauge({ name: 'midreg_bindings_reachability', help: 'Bindings by what qualify knows of them: unknown (not pinged yet, or qualify off), reachable, unreachable', labelNames: ['state'] as const, registers });
     this.qualifySent = new Counter({ name: 'midreg_qualify_sent_total', help: 'Qualify OPTIONS pings sent', registers });
     this.qualifyTotal = new Counter({ name: 'midreg_qualify_pings_total', help: 'Qualify OPTIONS pings ended: answered (any final response), timeout, failed (transport)', labelNames: ['result'] as const, registers });
+    this.connectionsClosed = new Counter({ name: 'midreg_connections_closed_total', help: 'Bindings marked unreachable because the TCP/TLS/WebSocket connection they registered over closed (MIDREG_CONNECTION_WATCH_MS)', registers });
     collectDefaultMetrics({ register: this.registry });
 
     // Zero series exist from the start, so rate() and absent-series alerts work before the first event.
@@ -128,6 +130,7 @@ export class Metrics {
     for (const o of OFFLINE_OUTCOMES) this.offlineTotal.inc({ outcome: o }, 0);
     for (const r of QUALIFY_RESULTS) this.qualifyTotal.inc({ result: r }, 0);
     this.qualifySent.inc(0);
+    this.connectionsClosed.inc(0);
     this.replicaFailures.inc(0);
     this.absorbedTotal.inc(0);
     for (const r of DEREGISTRATION_RESULTS) this.deregistrationTotal.inc({ result: r }, 0);
@@ -172,6 +175,10 @@ export class Metrics {
 
   qualifyEnded(result: QualifyResult): void {
     this.qualifyTotal.inc({ result });
+  }
+
+  connectionClosed(): void {
+    this.connectionsClosed.inc();
   }
 
   replicaWriteFailed(): void {

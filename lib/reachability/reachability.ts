@@ -13,8 +13,13 @@ export type Reachability =
   | { state: 'unknown' }
   /** Answered the last ping; `rttMs` its round trip, `checkedAt` when (Unix ms). */
   | { state: 'reachable'; rttMs: number; checkedAt: number }
-  /** Silent (or its flow failed) since `since`, still so at `checkedAt`. */
-  | { state: 'unreachable'; since: number; checkedAt: number; why: 'timeout' | 'transport' };
+  /**
+   * Silent (or its flow failed) since `since`, still so at `checkedAt`. `closed`: the TCP, TLS or
+   * WebSocket connection it registered over is gone (lib/reachability/connection-watch.ts).
+   */
+  | { state: 'unreachable'; since: number; checkedAt: number; why: UnreachableWhy };
+
+export type UnreachableWhy = 'timeout' | 'transport' | 'closed';
 
 const UNKNOWN: Reachability = { state: 'unknown' };
 
@@ -28,7 +33,7 @@ export function flowKey(b: Pick<Binding, 'aor' | 'contact' | 'source'>): string 
 }
 
 /** What one ping's outcome says about the binding. */
-export type PingVerdict = { kind: 'reachable'; rttMs: number } | { kind: 'unreachable'; why: 'timeout' | 'transport' };
+export type PingVerdict = { kind: 'reachable'; rttMs: number } | { kind: 'unreachable'; why: UnreachableWhy };
 
 /**
  * Any final response from the phone proves it is there: RFC 3261 §11.2 has a UA answer OPTIONS
@@ -71,6 +76,11 @@ export class ReachabilityTable {
       : { state: 'unreachable', since: before?.state === 'unreachable' ? before.since : now, checkedAt: now, why: verdict.why };
     this.entries.set(key, { value: next, round: this.round });
     return next;
+  }
+
+  /** A flow that no longer exists (its binding went away): nothing to remember about it. */
+  forget(b: Pick<Binding, 'aor' | 'contact' | 'source'>): void {
+    this.entries.delete(flowKey(b));
   }
 
   /** A binding seen live in the current round (kept by the next sweep even if its ping is still out). */

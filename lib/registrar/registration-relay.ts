@@ -9,6 +9,7 @@ import { namesMidreg, ownHosts, retargetToUpstream } from '../sip/own-address.js
 import { isFinalRefusal, localAnswerContacts, raiseExpires, requestedExpiry, throttleDecision, type RelayReason } from './throttle.js';
 import { contactKey, grantedExpiry, limitPlan, planReplicaUpdate, RFC_DEFAULT_EXPIRES, type Binding, type RegisterAttempt, type ReplicaLimits, type ReplicaPlan } from './registration.js';
 import { parseUri, SipParseError, type NameAddr, type RequestHandler, type SipReply, type SipRequest, type SipResponder, type SipUri } from '../sip/drachtio.js';
+import { flowTimerToAdd } from './outbound.js';
 import { askUpstream, nextMaxForwards, replyHeaders, upstreamHeaders, type RequestSender, type UpstreamTarget } from '../sip/upstream.js';
 
 export type ReplicaStore = Pick<BindingStore, 'bindingsOf' | 'updateAor' | 'absorbRefresh'>;
@@ -47,6 +48,8 @@ export interface RegistrationRelayDeps extends RegisterEvents {
   throttle?: { outgoingExpiresSec: number; refreshMarginSec: number };
   /** Several nodes on one store: this node's SIP URI, recorded as the holder of each binding registered through it. */
   node?: () => string | undefined;
+  /** RFC 5626 §5.4: Flow-Timer (seconds) added to 2xx carrying `Require: outbound` (lib/registrar/outbound.ts); 0 or absent = never. */
+  flowTimerSec?: number;
   logger: Logger;
   limits: ReplicaLimits;
   /** Bindings and AoRs stored in the replica, kept up to date by every writer. */
@@ -373,6 +376,11 @@ export function createRegisterHandler(deps: RegistrationRelayDeps): RequestHandl
       if (facing.length > 0) answerHeaders['contact'] = facing.map(formatContact).join(', ');
       else delete answerHeaders['contact'];
     }
+    const flowTimer = flowTimerToAdd({
+      status: reply.status, require: reply.header('Require'), existingFlowTimer: reply.header('Flow-Timer'),
+      transport: req.source.transport, flowTimerSec: deps.flowTimerSec ?? 0,
+    });
+    if (flowTimer !== undefined) answerHeaders['flow-timer'] = String(flowTimer);
     res.send(reply.status, { reason: reply.reason, headers: answerHeaders, body: reply.body });
     deps.onRegisterAnswered?.(reply.status, outcome.elapsedMs);
 

@@ -63,30 +63,37 @@ export function deregistrationRequest(b: Binding, upstreamUri: string): { uri: s
  */
 export async function deregisterLapsed(deps: DeregistrationDeps, now: number, limit = DEREGISTRATIONS_PER_RUN): Promise<number> {
   const pending = (await deps.store.pendingDeregistrations(now, limit)).filter((b) => b.callId !== null && (deps.handles?.(b) ?? true));
-  await Promise.all(pending.map(async (b) => {
-    const request = deregistrationRequest(b, deps.upstream.uri);
-    const outcome = await askUpstream(deps.sender, { method: 'REGISTER', ...request, nextHop: deps.upstream.uri }, deps.upstream.timeoutMs);
-    const base = { event: 'deregister', aor: b.aor, contact: b.contact, callId: b.callId, cseq: (b.cseq ?? 0) + 1, upstreamExpiresIn: Math.round(((b.upstreamExpiresAt ?? now) - Date.now()) / 1000) };
-    let result: DeregistrationResult;
-    if (outcome.kind === 'reply') {
-      result = classifyDeregistration(outcome.reply.status);
-      if (result === 'ok') {
-        // Unless the phone came back and registered again while the de-registration was on its way.
-        const removed = await deps.store.deleteIfUnchanged(b.aor, b.contact, b.updatedAt);
-        if (removed.deleted) deps.onRemoved?.(removed.emptied);
-        deps.logger.info('binding de-registered upstream: its phone stopped refreshing', { ...base, status: outcome.reply.status });
-      } else {
-        await deps.store.markLapsed(b.aor, b.contact, b.updatedAt, Date.now());
-        deps.logger.warn(result === 'challenged'
-          ? 'upstream de-registration challenged (midreg holds no credentials): binding kept as lapsed until its upstream expiry, requests for it get 480'
-          : 'upstream de-registration refused: binding kept as lapsed until its upstream expiry, requests for it get 480', { ...base, status: outcome.reply.status });
-      }
-    } else {
-      result = outcome.kind === 'timeout' ? 'timeout' : outcome.kind === 'unreachable' ? 'unreachable' : 'refused';
-      if (outcome.kind === 'too-large') await deps.store.markLapsed(b.aor, b.contact, b.updatedAt, Date.now());
-      deps.logger.warn('upstream de-registration not answered: tried again on the next run', { ...base, result });
-    }
-    deps.onResult?.(result);
-  }));
+  await Promise.all(pending.map((b) => deregisterOne(deps, b, now, 'its phone stopped refreshing')));
   return pending.length;
+}
+
+/**
+ * De-register one binding upstream now (`why` says why, in the log): a 2xx removes it from the
+ * replica, a challenge or refusal keeps it lapsed until its upstream expiry. Never rejects.
+ */
+export async function deregisterOne(deps: DeregistrationDeps, b: Binding, now: number, why: string): Promise<DeregistrationResult> {
+  const request = deregistrationRequest(b, deps.upstream.uri);
+  const outcome = await askUpstream(deps.sender, { method: 'REGISTER', ...request, nextHop: deps.upstream.uri }, deps.upstream.timeoutMs);
+  const base = { event: 'deregister', aor: b.aor, contact: b.contact, callId: b.callId, cseq: (b.cseq ?? 0) + 1, upstreamExpiresIn: Math.round(((b.upstreamExpiresAt ?? now) - Date.now()) / 1000) };
+  let result: DeregistrationResult;
+  if (outcome.kind === 'reply') {
+    result = classifyDeregistration(outcome.reply.status);
+    if (result === 'ok') {
+      // Unless the phone came back and registered again while the de-registration was on its way.
+      const removed = await deps.store.deleteIfUnchanged(b.aor, b.contact, b.updatedAt);
+      if (removed.deleted) deps.onRemoved?.(removed.emptied);
+      deps.logger.info(`binding de-registered upstream: ${why}`, { ...base, status: outcome.reply.status });
+    } else {
+      await deps.store.markLapsed(b.aor, b.contact, b.updatedAt, Date.now());
+      deps.logger.warn(result === 'challenged'
+        ? 'upstream de-registration challenged (midreg holds no credentials): binding kept as lapsed until its upstream expiry, requests for it get 480'
+        : 'upstream de-registration refused: binding kept as lapsed until its upstream expiry, requests for it get 480', { ...base, status: outcome.reply.status });
+    }
+  } else {
+    result = outcome.kind === 'timeout' ? 'timeout' : outcome.kind === 'unreachable' ? 'unreachable' : 'refused';
+    if (outcome.kind === 'too-large') await deps.store.markLapsed(b.aor, b.contact, b.updatedAt, Date.now());
+    deps.logger.warn('upstream de-registration not answered: tried again on the next run', { ...base, result });
+  }
+  deps.onResult?.(result);
+  return result;
 }

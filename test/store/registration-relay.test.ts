@@ -220,3 +220,43 @@ describe('REGISTER relay and the replica', () => {
     }
   });
 });
+
+describe('RFC 5626 Flow-Timer on the way back to the phone (MIDREG_FLOW_TIMER_SEC)', () => {
+  const answerWith = async (transport: string, requireHeader: string | undefined, flowTimerSec: number): Promise<Record<string, string>> => {
+    const store = new SqliteStore(join(dir, `flow-timer-${transport}-${String(requireHeader)}-${flowTimerSec}.sqlite`));
+    const contact = 'sip:carol@192.0.2.7:5061';
+    const reply: SipReply = {
+      ...ok([{ uri: contact, params: { expires: '300' } }]),
+      header: (name) => ({ expires: '300', ...(requireHeader ? { require: requireHeader } : {}) } as Record<string, string>)[name.toLowerCase()],
+      headers: () => [['contact', `<${contact}>;expires=300`], ...(requireHeader ? [['require', requireHeader] as [string, string]] : [])],
+    };
+    const handler = createRegisterHandler({
+      sender: { request: () => Promise.resolve(reply) },
+      store: store.bindings,
+      upstream: { uri: 'sip:127.0.0.1:5080', timeoutMs: 2000 },
+      domains: ['example.test'],
+      sipAddresses: () => ['udp/127.0.0.1:5060'],
+      pathUri: () => undefined,
+      flowTimerSec,
+      logger: createLogger({ level: 'error', format: 'json' }),
+      limits: { maxBindingsPerAor: 32, maxAors: 1000 },
+      counters: { bindings: 0, aors: 0 },
+    });
+    const answered: Array<Record<string, string>> = [];
+    const req = register(1, contact);
+    await handler({ ...req, source: { ...req.source, transport } }, { finalSent: false, send: (_s, opts) => { answered.push(opts?.headers ?? {}); } });
+    await store.close();
+    return answered[0] ?? {};
+  };
+
+  it('is added to a 2xx whose registrar required outbound, over UDP and TCP', async () => {
+    assert.equal((await answerWith('udp', 'outbound', 25))['flow-timer'], '25');
+    assert.equal((await answerWith('tcp', 'path, outbound', 25))['flow-timer'], '25');
+  });
+
+  it('is not added without Require: outbound, when off, or over TLS (drachtio-server answers no CRLF ping there)', async () => {
+    assert.equal((await answerWith('udp', undefined, 25))['flow-timer'], undefined);
+    assert.equal((await answerWith('udp', 'outbound', 0))['flow-timer'], undefined);
+    assert.equal((await answerWith('tls', 'outbound', 25))['flow-timer'], undefined);
+  });
+});

@@ -121,16 +121,45 @@ export function spawnProc(cmd: string, args: string[], opts: { env?: NodeJS.Proc
   };
 }
 
-export interface Drachtio extends Proc { sipPort: number; adminPort: number; secret: string }
+/** Listeners beyond UDP/TCP (drachtio.conf.xml has them; a stack opens only those asked for). */
+export interface ExtraListeners { tls?: boolean; ws?: boolean; wss?: boolean }
+
+export interface Drachtio extends Proc {
+  sipPort: number;
+  adminPort: number;
+  secret: string;
+  /** Ports of the TLS / WS / WSS listeners when asked for. */
+  tlsPort?: number;
+  wsPort?: number;
+  wssPort?: number;
+  /** The self-signed certificate (PEM) TLS and WSS listeners present, when any. */
+  certPem?: string;
+}
+
+/**
+ * A self-signed certificate for 127.0.0.1 made with openssl, written to `dir` as key.pem,
+ * cert.pem and chain.pem (this sofia-sip build needs a chain file; see drachtio.conf.xml).
+ */
+export function selfSignedCertificate(dir: string): { keyFile: string; certFile: string; chainFile: string; certPem: string } {
+  const keyFile = join(dir, 'key.pem');
+  const certFile = join(dir, 'cert.pem');
+  const chainFile = join(dir, 'chain.pem');
+  const made = spawnSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', keyFile, '-out', certFile, '-days', '2',
+    '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1'], { encoding: 'utf8', timeout: 30_000 });
+  if (made.status !== 0) throw new Error(`openssl could not make a certificate: ${made.stderr || made.error?.message}`);
+  const certPem = readFileSync(certFile, 'utf8');
+  writeFileSync(chainFile, certPem);
+  return { keyFile, certFile, chainFile, certPem };
+}
 
 /** drachtio-server configured like drachtio.conf.xml, on loopback and free ports. */
-export async function startDrachtio(workDir: string, ports?: { sipPort: number; adminPort: number }): Promise<Drachtio> {
+export async function startDrachtio(workDir: string, ports?: { sipPort: number; adminPort: number }, listeners: ExtraListeners = {}): Promise<Drachtio> {
   // A port found free can be taken by another process before drachtio-server binds it (it then
   // logs "Address already in use" and keeps running without SIP); with ports of our own
   // choosing, try fresh ones.
   for (let attempt = 1; ; attempt++) {
     try {
-      return await startDrachtioOnce(workDir, ports ?? { sipPort: await freePort(), adminPort: await freePort() });
+      return await startDrachtioOnce(workDir, ports ?? { sipPort: await freePort(), adminPort: await freePort() }, listeners);
     } catch (err) {
       if (ports || attempt >= 3 || !(err instanceof PortTakenError)) throw err;
     }
@@ -139,7 +168,14 @@ export async function startDrachtio(workDir: string, ports?: { sipPort: number; 
 
 class PortTakenError extends Error {}
 
-async function startDrachtioOnce(workDir: string, ports: { sipPort: number; adminPort: number }): Promise<Drachtio> {
+const LISTENER_LINES = {
+  tls: /<contact>sips:\*:5061;transport=tls<\/contact>/,
+  ws: /<contact>sip:\*:8088;transport=ws<\/contact>/,
+  wss: /<contact>sips:\*:8089;transport=wss<\/contact>/,
+} as const;
+const TLS_BLOCK = /<tls>[\s\S]*?<\/tls>/;
+
+async function startDrachtioOnce(workDir: string, ports: { sipPort: number; adminPort: number }, listeners: ExtraListeners): Promise<Drachtio> {
   const bin = drachtioBin();
   if (!bin) throw new Error('no drachtio-server binary (DRACHTIO_BIN)');
   const { sipPort, adminPort } = ports;
@@ -147,13 +183,32 @@ async function startDrachtioOnce(workDir: string, ports: { sipPort: number; admi
   const conf = join(workDir, `drachtio-${adminPort}.conf.xml`);
   // The repo's own drachtio.conf.xml, on loopback and this test's ports.
   const template = readFileSync(join(REPO_ROOT, 'drachtio.conf.xml'), 'utf8');
-  const xml = template
+  let xml = template
     .replace(/<admin port="\d+" secret="[^"]*">[^<]*<\/admin>/, `<admin port="${adminPort}" secret="${secret}">127.0.0.1</admin>`)
     .replace(/<contact>sip:\*:5060;transport=udp,tcp<\/contact>/, `<contact>sip:127.0.0.1:${sipPort};transport=udp,tcp</contact>`)
     // Tests read drachtio-server's own log (start-up, what it sent where): keep it verbose.
     .replace(/<sofia-loglevel>\d+<\/sofia-loglevel>/, '<sofia-loglevel>3</sofia-loglevel>')
     .replace(/<loglevel>\w+<\/loglevel>/, '<loglevel>info</loglevel>');
   if (xml === template) throw new Error('drachtio.conf.xml no longer has the admin/contact lines the tests rewrite');
+  // The TLS/WS/WSS listeners of drachtio.conf.xml, on free ports when asked for, else left out
+  // (so suites that do not use them need no certificate).
+  const extra: { tlsPort?: number; wsPort?: number; wssPort?: number; certPem?: string } = {};
+  for (const kind of ['tls', 'ws', 'wss'] as const) {
+    const line = LISTENER_LINES[kind];
+    if (!line.test(xml)) throw new Error(`drachtio.conf.xml no longer has the ${kind} contact the tests rewrite`);
+    if (!listeners[kind]) { xml = xml.replace(line, ''); continue; }
+    const port = await freePort();
+    extra[`${kind}Port`] = port;
+    xml = xml.replace(line, `<contact>${kind === 'ws' ? 'sip' : 'sips'}:127.0.0.1:${port};transport=${kind}</contact>`);
+  }
+  if (!TLS_BLOCK.test(xml)) throw new Error('drachtio.conf.xml no longer has the <tls> block the tests rewrite');
+  if (listeners.tls || listeners.wss) {
+    const cert = selfSignedCertificate(workDir);
+    extra.certPem = cert.certPem;
+    xml = xml.replace(TLS_BLOCK, `<tls><key-file>${cert.keyFile}</key-file><cert-file>${cert.certFile}</cert-file><chain-file>${cert.chainFile}</chain-file></tls>`);
+  } else {
+    xml = xml.replace(TLS_BLOCK, '');
+  }
   writeFileSync(conf, xml);
   const proc = spawnProc(bin, ['-f', conf], { name: 'drachtio-server' });
   try {
@@ -166,7 +221,11 @@ async function startDrachtioOnce(workDir: string, ports: { sipPort: number; admi
     if (/Address already in use/.test(proc.output())) throw new PortTakenError(`port taken: ${sipPort}/${adminPort}`);
     throw err;
   }
-  return Object.assign(proc, { sipPort, adminPort, secret });
+  if (/Error adding additional transport/.test(proc.output())) {
+    await proc.stop('SIGKILL');
+    throw new Error(`drachtio-server could not open a TLS/WS listener:\n${proc.output().slice(-3000)}`);
+  }
+  return Object.assign(proc, { sipPort, adminPort, secret }, extra);
 }
 
 async function waitForTcp(port: number, timeoutMs: number, proc: Proc): Promise<void> {

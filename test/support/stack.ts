@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { sipMessage } from '../hostile/corpus.js';
 import { startKamailio, type Kamailio } from './kamailio.js';
 import { exchange, headerOf } from './raw-sip.js';
-import { freePort, startDrachtio, startMidregProcess, type Drachtio, type MidregProc } from './processes.js';
+import { freePort, startDrachtio, startMidregProcess, type Drachtio, type ExtraListeners, type MidregProc } from './processes.js';
 import { startRedis, type RedisServer } from './redis.js';
 
 /**
@@ -62,6 +62,8 @@ export interface StackOptions {
   upstream?: 'kamailio' | string;
   kamailioDefines?: string[];
   env?: Record<string, string>;
+  /** TLS / WebSocket / secure WebSocket listeners of drachtio.conf.xml to open (none by default). */
+  listeners?: ExtraListeners;
   /** Admin port midreg connects to, when something (a wire recorder) sits in between. */
   drachtioAdminPortForMidreg?: (drachtio: Drachtio) => Promise<number>;
 }
@@ -94,7 +96,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
     kamailio = await startKamailio({ port, workDir: join(workDir, 'k'), defines: opts.kamailioDefines ?? [] });
     upstream = `sip:127.0.0.1:${port}`;
   }
-  const drachtio = await startDrachtio(workDir);
+  const drachtio = await startDrachtio(workDir, undefined, opts.listeners ?? {});
   const adminPort = opts.drachtioAdminPortForMidreg ? await opts.drachtioAdminPortForMidreg(drachtio) : drachtio.adminPort;
   const dbFile = join(workDir, 'midreg.sqlite');
   const redis = TEST_STORE === 'redis' && opts.env?.['MIDREG_STORE'] === undefined ? await startRedis(workDir) : undefined;

@@ -1,7 +1,7 @@
 import { strict as assert } from 'node:assert';
 import { describe, it } from 'node:test';
 import type { Binding } from '../../lib/registrar/registration.js';
-import { branchFor, chooseFinal, classifySender, flowUri, locate, resolveTarget, UDP_SAFE_BYTES, understoodScheme } from '../../lib/messaging/routing.js';
+import { branchFor, chooseFinal, classifySender, flowUri, instanceKey, locate, oneFlowPerInstance, resolveTarget, UDP_SAFE_BYTES, understoodScheme } from '../../lib/messaging/routing.js';
 
 function binding(over: Partial<Binding> = {}): Binding {
   return {
@@ -83,5 +83,24 @@ describe('Request-URI schemes (RFC 3261 §16.3 item 2)', () => {
   it('routes sip, sips and tel whatever their case; anything else is 416 material', () => {
     for (const uri of ['sip:bob@example.test', 'SIPS:bob@example.test', 'tel:+4930123456']) assert.ok(understoodScheme(uri), uri);
     for (const uri of ['nobodyKnowsThisScheme:totallyopaquecontent', 'soap.beep://192.0.2.103:3002', 'http://example.test/', 'no-scheme']) assert.ok(!understoodScheme(uri), uri);
+  });
+});
+
+describe('RFC 5626 flows: one per instance, the newest', () => {
+  const uuid = '"<urn:uuid:00000000-0000-1000-8000-AABBCCDDEEFF>"';
+  it('keeps only the most recently registered flow of each +sip.instance, and every binding without one', () => {
+    const oldTcp = binding({ contact: 'sip:bob@10.0.0.5:5060;transport=tcp', instance: uuid, regId: 1, updatedAt: 100 });
+    const newTls = binding({ contact: 'sip:bob@10.0.0.5:5061;transport=tls', instance: '"<URN:UUID:00000000-0000-1000-8000-aabbccddeeff>"', regId: 2, updatedAt: 200 });
+    const desk = binding({ contact: 'sip:bob@10.0.0.9', instance: null, updatedAt: 50 });
+    const laptop = binding({ contact: 'sip:bob@10.0.0.7', instance: '"<urn:uuid:11111111-0000-1000-8000-000000000000>"', updatedAt: 10 });
+    const { kept, dropped } = oneFlowPerInstance([oldTcp, desk, newTls, laptop]);
+    assert.deepEqual(kept.map((b) => b.contact), [desk.contact, newTls.contact, laptop.contact]);
+    assert.deepEqual(dropped.map((b) => b.contact), [oldTcp.contact]);
+  });
+
+  it('compares instance URNs without quotes, brackets or case', () => {
+    assert.equal(instanceKey('"<urn:uuid:AB>"'), 'urn:uuid:ab');
+    assert.equal(instanceKey(null), undefined);
+    assert.equal(instanceKey('""'), undefined);
   });
 });
