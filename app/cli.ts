@@ -12,6 +12,8 @@ import {
   aorLookupKey, bindingView, columnWidths, formatRow, liveBindingPages, TABLE_HEADER, tableRow,
 } from '../lib/ops/binding-view.js';
 import { SqliteStore } from '../lib/store/sqlite-store.js';
+import { RedisStore } from '../lib/store/redis-store.js';
+import { describeTarget, parseStoreUrl, StoreUrlError } from '../lib/store/store-url.js';
 import type { BindingStore, OfflineMessageStore, Store } from '../lib/store/store.js';
 import type { Binding } from '../lib/registrar/registration.js';
 
@@ -27,7 +29,25 @@ async function write(out: Writable, text: string): Promise<void> {
   if (!out.write(text)) await once(out, 'drain');
 }
 
-function openReplica(file: string): Store {
+/** Where to read: --store (or MIDREG_STORE) when given, else the SQLite file --db. */
+interface StoreChoice { db: string; store?: string | undefined }
+
+async function openReplica(choice: StoreChoice): Promise<Store> {
+  let target;
+  try {
+    target = parseStoreUrl(choice.store, choice.db);
+  } catch (err) {
+    throw new CliError(`--store: ${err instanceof StoreUrlError ? err.message : String(err)}`);
+  }
+  if (target.kind === 'redis') {
+    const store = new RedisStore(target, describeTarget(target));
+    if (!await store.connect(5000)) {
+      await store.close();
+      throw new CliError(`cannot reach ${describeTarget(target)}: ${store.unavailableReason ?? 'no answer'}`);
+    }
+    return store;
+  }
+  const file = target.file;
   if (!existsSync(file)) throw new CliError(`no database at ${file} (give --db FILE or set MIDREG_DB)`);
   try {
     return new SqliteStore(file, { readonly: true });
@@ -58,8 +78,8 @@ function openOutput(path: string): { path: string; stream: Writable; finish(): P
   };
 }
 
-async function withReplica<T>(file: string, use: (store: Store) => Promise<T>): Promise<T> {
-  const store = openReplica(file);
+async function withReplica<T>(choice: StoreChoice, use: (store: Store) => Promise<T>): Promise<T> {
+  const store = await openReplica(choice);
   try {
     return await use(store);
   } finally {
@@ -359,6 +379,7 @@ function version(): string {
 /** The `midreg` command definition (commander); parsing and running are main()'s. */
 export function program(env: NodeJS.ProcessEnv): Command {
   const dbDefault = env['MIDREG_DB'] || DEFAULT_DB;
+  const storeDefault = env['MIDREG_STORE'] || undefined;
   const cli = new Command('midreg')
     .description('Inspect a midreg mid-registrar: its replica of the registrar\'s location table and its counters.')
     .version(version());
@@ -367,9 +388,10 @@ export function program(env: NodeJS.ProcessEnv): Command {
     .description('list live bindings (all, or of one AoR) from the SQLite replica, read-only')
     .argument('[aor]', 'one address-of-record, e.g. sip:alice@example.com')
     .option('--db <file>', 'SQLite replica (env MIDREG_DB)', dbDefault)
+    .option('--store <url>', 'read this store instead of --db: redis://…, redis+cluster://…, redis+sentinel://… (env MIDREG_STORE)', storeDefault)
     .option('--json', 'print a JSON array of bindings (the admin API\'s binding fields)', false)
-    .action(async (aor: string | undefined, opts: { db: string; json: boolean }) => {
-      await withReplica(opts.db, (store) => showRegistrations(store.bindings, aor, { json: opts.json }, process.stdout, Date.now()));
+    .action(async (aor: string | undefined, opts: { db: string; store?: string; json: boolean }) => {
+      await withReplica(opts, (store) => showRegistrations(store.bindings, aor, { json: opts.json }, process.stdout, Date.now()));
     });
 
   cli.command('stats')
@@ -377,12 +399,13 @@ export function program(env: NodeJS.ProcessEnv): Command {
     .option('--url <url>', 'admin API base URL (env MIDREG_ADMIN_URL, else http://MIDREG_ADMIN_HOST:MIDREG_ADMIN_PORT)')
     .option('--token <token>', 'admin API token (env MIDREG_ADMIN_TOKEN; the variable keeps it out of `ps`)')
     .option('--db <file>', 'offline: only the live binding and AoR counts, read from this SQLite replica')
+    .option('--store <url>', 'like --db, from this store: redis://…, redis+cluster://…, redis+sentinel://…')
     .option('--json', 'print JSON', false)
-    .action(async (opts: { url?: string; token?: string; db?: string; json: boolean }) => {
-      if (opts.db !== undefined) {
-        if (opts.url !== undefined) throw new CliError('give either --url (ask the service) or --db (read the replica), not both');
-        const db = opts.db;
-        await withReplica(db, async (store) => {
+    .action(async (opts: { url?: string; token?: string; db?: string; store?: string; json: boolean }) => {
+      if (opts.db !== undefined || opts.store !== undefined) {
+        if (opts.url !== undefined) throw new CliError('give either --url (ask the service) or --db/--store (read the replica), not both');
+        const db = opts.store === undefined ? opts.db ?? dbDefault : opts.store.replace(/\/\/[^@/]*@/, '//');
+        await withReplica({ db: opts.db ?? dbDefault, store: opts.store }, async (store) => {
           const counts = await store.bindings.counts(Date.now());
           await write(process.stdout, opts.json
             ? `${JSON.stringify({ database: db, bindings: counts.bindings, aors: counts.aors }, null, 2)}\n`
@@ -416,11 +439,12 @@ export function program(env: NodeJS.ProcessEnv): Command {
     .description('offline messages waiting (all recipients, or one AoR\'s) from the SQLite replica, read-only; --purge drops one AoR\'s through the running service')
     .argument('[aor]', 'one address-of-record, e.g. sip:bob@example.com')
     .option('--db <file>', 'SQLite replica (env MIDREG_DB)', dbDefault)
+    .option('--store <url>', 'read this store instead of --db: redis://…, redis+cluster://…, redis+sentinel://… (env MIDREG_STORE)', storeDefault)
     .option('--json', 'print JSON', false)
     .option('--purge', 'drop every message waiting for <aor> (asks the admin API)', false)
     .option('--url <url>', 'with --purge: admin API base URL (env MIDREG_ADMIN_URL, else http://MIDREG_ADMIN_HOST:MIDREG_ADMIN_PORT)')
     .option('--token <token>', 'with --purge: admin API token (env MIDREG_ADMIN_TOKEN)')
-    .action(async (aor: string | undefined, opts: { db: string; json: boolean; purge: boolean; url?: string; token?: string }) => {
+    .action(async (aor: string | undefined, opts: { db: string; store?: string; json: boolean; purge: boolean; url?: string; token?: string }) => {
       if (opts.purge) {
         if (aor === undefined) throw new CliError('--purge needs the AoR whose messages to drop');
         const url = opts.url ?? defaultAdminUrl(env);
@@ -429,17 +453,18 @@ export function program(env: NodeJS.ProcessEnv): Command {
         await write(process.stdout, opts.json ? `${JSON.stringify({ aor: aorLookupKey(aor), purged })}\n` : `purged ${purged} message${purged === 1 ? '' : 's'} for ${aorLookupKey(aor)}\n`);
         return;
       }
-      await withReplica(opts.db, (store) => showOffline(store.offline, aor, { json: opts.json }, process.stdout));
+      await withReplica(opts, (store) => showOffline(store.offline, aor, { json: opts.json }, process.stdout));
     });
 
   cli.command('export')
     .description('write every live binding as JSON lines (the admin API\'s binding fields)')
     .option('--db <file>', 'SQLite replica (env MIDREG_DB)', dbDefault)
+    .option('--store <url>', 'read this store instead of --db: redis://…, redis+cluster://…, redis+sentinel://… (env MIDREG_STORE)', storeDefault)
     .option('--out <file>', 'write to this file instead of stdout')
     .option('--progress', 'report progress on stderr even when it is not a terminal', false)
     .option('--batch <n>', 'bindings read per query', positiveInt(100_000), READ_BATCH)
-    .action(async (opts: { db: string; out?: string; progress: boolean; batch: number }) => {
-      await withReplica(opts.db, async (store) => {
+    .action(async (opts: { db: string; store?: string; out?: string; progress: boolean; batch: number }) => {
+      await withReplica(opts, async (store) => {
         const file = opts.out !== undefined ? openOutput(opts.out) : undefined;
         const progress = opts.progress || process.stderr.isTTY ? process.stderr : undefined;
         const count = await exportBindings(store.bindings, file?.stream ?? process.stdout, { batch: opts.batch, ...(progress ? { progress } : {}) }, Date.now());

@@ -5,6 +5,7 @@ import { z } from 'zod';
 import { isIP } from 'node:net';
 import { isLoopback } from '../lib/ops/admin.js';
 import { isIpLiteral } from '../lib/sip/own-address.js';
+import { parseStoreUrl, StoreUrlError, type StoreTarget } from '../lib/store/store-url.js';
 
 export interface Config {
   drachtio: { host: string; port: number; secret: string };
@@ -13,6 +14,10 @@ export interface Config {
   /** SIP domains midreg serves (REGISTER for anything else is refused with 403). */
   domains: string[];
   dbFile: string;
+  /** Where bindings, the CSeq guard and offline messages live: the SQLite file (default) or Redis (MIDREG_STORE). */
+  store: StoreTarget;
+  /** Several nodes on one Redis store: this node's SIP URI as the others reach it; default derived from drachtio-server's address. */
+  nodeUri: string | undefined;
   logLevel: 'error' | 'warn' | 'info' | 'debug';
   logFormat: 'json' | 'pretty';
   upstreamTimeoutMs: number;
@@ -79,6 +84,13 @@ export const SETTINGS = {
       })).min(1, 'must name at least one domain')),
   },
   dbFile: { env: 'MIDREG_DB', schema: z.string().min(1).default('./data/midreg.sqlite') },
+  store: {
+    env: 'MIDREG_STORE',
+    schema: z.string().optional().superRefine((v, ctx) => {
+      try { parseStoreUrl(v, 'unused'); } catch (err) { ctx.addIssue({ code: 'custom', message: err instanceof StoreUrlError ? err.message : String(err) }); }
+    }),
+  },
+  nodeUri: { env: 'MIDREG_NODE_URI', schema: z.string().regex(/^sips?:[^\s<>@]+$/i, 'must be a SIP URI without user part, e.g. sip:10.0.0.11:5060').optional() },
   logLevel: { env: 'MIDREG_LOG_LEVEL', schema: z.enum(['error', 'warn', 'info', 'debug']).default('info') },
   logFormat: {
     env: 'MIDREG_LOG_FORMAT',
@@ -168,7 +180,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       values[key] = result.data;
     } else {
       const where = fromEnv !== undefined && fromEnv !== '' ? setting.env : configFile && key in fileValues ? `${setting.env} ("${key}" in ${configFile})` : setting.env;
-      const shown = raw === undefined ? '' : ` (got ${JSON.stringify(key === 'drachtioSecret' || key === 'adminToken' ? '***' : raw)})`;
+      const shown = raw === undefined ? '' : ` (got ${JSON.stringify(key === 'drachtioSecret' || key === 'adminToken' || key === 'store' ? '***' : raw)})`;
       problems.push(`${where}: ${result.error.issues.map((i) => i.message).join('; ')}${shown}`);
     }
   }
@@ -184,6 +196,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     upstream: v.upstream,
     domains: v.domains,
     dbFile: v.dbFile,
+    store: parseStoreUrl(v.store, v.dbFile),
+    nodeUri: v.nodeUri,
     logLevel: v.logLevel,
     logFormat: v.logFormat,
     upstreamTimeoutMs: v.upstreamTimeoutMs,

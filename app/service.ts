@@ -4,7 +4,10 @@ import { startAdminServer, type AdminServer } from '../lib/ops/admin.js';
 import { FloodGuard } from '../lib/ops/flood-guard.js';
 import { ExpirySweeper, sweepExpired } from '../lib/store/expiry-sweep.js';
 import { SqliteStore } from '../lib/store/sqlite-store.js';
+import { RedisStore } from '../lib/store/redis-store.js';
 import type { Store } from '../lib/store/store.js';
+import { describeTarget } from '../lib/store/store-url.js';
+import { handledHere, NodeDirectory } from '../lib/cluster/node-directory.js';
 import type { Logger } from '../lib/ops/logger.js';
 import { selfAddressFrom } from '../lib/registrar/contact-insertion.js';
 import { createMessageHandler } from '../lib/messaging/message-router.js';
@@ -65,10 +68,28 @@ function openSqlite(config: Config, logger: Logger, onAbsorbWriteFailed: () => v
   return store;
 }
 
+/** Redis (MIDREG_STORE): connected before SIP starts when it answers; otherwise midreg starts anyway and reconnects. */
+async function openRedis(config: Config, logger: Logger): Promise<RedisStore> {
+  if (config.store.kind !== 'redis') throw new Error('not a Redis store');
+  const at = describeTarget(config.store);
+  const store = new RedisStore(config.store, at, {
+    cseqRetentionMs: config.upstreamTimeoutMs + 5000,
+    onStatus: (reason) => {
+      if (reason === undefined) logger.info('redis answering', { store: at });
+      else logger.error('redis not answering: REGISTERs still relayed (replica not written), MESSAGEs answered 503', { store: at, error: reason });
+    },
+  });
+  if (!await store.connect()) {
+    logger.error('redis not answering at start: REGISTERs are relayed, MESSAGEs answered 503 until it does', { store: at, error: store.unavailableReason });
+  }
+  return store;
+}
+
 export async function startMidreg(config: Config, logger: Logger): Promise<Midreg> {
   // Counted once the metrics exist (the store opens first).
   let absorbWriteFailed = (): void => undefined;
-  const store: Store = openSqlite(config, logger, () => absorbWriteFailed());
+  const redis = config.store.kind === 'redis' ? await openRedis(config, logger) : undefined;
+  const store: Store = redis ?? openSqlite(config, logger, () => absorbWriteFailed());
   const bindings = store.bindings;
   const counters: ReplicaCounters = await bindings.countStored().catch((err: unknown) => {
     logger.error('cannot count stored bindings; counters start at 0', { store: store.describe, error: err instanceof Error ? err.message : String(err) });
@@ -123,19 +144,28 @@ export async function startMidreg(config: Config, logger: Logger): Promise<Midre
   };
 
   const upstream = { uri: config.upstream, timeoutMs: config.upstreamTimeoutMs };
+  const ownUri = (): string | undefined => config.pathUri ?? pathUriFrom(engine.sipAddresses);
+  // Several nodes on one Redis store: each binding names the node holding its flow, and requests
+  // for it go through that node (lib/cluster/node-directory.ts). SQLite: one node, nothing to route.
+  const nodeUri = (): string | undefined => config.nodeUri ?? ownUri();
+  const nodes = redis ? new NodeDirectory(redis, nodeUri, (error) => {
+    if (error === undefined) logger.info('node heartbeats work again', { node: nodeUri() });
+    else logger.warn('node heartbeat failed; peers may take this node for gone', { node: nodeUri(), error });
+  }) : undefined;
+  const handles = nodes ? (b: Binding) => handledHere(b, nodes) : undefined;
   const courier = offlineStore ? new OfflineCourier({
     sender: engine,
     store: offlineStore,
     bindings,
     timeoutMs: config.upstreamTimeoutMs,
     logger,
+    ...(handles ? { handles } : {}),
     onOutcome: (outcome) => metrics.offlineOutcome(outcome),
   }) : undefined;
   if (offlineStore && courier) {
     await courier.load().catch((err: unknown) => logger.error('cannot read the offline queue; delivered on the next tick', { error: err instanceof Error ? err.message : String(err) }));
     logger.info('offline messages on', { waiting: (await offlineStore.totals().catch(() => ({ messages: Number.NaN }))).messages, ttlSec: config.offline?.ttlSec });
   }
-  const ownUri = (): string | undefined => config.pathUri ?? pathUriFrom(engine.sipAddresses);
   engine.handle('REGISTER', admitted(createRegisterHandler({
     sender: engine,
     store: bindings,
@@ -149,6 +179,7 @@ export async function startMidreg(config: Config, logger: Logger): Promise<Midre
       aorThrottle: { store: bindings, outgoingExpiresSec: config.outgoingExpiresSec, refreshMarginSec: config.refreshMarginSec, self: () => selfAddressFrom(ownUri() ?? '') },
     } : {}),
     onRegisterAbsorbed: () => metrics.registerAbsorbed(),
+    ...(nodes ? { node: nodeUri } : {}),
     flowTimerSec: config.flowTimerSec,
     logger,
     limits: { maxBindingsPerAor: config.maxBindingsPerAor, maxAors: config.maxAors },
@@ -184,6 +215,7 @@ export async function startMidreg(config: Config, logger: Logger): Promise<Midre
       },
     } : {}),
     ...(reachabilityOf ? { reachability: reachabilityOf } : {}),
+    ...(nodes ? { nodes } : {}),
     // A MESSAGE is a ping too: a branch drachtio-server could not send (its own 503: the flow is
     // gone) marks the binding unreachable at once, any answer marks it reachable. A branch that
     // timed out says nothing for sure (midreg's own overload looks the same) and is left to
@@ -247,6 +279,7 @@ export async function startMidreg(config: Config, logger: Logger): Promise<Midre
     selfHost: () => /^sips?:([^;>]+)/i.exec(ownUri() ?? '')?.[1],
     ready: () => engine.connected && engine.sipAddresses.length > 0,
     logger,
+    ...(handles ? { handles } : {}),
     onSent: () => metrics.qualifySentOne(),
     onPing: (result) => metrics.qualifyEnded(result),
   }) : undefined;
@@ -256,6 +289,11 @@ export async function startMidreg(config: Config, logger: Logger): Promise<Midre
   engine.on('connect', (hostport) => {
     logger.info('connected to drachtio-server', { drachtio: `${config.drachtio.host}:${config.drachtio.port}`, sip: hostport });
     metrics.drachtioConnected(true);
+    // The node URI is known once drachtio-server told its address: heartbeats start then.
+    if (nodes) {
+      nodes.start();
+      logger.info('node on shared store', { node: nodeUri(), store: store.describe });
+    }
     markConnected();
     connectionWatch?.start();
     if (qualifier) {
@@ -303,6 +341,10 @@ export async function startMidreg(config: Config, logger: Logger): Promise<Midre
   const purge = async (reason: 'start' | 'timer'): Promise<void> => {
     if (purging || stopping) return;
     purging = true;
+    // Other nodes write the same store: the counters follow it, not only this node's writes.
+    if (redis) {
+      try { Object.assign(counters, await redis.bindings.countStored()); } catch { /* kept until Redis answers */ }
+    }
     if (store.unavailableReason !== undefined) {
       if (!await store.reopenWritable()) { purging = false; return; }
       logger.info(store.kind === 'sqlite' ? 'database writable again' : 'store writable again', { store: store.describe });
@@ -315,6 +357,7 @@ export async function startMidreg(config: Config, logger: Logger): Promise<Midre
         store: bindings,
         upstream,
         logger,
+        ...(handles ? { handles } : {}),
         onRemoved: (emptied) => { counters.bindings -= 1; if (emptied) counters.aors -= 1; },
         onResult: (result) => metrics.upstreamDeregistration(result),
       }, Date.now()).catch((err: unknown) => {
@@ -369,6 +412,8 @@ export async function startMidreg(config: Config, logger: Logger): Promise<Midre
       while ((guard.active > 0 || (courier?.active ?? 0) > 0) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
       const abandoned = guard.active + (courier?.active ?? 0);
       engine.disconnect();
+      // Peers fail requests for this node's phones at once instead of after the heartbeat TTL.
+      await nodes?.stop();
       await store.close();
       return { abandoned };
     },

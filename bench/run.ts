@@ -9,6 +9,7 @@
 //   npm run bench -- --quick           fewer, shorter steps and a smaller replica
 //   npm run bench -- --only register   (or message, scale; repeatable)
 //   npm run bench -- --help
+import { spawn, spawnSync } from 'node:child_process';
 import { accessSync, constants, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -57,6 +58,8 @@ const HELP = `usage: npm run bench -- [options]
                           registrar (the Kamailio and OpenSIPS peers stay on UDP); over UDP drachtio-server's
                           socket drops the registrar's replies in bursts (docs/drachtio-findings.md, D4)
   --midreg-env <K=V>      extra environment for midreg, e.g. MIDREG_OVERLOAD_QUEUE_MS=0 (repeatable)
+  --store <kind>          sqlite (default) | redis: midreg's store; redis starts Debian's redis-server on a
+                          free port (appendonly yes, appendfsync everysec) and sets MIDREG_STORE
   --profile               always capture midreg CPU profiles (default: only when a target is missed)
   --keep                  keep the work dir (logs, sipp statistics)
   --help`;
@@ -72,6 +75,7 @@ interface Options {
   midregLogLevel: string;
   upstreamTransport: 'udp' | 'tcp';
   midregEnv: Record<string, string>;
+  store: 'sqlite' | 'redis';
   profile: boolean;
   keep: boolean;
 }
@@ -90,6 +94,7 @@ function parseOptions(argv: string[]): Options {
       'midreg-log-level': { type: 'string', default: 'info' },
       'upstream-transport': { type: 'string', default: 'tcp' },
       'midreg-env': { type: 'string', multiple: true },
+      store: { type: 'string', default: 'sqlite' },
       profile: { type: 'boolean', default: false },
       keep: { type: 'boolean', default: false },
       help: { type: 'boolean', default: false },
@@ -122,6 +127,8 @@ function parseOptions(argv: string[]): Options {
     if (!m?.[1] || m[2] === undefined) throw new Error(`--midreg-env: "${pair}" is not NAME=value`);
     midregEnv[m[1]] = m[2];
   }
+  const store = values.store;
+  if (store !== 'sqlite' && store !== 'redis') throw new Error(`--store: "${store}" is neither sqlite nor redis`);
   const [stepSec] = numbers(values['step-seconds'] ?? (quick ? '2.5' : '3'), '--step-seconds');
   const [scaleBindings] = numbers(values['scale-bindings'] ?? (quick ? '100000' : '1000000'), '--scale-bindings');
   return {
@@ -135,6 +142,7 @@ function parseOptions(argv: string[]): Options {
     midregLogLevel: values['midreg-log-level'],
     upstreamTransport,
     midregEnv,
+    store,
     profile: values.profile,
     keep: values.keep,
   };
@@ -652,6 +660,34 @@ function prerequisites(): string[] {
   return missing;
 }
 
+/** A redis-server for --store redis, on a free port of 127.0.0.1. */
+async function startBenchRedis(workDir: string): Promise<{ url: string; usage(): string; stop(): Promise<void> }> {
+  const port = await freePort();
+  const dir = join(workDir, 'redis');
+  mkdirSync(dir, { recursive: true });
+  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '', '--appendonly', 'yes', '--appendfsync', 'everysec'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+  const deadline = Date.now() + 10_000;
+  while (!/Ready to accept connections/.test(out)) {
+    if (Date.now() > deadline || child.exitCode !== null) throw new Error(`redis-server did not start: ${out.slice(-500)}`);
+    await delay(50);
+  }
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    /** redis-server's own CPU and the AoR writes (EVALSHA) it ran, for the capacity plan. */
+    usage() {
+      const info = spawnSync('redis-cli', ['-p', String(port), 'info', 'all'], { encoding: 'utf8' }).stdout;
+      const num = (name: string): number => Number(new RegExp(`^${name}:([\\d.]+)`, 'm').exec(info)?.[1] ?? Number.NaN);
+      const calls = (cmd: string): number => Number(new RegExp(`^cmdstat_${cmd}:calls=(\\d+)`, 'm').exec(info)?.[1] ?? 0);
+      const cpuSec = num('used_cpu_user') + num('used_cpu_sys');
+      const writes = calls('evalsha') + calls('eval');
+      return `redis-server CPU ${cpuSec.toFixed(2)} s for ${writes} AoR writes (EVALSHA) and ${num('total_commands_processed')} commands in all: ${writes > 0 ? ((cpuSec * 1e6) / writes).toFixed(0) : '?'} µs of Redis CPU per AoR write, MESSAGE reads included`;
+    },
+    stop: () => new Promise<void>((resolve) => { child.once('exit', () => resolve()); child.kill('SIGTERM'); }),
+  };
+}
+
 async function main(): Promise<void> {
   let opts: Options;
   try {
@@ -690,6 +726,14 @@ async function main(): Promise<void> {
   log(`midreg bench ${stamp}: ${environmentLine(meta, meta.opensips ? `, ${meta.opensips.replace(/^version: /, '')}` : '')}`);
   log(`options: ${opts.quick ? 'quick, ' : ''}${[...opts.only].join('+')}, systems ${opts.systems.join(',')}, rates ${opts.rates.join(',')}/s, ${opts.stepSec} s per step, drachtio loglevel ${opts.drachtioLoglevel ?? 'as shipped'}, midreg log level ${opts.midregLogLevel}, upstream over ${opts.upstreamTransport}${envText(opts.midregEnv)}; work dir ${workDir}`);
 
+  // --store redis: one redis-server for the run, as an operator would run it (AOF, fsync each second).
+  let redis: { usage(): string; stop(): Promise<void> } | undefined;
+  if (opts.store === 'redis') {
+    const server = await startBenchRedis(workDir);
+    redis = server;
+    opts.midregEnv['MIDREG_STORE'] = server.url;
+    log(`store: redis-server ${version('redis-server', ['--version']).replace(/^Redis server /, '')} at ${server.url}, appendonly yes, appendfsync everysec`);
+  }
   const sweeps: SweepRecord[] = [];
   const profiles: ProfileSummary[] = [];
   const errors: string[] = [];
@@ -764,6 +808,8 @@ async function main(): Promise<void> {
   }
   if (scale) tables.push(scaleTable(scale));
   if (targets.length > 0) tables.push(targetsTable(targets));
+  // In the log and so in the results file: redis-server's CPU is not one of the bench's columns.
+  if (redis) log(redis.usage());
   const durationSec = (Date.now() - startedAt.getTime()) / 1000;
 
   log('');
@@ -794,6 +840,7 @@ async function main(): Promise<void> {
   ];
   writeFileSync(`${base}.md`, md.join('\n'));
   log(`results: ${base}.json, ${base}.md`);
+  await redis?.stop();
   if (!opts.keep) rmSync(workDir, { recursive: true, force: true });
   process.exit(errors.length > 0 ? 1 : 0);
 }

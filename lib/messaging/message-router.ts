@@ -7,7 +7,8 @@ import { namesMidreg, retargetToUpstream } from '../sip/own-address.js';
 import { admitOffline, sipDate, type OfflineLimits, type SenderRate } from './offline-policy.js';
 import { ALL_UNREACHABLE, chooseReachable, type Reachability } from '../reachability/reachability.js';
 import type { Binding } from '../registrar/registration.js';
-import { branchFor, chooseFinal, classifySender, isTrustedPeer, locate, oneFlowPerInstance, understoodScheme, type Branch } from './routing.js';
+import { branchThrough, chooseFinal, classifySender, isTrustedPeer, locate, oneFlowPerInstance, understoodScheme, type Branch } from './routing.js';
+import { holderOf, type NodeView } from '../cluster/node-directory.js';
 import { parseUri, type RequestHandler, type SipReply, type SipRequest } from '../sip/drachtio.js';
 import { askUpstream, nextMaxForwards, outboundBytes, replyHeaders, upstreamHeaders, type RequestSender, type UpstreamOutcome, type UpstreamTarget } from '../sip/upstream.js';
 
@@ -35,6 +36,8 @@ export interface MessageRouterDeps {
   };
   /** What qualify knows of each binding (absent: every binding is tried, as without qualify). */
   reachability?: (binding: Binding) => Reachability;
+  /** Several nodes on one store: bindings held by another node are reached through it. Absent: one node. */
+  nodes?: NodeView;
   onOutcome?(outcome: MessageOutcome): void;
   /** How each branch to a binding ended (a send over a dead flow is news for its reachability). */
   onBranch?(binding: Binding, outcome: UpstreamOutcome): void;
@@ -64,13 +67,27 @@ export function createMessageHandler(deps: MessageRouterDeps): RequestHandler {
   const clock = deps.clock ?? Date.now;
   const log = deps.logger;
   return async (req, res) => {
-    const now = clock();
     const from = `${req.source.transport}:${req.source.address}:${req.source.port}`;
     const base = { event: 'message', ruri: req.uri, callId: req.header('Call-ID'), source: from };
     const finish = (outcome: MessageOutcome, status: number, detail: Record<string, unknown> = {}): void => {
       log.info(`MESSAGE ${outcome}`, { ...base, outcome, status, ...detail });
       deps.onOutcome?.(outcome);
     };
+    try {
+      await route(req, res, finish);
+    } catch (err) {
+      // The store could not be read (Redis down, database unreadable): the sender may try again
+      // (RFC 3261 §21.5.4 503: "temporarily unable to process the request ... the client MAY
+      // retry the request after" Retry-After). No cached location is used: it may name a flow that moved.
+      if (res.finalSent) throw err;
+      res.send(503, { reason: 'Location Store Unavailable', headers: { 'Retry-After': '5' } });
+      finish('failed', 503, { why: 'store unavailable', error: err instanceof Error ? err.message : String(err) });
+    }
+  };
+
+  async function route(req: SipRequest, res: Parameters<RequestHandler>[1], finish: (outcome: MessageOutcome, status: number, detail?: Record<string, unknown>) => void): Promise<void> {
+    const now = clock();
+    const from = `${req.source.transport}:${req.source.address}:${req.source.port}`;
 
     const fromAor = senderAor(req);
     /** No live binding: keep the message for the user's next registration, or say why not. */
@@ -101,10 +118,15 @@ export function createMessageHandler(deps: MessageRouterDeps): RequestHandler {
       offline.stored(aor);
       finish('stored', 202, { aor, id, bodyBytes });
     };
+    // A peer node passes on MESSAGEs for the phones whose flows this node holds; it is trusted
+    // only while its heartbeat is in the store (lib/cluster/node-directory.ts), never by address alone.
+    let fromPeerNode = deps.nodes?.isPeer(req.source) ?? false;
     // Looked up only for a sender that is not a trusted peer (classifySender stays pure).
-    const liveSource = !isTrustedPeer(req.source, deps.trustedPeers) && fromAor !== undefined
+    const liveSource = !fromPeerNode && !isTrustedPeer(req.source, deps.trustedPeers) && fromAor !== undefined
       && await deps.store.isLiveSource(fromAor, req.source.address, req.source.port, now);
-    const sender = classifySender(req.source, deps.trustedPeers, () => liveSource);
+    // Neither a phone nor the platform: perhaps a node that started since the last heartbeat read.
+    if (!fromPeerNode && !liveSource && deps.nodes && !isTrustedPeer(req.source, deps.trustedPeers)) fromPeerNode = await deps.nodes.confirmPeer(req.source);
+    const sender = fromPeerNode ? { kind: 'trusted-peer' as const } : classifySender(req.source, deps.trustedPeers, () => liveSource);
     if (!understoodScheme(req.uri)) {
       res.send(416, { reason: 'Unsupported URI Scheme' });
       finish('failed', 416, { why: 'Request-URI scheme not sip, sips or tel (RFC 3261 §16.3 item 2)' });
@@ -174,13 +196,15 @@ export function createMessageHandler(deps: MessageRouterDeps): RequestHandler {
     }
     const size = outboundBytes({ method: 'MESSAGE', uri: req.uri, headers: branchHeaders(req, hops.value, undefined), body: req.body });
     const flows = oneFlowPerInstance(choice.bindings);
-    const branches: Branch[] = flows.kept.map((b) => branchFor(b, size));
+    if (deps.nodes) await deps.nodes.confirm(flows.kept.flatMap((b) => (b.node !== undefined ? [b.node] : [])));
+    const branches: Branch[] = flows.kept.map((b) => branchThrough(b, holderOf(b, deps.nodes), fromPeerNode, size));
     const sendable = branches.filter((b): b is Extract<Branch, { kind: 'send' }> => b.kind === 'send');
     if (sendable.length === 0) {
       const skipped = branches[0];
       const status = skipped?.kind === 'skip' ? skipped.status : 500;
       res.send(status, skipped?.kind === 'skip' ? { reason: skipped.reason } : {});
-      finish('too_large', status, { why: 'every binding is UDP-only and the request exceeds 1300 bytes (RFC 3428 §8)' });
+      if (status === 480) finish('unreachable', 480, { aor: target.aor, why: skipped?.kind === 'skip' ? skipped.reason : '', nodes: branches.map((b) => b.binding.node) });
+      else finish('too_large', status, { why: 'every binding is UDP-only and the request exceeds 1300 bytes (RFC 3428 §8)' });
       return;
     }
 
@@ -190,7 +214,8 @@ export function createMessageHandler(deps: MessageRouterDeps): RequestHandler {
       method: 'MESSAGE', uri: branch.requestUri, headers: branchHeaders(req, hops.value, branch.route), body: req.body,
       ...(branch.nextHop ? { nextHop: branch.nextHop } : {}),
     }, deps.upstream.timeoutMs, clock).then((branchOutcome) => {
-      deps.onBranch?.(branch.binding, branchOutcome);
+      // Through a peer node, a failure says nothing about the phone's flow (that node's to know).
+      if (holderOf(branch.binding, deps.nodes).kind === 'local') deps.onBranch?.(branch.binding, branchOutcome);
       return branchOutcome;
     })));
     sendAnswer(res, outcome);
@@ -201,7 +226,7 @@ export function createMessageHandler(deps: MessageRouterDeps): RequestHandler {
       ...(flows.dropped.length > 0 ? { olderFlows: flows.dropped.map((b) => b.contact) } : {}),
       to: sendable.map((b) => b.nextHop ?? b.requestUri),
     });
-  };
+  }
 }
 
 export type Answer = { status: number; reply: SipReply | undefined };

@@ -18,6 +18,11 @@ export interface OfflineCourierDeps {
   bindings: { liveBindings(aor: string, now: number): Promise<Binding[]> };
   timeoutMs: number;
   logger: Logger;
+  /**
+   * Several nodes on one store: whether this node delivers to a binding (it holds its flow, or
+   * the holder is gone). A recipient whose best binding another live node holds is left to that node.
+   */
+  handles?: (binding: Binding) => boolean;
   onOutcome?(outcome: OfflineOutcome): void;
   clock?: () => number;
 }
@@ -102,7 +107,10 @@ export class OfflineCourier {
         if (!message) { this.waiting.delete(aor); return; }
         // A fresh registration is the moment to try again; otherwise respect the backoff.
         if (!registeredNow && message.nextAttemptAt > now) return;
-        const bindings = await this.deps.bindings.liveBindings(aor, now);
+        const live = await this.deps.bindings.liveBindings(aor, now);
+        const handles = this.deps.handles;
+        if (live[0] && handles && !handles(live[0])) return;
+        const bindings = handles ? live.filter(handles) : live;
         if (bindings.length === 0) return;
         const status = await this.send(message, bindings);
         if (status >= 200 && status < 300) {
@@ -112,7 +120,7 @@ export class OfflineCourier {
           continue;
         }
         const retryAt = this.clock() + retryDelayMs(message.attempts);
-        await this.deps.store.postpone(message.id, retryAt);
+        await this.deps.store.postpone(message, retryAt);
         this.deps.logger.info('offline message not delivered; will retry', { event: 'offline', outcome: 'retry', id: message.id, to: aor, status, retryAt: new Date(retryAt).toISOString() });
         this.deps.onOutcome?.('retry');
         return;

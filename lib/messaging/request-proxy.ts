@@ -68,7 +68,15 @@ export function createProxyHandler(deps: RequestProxyDeps): RequestHandler {
     let direction: 'to-platform' | 'to-user';
     if (isTrustedPeer(req.source, deps.trustedPeers)) {
       // From the platform: a request for a registered user (usually via the Path midreg added).
-      const target = await locate(req.uri, deps.store, own, clock());
+      let target: Awaited<ReturnType<typeof locate>>;
+      try {
+        target = await locate(req.uri, deps.store, own, clock());
+      } catch (err) {
+        // RFC 3261 §21.5.4: 503 with Retry-After when the location store cannot be read (Redis down).
+        res.send(503, { reason: 'Location Store Unavailable', headers: { 'Retry-After': '5' } });
+        log.warn('request refused: store unavailable', { ...base, status: 503, error: err instanceof Error ? err.message : String(err) });
+        return;
+      }
       if (target.kind === 'no-binding') {
         res.send(deps.noBindingStatus);
         log.info('request refused: no live binding', { ...base, status: deps.noBindingStatus, aor: target.aor });

@@ -1,5 +1,6 @@
 // Pure routing decisions for requests other than REGISTER: who may send, where a request goes,
 // how each branch reaches a UA behind NAT, and which branch response the sender gets.
+import type { Holder } from '../cluster/node-directory.js';
 import { canonicalAor, isServedDomain } from '../registrar/aor.js';
 import { keyOf } from '../registrar/contact-insertion.js';
 import { namesMidreg, type OwnAddresses } from '../sip/own-address.js';
@@ -151,6 +152,22 @@ export function branchFor(binding: Binding, requestBytes: number): Branch {
   const host = address.includes(':') && !address.startsWith('[') ? `[${address}]` : address;
   const scheme = transport === 'tls' || transport === 'wss' ? 'sips' : 'sip';
   return { kind: 'send', binding, requestUri: binding.contact, nextHop: `${scheme}:${host}:${port};transport=${transport}`, route: undefined };
+}
+
+/**
+ * How to reach one binding when several nodes share the store (lib/cluster/node-directory.ts):
+ * through the node that holds the phone's flow, since only its address is in the phone's NAT
+ * pinhole or TCP connection. The Request-URI stays the registered contact, which that node looks
+ * up again. A request that came from a peer node is never passed on to a third (no loops between
+ * nodes), and a binding whose node is gone gets RFC 3261 §21.4.18 480 Temporarily Unavailable:
+ * "the callee's end system was contacted successfully but the callee is currently unavailable",
+ * until the phone registers again through a live node.
+ */
+export function branchThrough(binding: Binding, holder: Holder, fromPeerNode: boolean, requestBytes: number): Branch {
+  if (holder.kind === 'local') return branchFor(binding, requestBytes);
+  if (holder.kind === 'dead-peer') return { kind: 'skip', binding, status: 480, reason: 'Holding Node Down' };
+  if (fromPeerNode) return { kind: 'skip', binding, status: 480, reason: 'Not Held Here' };
+  return { kind: 'send', binding, requestUri: binding.contact, nextHop: holder.node, route: undefined };
 }
 
 /**

@@ -24,6 +24,8 @@ export interface QualifierDeps {
   /** Only ping while drachtio-server is connected. */
   ready(): boolean;
   logger: Logger;
+  /** Several nodes on one store: ping only the bindings this node holds (or whose node is gone). */
+  handles?: (binding: Binding) => boolean;
   onSent?(): void;
   onPing?(result: PingResult): void;
   maxInFlight?: number;
@@ -100,7 +102,7 @@ export class Qualifier {
       }
     }
     if (this.stopped) return;
-    for (const b of page) this.ping(b);
+    for (const b of page) if (this.deps.handles?.(b) ?? true) this.ping(b);
     const last = page[page.length - 1];
     if (last) this.cursor = { aor: last.aor, contact: last.contact };
     if (want > 0 && page.length < want) {

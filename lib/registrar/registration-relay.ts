@@ -52,6 +52,8 @@ export interface RegistrationRelayDeps extends RegisterEvents {
    * (lib/registrar/aor-registration.ts). Takes precedence over `throttle` and `contactInsertion`.
    */
   aorThrottle?: Pick<AorThrottleDeps, 'outgoingExpiresSec' | 'refreshMarginSec' | 'self'> & { store: AorThrottleDeps['store'] };
+  /** Several nodes on one store: this node's SIP URI, recorded as the holder of each binding registered through it. */
+  node?: () => string | undefined;
   /** RFC 5626 §5.4: Flow-Timer (seconds) added to 2xx carrying `Require: outbound` (lib/registrar/outbound.ts); 0 or absent = never. */
   flowTimerSec?: number;
   logger: Logger;
@@ -200,7 +202,8 @@ export function createRegisterHandler(deps: RegistrationRelayDeps): RequestHandl
     }
     const checked = validate(req, ruri);
     if (checked.kind === 'refuse') { refuse(req, res, checked); return; }
-    const { attempt } = checked;
+    const self = deps.node?.();
+    const attempt: RegisterAttempt = self !== undefined ? { ...checked.attempt, node: self } : checked.attempt;
     // A phone provisioned by IP names midreg itself; the registrar gets its own URI instead
     // (lib/sip/own-address.ts). To, From, Call-ID, CSeq, Contact and Authorization stay as the phone
     // sent them, so the AoR is unchanged and the digest `uri` still names what the phone signed.

@@ -40,6 +40,12 @@ export interface Binding {
   source: SourceAddress | null;
   /** With contact insertion: the Contact midreg gave the registrar for this binding, and its key. */
   insertion: Insertion | null;
+  /**
+   * Several nodes on one Redis store: the SIP URI of the midreg node that holds the phone's flow
+   * (its REGISTER came through that node). Requests for the binding go through that node. Absent
+   * on one node, and for bindings midreg did not see registered.
+   */
+  node?: string;
   registeredAt: number;
   updatedAt: number;
 }
@@ -53,6 +59,8 @@ export interface RegisterAttempt {
   path: string | null;
   userAgent: string | null;
   source: SourceAddress;
+  /** The node this REGISTER came through (several nodes on one store); absent on one node. */
+  node?: string;
 }
 
 /** The registrar's final answer to that REGISTER. */
@@ -200,10 +208,10 @@ export function planReplicaUpdate(
     };
     if (sent) {
       // Registered (or refreshed) by this very REGISTER: this is where the UA is now.
-      next.set(key, { ...common, path: attempt.path, callId: attempt.callId, cseq: attempt.cseq, userAgent: attempt.userAgent, source: attempt.source });
+      next.set(key, { ...common, path: attempt.path, callId: attempt.callId, cseq: attempt.cseq, userAgent: attempt.userAgent, source: attempt.source, ...(attempt.node !== undefined ? { node: attempt.node } : {}) });
     } else if (before) {
       // Another device of the AoR, still bound upstream: keep what midreg learnt when it registered.
-      next.set(key, { ...common, path: before.path, callId: before.callId, cseq: before.cseq, userAgent: before.userAgent, source: before.source });
+      next.set(key, { ...common, path: before.path, callId: before.callId, cseq: before.cseq, userAgent: before.userAgent, source: before.source, ...(before.node !== undefined ? { node: before.node } : {}) });
     } else {
       // Bound upstream without midreg seeing its REGISTER (registered before midreg, or elsewhere).
       next.set(key, { ...common, path: null, callId: null, cseq: null, userAgent: null, source: null });

@@ -19,6 +19,8 @@ export interface DeregistrationDeps {
   store: Pick<BindingStore, 'pendingDeregistrations' | 'markLapsed' | 'deleteIfUnchanged'>;
   upstream: UpstreamTarget;
   logger: Logger;
+  /** Several nodes on one store: whether this node de-registers a binding (it holds it, or its holder is gone). */
+  handles?: (binding: Binding) => boolean;
   /** A binding was deleted from the replica (de-registered upstream): `emptied` when it was the AoR's last. */
   onRemoved?(emptied: boolean): void;
   onResult?(result: DeregistrationResult): void;
@@ -61,7 +63,7 @@ export function deregistrationRequest(b: Binding, upstreamUri: string): { uri: s
  * the next run. Resolves with how many were tried.
  */
 export async function deregisterLapsed(deps: DeregistrationDeps, now: number, limit = DEREGISTRATIONS_PER_RUN): Promise<number> {
-  const pending = (await deps.store.pendingDeregistrations(now, limit)).filter((b) => b.callId !== null);
+  const pending = (await deps.store.pendingDeregistrations(now, limit)).filter((b) => b.callId !== null && (deps.handles?.(b) ?? true));
   await Promise.all(pending.map((b) => deregisterOne(deps, b, now, 'its phone stopped refreshing')));
   return pending.length;
 }

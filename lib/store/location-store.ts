@@ -30,6 +30,7 @@ interface BindingRow {
   insertion_key: string | null;
   upstream_expires_at: number | null;
   lapsed_at: number | null;
+  node: string | null;
   registered_at: number;
   updated_at: number;
 }
@@ -92,6 +93,7 @@ function toRow(b: Binding): BindingRow {
     insertion_key: b.insertion?.key ?? null,
     upstream_expires_at: b.upstreamExpiresAt,
     lapsed_at: b.lapsedAt,
+    node: b.node ?? null,
     registered_at: b.registeredAt,
     updated_at: b.updatedAt,
   };
@@ -115,6 +117,7 @@ function fromRow(r: BindingRow): Binding {
     insertion: r.upstream_contact !== null && r.insertion_key !== null ? { contact: r.upstream_contact, key: r.insertion_key } : null,
     upstreamExpiresAt: r.upstream_expires_at ?? null,
     lapsedAt: r.lapsed_at ?? null,
+    ...(r.node !== null && r.node !== undefined ? { node: r.node } : {}),
     registeredAt: r.registered_at,
     updatedAt: r.updated_at,
   };
@@ -258,15 +261,15 @@ function prepareStatements(db: Database.Database) {
     // the contact index is left alone, only the expiry index moves. Against UPDATE-then-INSERT
     // it spares each new binding a search of the primary key that finds nothing.
     upsert: db.prepare<BindingRow>(`INSERT INTO binding (aor, contact, expires_at, q, instance, reg_id, path,
-      call_id, cseq, user_agent, source_address, source_port, transport, upstream_contact, insertion_key, upstream_expires_at, lapsed_at, registered_at, updated_at)
+      call_id, cseq, user_agent, source_address, source_port, transport, upstream_contact, insertion_key, upstream_expires_at, lapsed_at, node, registered_at, updated_at)
       VALUES (@aor, @contact, @expires_at, @q, @instance, @reg_id, @path, @call_id, @cseq, @user_agent,
-      @source_address, @source_port, @transport, @upstream_contact, @insertion_key, @upstream_expires_at, @lapsed_at, @registered_at, @updated_at)
+      @source_address, @source_port, @transport, @upstream_contact, @insertion_key, @upstream_expires_at, @lapsed_at, @node, @registered_at, @updated_at)
       ON CONFLICT (aor, contact) DO UPDATE SET expires_at = excluded.expires_at, q = excluded.q,
       instance = excluded.instance, reg_id = excluded.reg_id, path = excluded.path, call_id = excluded.call_id,
       cseq = excluded.cseq, user_agent = excluded.user_agent, source_address = excluded.source_address,
       source_port = excluded.source_port, transport = excluded.transport, upstream_contact = excluded.upstream_contact,
       insertion_key = excluded.insertion_key, upstream_expires_at = excluded.upstream_expires_at,
-      lapsed_at = excluded.lapsed_at, registered_at = excluded.registered_at,
+      lapsed_at = excluded.lapsed_at, node = excluded.node, registered_at = excluded.registered_at,
       updated_at = excluded.updated_at`),
     contactsOf: db.prepare<[string], { contact: string }>('SELECT contact FROM binding WHERE aor = ?'),
     // A binding still registered upstream (contact mode) stays until midreg de-registered it there

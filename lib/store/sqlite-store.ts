@@ -79,7 +79,7 @@ class SqliteOffline implements OfflineMessageStore {
   recipientsDue(now: number): Promise<string[]> { return run(() => this.db.recipientsDue(now)); }
   recipients(): Promise<string[]> { return run(() => this.db.recipients()); }
   delivered(message: OfflineMessage): Promise<void> { return run(() => this.db.delivered(message)); }
-  postpone(id: number, nextAttemptAt: number): Promise<void> { return run(() => this.db.postpone(id, nextAttemptAt)); }
+  postpone(message: OfflineMessage, nextAttemptAt: number): Promise<void> { return run(() => this.db.postpone(message.id, nextAttemptAt)); }
   takeExpired(now: number, limit: number): Promise<OfflineMessage[]> { return run(() => this.db.takeExpired(now, limit)); }
   summary(): Promise<QueueSummary[]> { return run(() => this.db.summary()); }
   listOf(recipient: string): Promise<OfflineMessage[]> { return run(() => this.db.listOf(recipient)); }

@@ -130,7 +130,8 @@ export interface OfflineMessageStore {
   recipientsDue(now: number): Promise<string[]>;
   recipients(): Promise<string[]>;
   delivered(message: OfflineMessage): Promise<void>;
-  postpone(id: number, nextAttemptAt: number): Promise<void>;
+  /** A delivery attempt failed: one more attempt counted, the next one not before `nextAttemptAt`. */
+  postpone(message: OfflineMessage, nextAttemptAt: number): Promise<void>;
   /** Remove up to `limit` messages whose time to live ended; returns them (for the log). */
   takeExpired(now: number, limit: number): Promise<OfflineMessage[]>;
   summary(): Promise<QueueSummary[]>;

@@ -4,7 +4,7 @@
 // statistics (kamcmd) and its request log (Call-ID and CSeq of each REGISTER).
 import { strict as assert } from 'node:assert';
 import { after, before, describe, it } from 'node:test';
-import { LocationStore } from '../../lib/store/location-store.js';
+import { liveBindingsOf } from '../support/replica.js';
 import type { Binding } from '../../lib/registrar/registration.js';
 import { e2eSkipReason, freePort, logLines } from '../support/processes.js';
 import { sipMessage } from '../hostile/corpus.js';
@@ -18,9 +18,8 @@ if (skip) console.log(`# e2e AoR throttling suite SKIPPED: ${skip}`);
 const UPSTREAM_SEC = 20;
 const PURGE_SEC = 1;
 
-function replica(stack: Stack, user: string): Binding[] {
-  const store = new LocationStore(stack.dbFile, { readonly: true });
-  try { return store.liveBindings(stack.domain.aor(user), Date.now()); } finally { store.close(); }
+function replica(stack: Stack, user: string): Promise<Binding[]> {
+  return liveBindingsOf(stack, stack.domain.aor(user));
 }
 
 /** REGISTERs Kamailio has received in all (its own core statistic). */
@@ -145,7 +144,7 @@ for (const mode of DOMAIN_MODES) describe(`AoR throttling, end to end (domain: $
     assert.deepEqual(second.finals, [401, 200], 'a second device is challenged by the registrar (no bypass, unlike OpenSIPS issue 3193)');
     assert.equal(logLines(stack.midreg, { message: 'REGISTER relayed', callId: bob2.callId, relayReason: 'new-contact', status: 401 }).length, 1);
     assert.equal((await upstreamOf('bob')).length, 1, 'the registrar holds one Contact for the AoR');
-    assert.deepEqual(replica(stack, 'bob').map((b) => b.contact).sort(), [bob1.contact, bob2.contact].sort());
+    assert.deepEqual((await replica(stack, 'bob')).map((b) => b.contact).sort(), [bob1.contact, bob2.contact].sort());
     const listed = contactsOf(second.last);
     assert.ok(listed.includes(bob1.contact) && listed.includes(bob2.contact) && !listed.includes('ctid='), `the 200 lists both devices: ${listed}`);
 
@@ -157,7 +156,7 @@ for (const mode of DOMAIN_MODES) describe(`AoR throttling, end to end (domain: $
       `Contact: <${bob2.contact}>`, 'Expires: 0',
     ]), { transport: 'udp', waitMs: 5000, graceMs: 0 });
     assert.deepEqual(removal.statuses.filter((s) => s >= 200), [401], 'a de-registration without credentials is challenged by the registrar');
-    assert.equal(replica(stack, 'bob').length, 2, 'and removes nothing');
+    assert.equal((await replica(stack, 'bob')).length, 2, 'and removes nothing');
 
     // Refreshes ask 10 s: the registrar granted 20 (its max_expires), so 10 + 2 s of margin fit.
     const seen = upstreamCseqs(stack, bob1.callId).length;
@@ -227,16 +226,16 @@ for (const mode of DOMAIN_MODES) describe(`AoR throttling, end to end (domain: $
     assert.equal(gone.finals.at(-1), 200);
     // Relayed (the registrar authenticates it), asking MIDREG_OUTGOING_EXPIRES for midreg's Contact: dana1 still needs it.
     assert.equal(logLines(stack.midreg, { message: 'REGISTER relayed', callId: dana2.callId, relayReason: 'deregister', status: 200, upstreamExpires: '3600' }).length, 1);
-    assert.deepEqual(replica(stack, 'dana').map((b) => b.contact), [dana1.contact]);
+    assert.deepEqual((await replica(stack, 'dana')).map((b) => b.contact), [dana1.contact]);
     assert.equal((await upstreamOf('dana')).length, 1, 'midreg\'s Contact stays: dana1 is still there');
     assert.deepEqual((await dana1.register(0, { star: true })).finals.at(-1), 200);
-    assert.deepEqual(replica(stack, 'dana'), []);
+    assert.deepEqual(await replica(stack, 'dana'), []);
     assert.deepEqual(await upstreamOf('dana'), []);
 
     const erin = await device('erin');
     assert.deepEqual((await erin.register(60)).finals, [401, 200]);
     assert.equal((await erin.register(0)).finals.at(-1), 200);
-    assert.deepEqual(replica(stack, 'erin'), []);
+    assert.deepEqual(await replica(stack, 'erin'), []);
     assert.deepEqual(await upstreamOf('erin'), [], 'the last device\'s de-registration removed midreg\'s Contact');
   });
 });

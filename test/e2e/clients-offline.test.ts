@@ -4,9 +4,9 @@
 // new process on a new port), registers, and shows alice's text with her original From. Once per
 // domain mode (a domain name, and midreg's own IP as "SIP server"). Runs when DRACHTIO_BIN is set.
 import { strict as assert } from 'node:assert';
+import { liveBindingsOf } from '../support/replica.js';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { LocationStore } from '../../lib/store/location-store.js';
 import type { Binding } from '../../lib/registrar/registration.js';
 import { BARESIP_BIN, hasBinary, startBaresip, type SipClient, type SipClientOptions } from '../support/baresip.js';
 import { e2eSkipReason, logLines } from '../support/processes.js';
@@ -25,9 +25,8 @@ const skip = clientsOfflineSkipReason();
 if (skip) console.log(`# e2e clients-offline suite SKIPPED: ${skip}`);
 
 /** A user's live bindings in midreg's replica, read as an operator would: the SQLite file, read-only. */
-function replica(stack: Stack, user: string): Binding[] {
-  const store = new LocationStore(stack.dbFile, { readonly: true });
-  try { return store.liveBindings(stack.domain.aor(user), Date.now()); } finally { store.close(); }
+function replica(stack: Stack, user: string): Promise<Binding[]> {
+  return liveBindingsOf(stack, stack.domain.aor(user));
 }
 
 async function until(what: string, test: () => boolean | Promise<boolean>, timeoutMs: number): Promise<void> {
@@ -72,12 +71,12 @@ for (const mode of DOMAIN_MODES) {
       // bob registers once (the registrar accepts him: midreg will know his AoR), then quits.
       const [bobBefore, alice] = await Promise.all([start(account('bob', 'alice', 'ua-bob')), start(account('alice', 'bob', 'ua-alice'))]);
       await Promise.all([bobBefore.registered(15_000), alice.registered(15_000)]);
-      const [first, ...more] = replica(s, 'bob');
+      const [first, ...more] = (await replica(s, 'bob'));
       assert.ok(first && more.length === 0, 'bob\'s one binding in the replica');
       await bobBefore.stop();
       // A clean exit de-registers (REGISTER with Expires 0): his binding leaves the replica and
       // the registrar, rather than waiting 60 s to expire.
-      await until('bob to have no live binding in the replica', () => replica(s, 'bob').length === 0, 5000);
+      await until('bob to have no live binding in the replica', async () => (await replica(s, 'bob')).length === 0, 5000);
       await until('the registrar to drop bob\'s binding', async () => (await s.kamailio?.lookup(`bob@${s.domain.host}`))?.length === 0, 5000);
       const deregistered = logLines(s.midreg, { event: 'register', kind: 'unregister', aor: bobAor, status: 200 });
       assert.equal(deregistered.length, 1, 'bob\'s de-registration relayed and accepted');
@@ -114,7 +113,7 @@ for (const mode of DOMAIN_MODES) {
       assert.equal(delivered[0]?.['from'], s.domain.aor('alice'));
       assert.equal(delivered[0]?.['status'], 200, 'bob\'s baresip answered 200');
       assert.equal(delivered[0]?.['id'], stored[0]?.['id'], 'the message that was stored');
-      const [binding] = replica(s, 'bob');
+      const [binding] = (await replica(s, 'bob'));
       assert.ok(binding && binding.callId !== first.callId, 'bob\'s new registration (a new Call-ID) is what holds the binding');
       assert.equal(binding.source?.port, bobAgain.sipPort, 'delivered to bob\'s new binding');
     });

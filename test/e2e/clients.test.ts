@@ -3,9 +3,9 @@
 // server"), register through drachtio-server → midreg → Kamailio with digest auth, and exchange a
 // MESSAGE that the other client really shows. Runs when DRACHTIO_BIN is set.
 import { strict as assert } from 'node:assert';
+import { liveBindingsOf } from '../support/replica.js';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { LocationStore } from '../../lib/store/location-store.js';
 import type { Binding } from '../../lib/registrar/registration.js';
 import { BARESIP_BIN, hasBinary, startBaresip, type SipClient, type SipClientOptions } from '../support/baresip.js';
 import { LINPHONEC_BIN, startLinphonec } from '../support/linphone.js';
@@ -26,9 +26,8 @@ function clientsSkipReason(): string | undefined {
 const skip = clientsSkipReason();
 if (skip) console.log(`# e2e clients suite SKIPPED: ${skip}`);
 
-function replica(stack: Stack, user: string): Binding[] {
-  const store = new LocationStore(stack.dbFile, { readonly: true });
-  try { return store.liveBindings(stack.domain.aor(user), Date.now()); } finally { store.close(); }
+function replica(stack: Stack, user: string): Promise<Binding[]> {
+  return liveBindingsOf(stack, stack.domain.aor(user));
 }
 
 /**
@@ -72,7 +71,7 @@ for (const mode of DOMAIN_MODES) {
       assert.ok(alice && bob);
       await Promise.all([alice.registered(15_000), bob.registered(15_000)]);
       for (const ua of [alice, bob]) {
-        const bindings = replica(stack, ua.user);
+        const bindings = (await replica(stack, ua.user));
         assert.equal(bindings.length, 1, `${ua.kind} ${ua.user}: one binding in the replica`);
         const [b] = bindings;
         assert.ok(b);

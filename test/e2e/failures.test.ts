@@ -8,7 +8,7 @@ import { startKamailio } from '../support/kamailio.js';
 import { e2eSkipReason, freePort, logLines, startDrachtio } from '../support/processes.js';
 import { receivedResponses, runSipp, type SippResult } from '../support/sipp.js';
 import { DOMAIN_MODES, startStack, type Stack } from '../support/stack.js';
-import { allLiveBindings } from '../support/replica.js';
+import { allLiveBindingsInFile } from '../support/replica.js';
 
 const skip = e2eSkipReason();
 if (skip) console.log(`# e2e failures suite SKIPPED: ${skip}`);
@@ -21,7 +21,7 @@ async function register(stack: Stack, user: string, expires = '120'): Promise<Si
 const finals = (r: SippResult): number[] => receivedResponses(r.messages).map((x) => x.status).filter((s) => s >= 200);
 
 function replicaContacts(dbFile: string, aor?: string): string[] {
-  const all = allLiveBindings(dbFile).filter((b) => aor === undefined || b.aor === aor);
+  const all = allLiveBindingsInFile(dbFile).filter((b) => aor === undefined || b.aor === aor);
   return all.map((b) => `${b.aor} ${b.contact}`).sort();
 }
 

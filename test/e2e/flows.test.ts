@@ -75,7 +75,7 @@ describe('TLS, TCP and WebSocket flows, end to end', { skip: skip ?? false, time
         ua.start();
         setTimeout(() => reject(new Error('JsSIP did not register within 10 s')), 10_000).unref();
       });
-      const stored = allLiveBindings(stack.dbFile).find((b) => b.aor === `sip:wsbob@${domain}`);
+      const stored = (await allLiveBindings(stack)).find((b) => b.aor === `sip:wsbob@${domain}`);
       assert.ok(stored, 'the replica holds the WebSocket binding');
       assert.match(stored.contact, /\.invalid;transport=ws/i, 'JsSIP\'s contact: a .invalid host (RFC 7118 §5)');
       // drachtio-server names a WebSocket flow's protocol "tcp" (SipMsgData_t: udp, tls or tcp only).
@@ -113,7 +113,7 @@ describe('TLS, TCP and WebSocket flows, end to end', { skip: skip ?? false, time
       uas.push(ua);
       assert.equal(await ua.register(), 200, 'registered (after a 401 challenge from Kamailio)');
       assert.ok(ua.received.some((m) => m.status === 401), 'Kamailio challenged it');
-      const stored = allLiveBindings(stack.dbFile).find((b) => b.aor === `sip:${user}@${domain}`);
+      const stored = (await allLiveBindings(stack)).find((b) => b.aor === `sip:${user}@${domain}`);
       assert.equal(stored?.source?.transport, transport, 'the replica knows the flow\'s transport');
       assert.equal(stored?.source?.port, ua.localPort, 'and its source port (the phone\'s side of the connection)');
 
@@ -178,7 +178,7 @@ describe('TLS, TCP and WebSocket flows, end to end', { skip: skip ?? false, time
     await ua.connect();
     ua.setContactParams(`${instance};reg-id=2`);
     assert.equal(await ua.register(), 200, 'second flow, over a second connection');
-    const stored = allLiveBindings(stack.dbFile).filter((b) => b.aor === `sip:${user}@${domain}`);
+    const stored = (await allLiveBindings(stack)).filter((b) => b.aor === `sip:${user}@${domain}`);
     assert.equal(stored.length, 2, 'the registrar lists both flows');
     const sent = await rawRequest(stack, alice, 'MESSAGE', 'openalice', { to: user, body: 'newest flow' });
     assert.deepEqual(sent.statuses, [200]);
@@ -234,7 +234,7 @@ describe('TLS, TCP and WebSocket flows, end to end', { skip: skip ?? false, time
     const sent = await rawRequest(stack, alice, 'MESSAGE', 'openalice', { to: user, body: 'nobody' });
     assert.deepEqual(sent.statuses, [480]);
     assert.ok(sent.ms < 500, `480 after ${sent.ms} ms`);
-    assert.equal(allLiveBindings(stack.dbFile).filter((b) => b.aor === `sip:${user}@${domain}`).length, 1, 'mirror mode: the replica keeps the binding (it changes on a registrar 2xx only)');
+    assert.equal((await allLiveBindings(stack)).filter((b) => b.aor === `sip:${user}@${domain}`).length, 1, 'mirror mode: the replica keeps the binding (it changes on a registrar 2xx only)');
   });
 });
 
@@ -261,7 +261,7 @@ describe('connection loss in contact mode, end to end', { skip: skip ?? false, t
     await new Promise((r) => setTimeout(r, 700));
     await ua.close();
     await until('Kamailio no longer holds the contact', async () => (await kamailio.lookup(`${user}@${domain}`)).length === 0, 5000);
-    await until('the replica no longer holds it', () => allLiveBindings(stack.dbFile).every((b) => b.aor !== `sip:${user}@${domain}`), 2000);
+    await until('the replica no longer holds it', async () => (await allLiveBindings(stack)).every((b) => b.aor !== `sip:${user}@${domain}`), 2000);
     assert.ok(logLines(stack.midreg, { message: 'binding de-registered upstream: its connection closed' }).length >= 1);
   });
 });

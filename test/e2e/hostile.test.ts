@@ -6,7 +6,6 @@
 import { strict as assert } from 'node:assert';
 import { readFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
-import { LocationStore } from '../../lib/store/location-store.js';
 import type { Binding } from '../../lib/registrar/registration.js';
 import {
   MESSAGE_CASES, REGISTER_CASES, STACK_KILLERS, escapedContactRegister, messageRequest, optionsRequest, register, type CaseContext,
@@ -15,7 +14,7 @@ import { e2eSkipReason, freePort, type Proc } from '../support/processes.js';
 import { exchange, headerOf, sendAndCollect, SipPeer, type Exchange } from '../support/raw-sip.js';
 import { runSipp } from '../support/sipp.js';
 import { startStack, type Stack } from '../support/stack.js';
-import { allLiveBindings } from '../support/replica.js';
+import { allLiveBindings, withStackStore } from '../support/replica.js';
 
 const skip = e2eSkipReason();
 if (skip) console.log(`# e2e hostile-input suite SKIPPED: ${skip}`);
@@ -27,8 +26,8 @@ const caseId = (): string => `h${process.pid}-${Date.now().toString(36)}-${count
 const alive = (p: Proc): boolean => p.child.exitCode === null && p.child.signalCode === null;
 const finalsOf = (ex: Exchange): number[] => ex.statuses.filter((s) => s >= 200);
 
-function replica(stack: Stack): Binding[] {
-  return allLiveBindings(stack.dbFile);
+function replica(stack: Stack): Promise<Binding[]> {
+  return allLiveBindings(stack);
 }
 const keyOf = (b: Binding): string => JSON.stringify([b.aor, b.contact, b.expiresAt, b.callId, b.cseq]);
 
@@ -79,7 +78,7 @@ describe('hostile input through drachtio-server → midreg → Kamailio', { skip
 
   for (const c of REGISTER_CASES) {
     it(`${c.name} → ${c.expect.answer}${c.expect.relayed ? ' (relayed)' : ''}`, async () => {
-      const before = replica(stack);
+      const before = await replica(stack);
       const midregFrom = stack.midreg.output().length;
       const kamailioFrom = stack.kamailio?.log().length ?? 0;
       const id = caseId();
@@ -97,7 +96,7 @@ describe('hostile input through drachtio-server → midreg → Kamailio', { skip
       assert.ok(!lines.some((l) => l['level'] === 'error'), `no error logged: ${JSON.stringify(lines)}`);
       assert.ok(alive(stack.drachtio) && alive(stack.midreg), 'drachtio-server and midreg still run');
 
-      const now = replica(stack);
+      const now = await replica(stack);
       const added = now.filter((b) => !before.some((o) => keyOf(o) === keyOf(b)));
       const removed = before.filter((b) => !now.some((o) => keyOf(o) === keyOf(b)));
       if (c.stores && finals[0] !== undefined && finals[0] < 300) {
@@ -110,34 +109,32 @@ describe('hostile input through drachtio-server → midreg → Kamailio', { skip
     });
   }
 
-  it("stores the SQL-looking case's strings as data and keeps every table", () => {
-    const store = new LocationStore(stack.dbFile, { readonly: true });
-    try {
-      const [b] = store.liveBindings("sip:open'; drop table binding; --@127.0.0.1", Date.now());
+  it("stores the SQL-looking case's strings as data and keeps every table", async () => {
+    await withStackStore(stack, async (store) => {
+      const [b] = await store.bindings.liveBindings("sip:open'; drop table binding; --@127.0.0.1", Date.now());
       assert.ok(b, 'the binding is there under its literal AoR');
       assert.equal(b.instance, `"<urn:uuid:'; DROP TABLE binding; -->"`);
       assert.ok(b.contact.includes("open';%20DROP%20TABLE%20binding;%20--@127.0.0.1"), b.contact);
-      assert.ok(store.counts(Date.now()).bindings >= 3, 'the table still holds every binding');
-    } finally { store.close(); }
+      assert.ok((await store.bindings.counts(Date.now())).bindings >= 3, 'the table still holds every binding');
+    });
   });
 
   it('a Contact with %-escapes in its user part keeps where it registered from (BUG: fails today)', async () => {
     const id = caseId();
     const ex = await exchange(stack.drachtio.sipPort, (via) => escapedContactRegister({ via, sink: sink.port, id }), { transport: 'udp', waitMs: WAIT_MS });
     assert.deepEqual(finalsOf(ex), [200]);
-    const store = new LocationStore(stack.dbFile, { readonly: true });
-    try {
-      const [b, ...more] = store.liveBindings('sip:openesc@127.0.0.1', Date.now());
+    await withStackStore(stack, async (store) => {
+      const [b, ...more] = await store.bindings.liveBindings('sip:openesc@127.0.0.1', Date.now());
       assert.ok(b && more.length === 0, 'one binding');
       // drachtio-server relays the Contact as <sip:+15551234@…> (the same URI, RFC 3261 §19.1.4);
       // the registrar echoes that spelling, and midreg must still know it is the one just registered.
       assert.deepEqual({ source: b.source, callId: b.callId, userAgent: b.userAgent }, { source: { address: '127.0.0.1', port: ex.sourcePort, transport: 'udp' }, callId: `${id}@hostile`, userAgent: 'midreg-hostile' });
-    } finally { store.close(); }
+    });
   });
 
   for (const c of MESSAGE_CASES) {
     it(`${c.name} → ${c.answer}${c.delivered ? ' (delivered)' : ''}${c.relayed ? ' (relayed to the platform)' : ''}`, async () => {
-      const before = replica(stack).map(keyOf);
+      const before = (await replica(stack)).map(keyOf);
       const kamailioFrom = stack.kamailio?.log().length ?? 0;
       const bobFrom = bob.received.length;
       const ctx = (via: number): CaseContext => ({ via, sink: sink.port, id: caseId() });
@@ -148,7 +145,7 @@ describe('hostile input through drachtio-server → midreg → Kamailio', { skip
       assert.equal(finalsOf(ex)[0], c.answer, `${c.note}; got ${ex.received.map((m) => m.startLine).join(' | ') || 'nothing'}`);
       assert.equal(bob.received.slice(bobFrom).some((m) => m.method === 'MESSAGE'), c.delivered, c.delivered ? 'bob got it' : 'bob must not get it');
       assert.equal(kamailioRequests(stack, kamailioFrom).length > 0, c.relayed);
-      assert.deepEqual(replica(stack).map(keyOf), before, 'a MESSAGE never changes the replica');
+      assert.deepEqual((await replica(stack)).map(keyOf), before, 'a MESSAGE never changes the replica');
       assert.ok(alive(stack.drachtio) && alive(stack.midreg));
     });
   }
@@ -192,7 +189,7 @@ describe('hostile input through drachtio-server → midreg → Kamailio', { skip
 
   it('a burst of 200 REGISTERs from one source in 1 s (default limit 20/s, burst 40): some get 503 + Retry-After, and no more than the limit allows reach Kamailio', { timeout: 30_000 }, async () => {
     await stack.restartMidreg({ MIDREG_RATE_LIMIT: '', MIDREG_RATE_BURST: '' }); // '' = unset: the defaults
-    const before = replica(stack).map(keyOf);
+    const before = (await replica(stack)).map(keyOf);
     const kamailioFrom = stack.kamailio?.log().length ?? 0;
     const midregFrom = stack.midreg.output().length;
     const flooder = await SipPeer.open();
@@ -225,13 +222,13 @@ describe('hostile input through drachtio-server → midreg → Kamailio', { skip
       assert.equal(statuses.filter((s) => s !== 503).length, reachedKamailio, 'everything not shed was relayed');
       const shedLogged = stack.midreg.output().slice(midregFrom).split('\n').filter((l) => l.includes('"REGISTER shed"')).length;
       assert.equal(shedLogged, shed.length, 'one "REGISTER shed" line per 503');
-      assert.deepEqual(replica(stack).map(keyOf), before);
+      assert.deepEqual((await replica(stack)).map(keyOf), before);
     } finally { await flooder.close(); }
   });
 
   it('SIP scanners (User-Agent friendly-scanner, sipvicious) reach neither midreg nor Kamailio (and, KNOWN drachtio-server behaviour, pinned: they get 603, not silence)', async () => {
     for (const ua of ['friendly-scanner', 'sipvicious']) {
-      const before = replica(stack).map(keyOf);
+      const before = (await replica(stack)).map(keyOf);
       const midregFrom = stack.midreg.output().length;
       const kamailioFrom = stack.kamailio?.log().length ?? 0;
       const id = caseId();
@@ -242,7 +239,7 @@ describe('hostile input through drachtio-server → midreg → Kamailio', { skip
       assert.deepEqual(ex.statuses, [603], `${ua}: drachtio-server's 603`);
       assert.deepEqual(midregLines(stack, midregFrom, ex.sourcePort, `${id}@hostile`), [], `${ua}: midreg never saw it`);
       assert.deepEqual(kamailioRequests(stack, kamailioFrom), [], `${ua}: Kamailio never saw it`);
-      assert.deepEqual(replica(stack).map(keyOf), before);
+      assert.deepEqual((await replica(stack)).map(keyOf), before);
     }
   });
 

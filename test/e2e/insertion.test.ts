@@ -5,11 +5,12 @@
 // sending to Kamailio, which looks the AoR up and relays) originates an INVITE and a MESSAGE.
 // The same scenario runs against OpenSIPS' mid_registrar (mode 0) from ../shared/peers when present.
 import { strict as assert } from 'node:assert';
+import { liveBindingsOf } from '../support/replica.js';
+import type { Binding } from '../../lib/registrar/registration.js';
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { LocationStore } from '../../lib/store/location-store.js';
 import { sipMessage } from '../hostile/corpus.js';
 import { startKamailio } from '../support/kamailio.js';
 import { e2eSkipReason, freePort, logLines, REPO_ROOT } from '../support/processes.js';
@@ -72,7 +73,7 @@ for (const mode of DOMAIN_MODES) {
         const [upstream] = await stack.kamailio?.lookup(stack.domain.aor('bob')) ?? [];
         assert.match(upstream?.contact ?? '', new RegExp(`^sip:bob@127\\.0\\.0\\.1:${stack.drachtio.sipPort};ctid=[A-Za-z0-9_-]{22}$`), 'the registrar holds midreg\'s Contact');
         assert.equal(upstream?.path, undefined, 'and no Path');
-        const [binding] = readReplica(stack, 'bob');
+        const [binding] = (await readReplica(stack, 'bob'));
         assert.equal(binding?.contact, `sip:bob@${phone.deadContact}`, 'the replica keeps the phone\'s own Contact');
         assert.equal(binding?.insertion?.contact, upstream?.contact, '…and the one the registrar holds');
 
@@ -107,7 +108,7 @@ for (const mode of DOMAIN_MODES) {
         const dereg = await runSipp({ scenario: 'register-nat', target: stack.sipTarget, localPort: phone.port, vars: { user: 'bob', domain: stack.domain.uriHost, contact: phone.deadContact, expires: '0' }, timeoutSec: 10 });
         assert.equal(dereg.code, 0, passed(dereg));
         assert.deepEqual(await stack.kamailio?.lookup(stack.domain.aor('bob')), []);
-        assert.deepEqual(readReplica(stack, 'bob'), []);
+        assert.deepEqual((await readReplica(stack, 'bob')), []);
       } finally {
         await stack.stop();
       }
@@ -142,9 +143,8 @@ for (const mode of DOMAIN_MODES) {
   });
 }
 
-function readReplica(stack: Stack, user: string): ReturnType<LocationStore['liveBindings']> {
-  const store = new LocationStore(stack.dbFile, { readonly: true });
-  try { return store.liveBindings(stack.domain.aor(user), Date.now()); } finally { store.close(); }
+function readReplica(stack: Stack, user: string): Promise<Binding[]> {
+  return liveBindingsOf(stack, stack.domain.aor(user));
 }
 
 const peerSkip = skip ?? (existsSync(OPENSIPS_START) ? undefined : `no OpenSIPS peer at ${OPENSIPS_START}`);

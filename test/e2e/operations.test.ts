@@ -21,6 +21,9 @@ async function health(port: number): Promise<{ status: number; body: { reasons?:
   return { status: res.status, body: await res.json() as { reasons?: string[] } };
 }
 
+/** Where the CLI reads the stack's replica: its SQLite file, or its Redis (MIDREG_TEST_STORE=redis). */
+const replicaArgs = (stack: Stack): string[] => (stack.redis ? ['--store', stack.redis.url] : ['--db', stack.dbFile]);
+
 for (const mode of DOMAIN_MODES) describe(`operating a running midreg (domain: ${mode})`, { skip: skip ?? false, timeout: 180_000 }, () => {
   let stack: Stack;
   let adminPort: number;
@@ -48,9 +51,9 @@ for (const mode of DOMAIN_MODES) describe(`operating a running midreg (domain: $
     const port = await freePort();
     const reg = await runSipp({ scenario: 'register-auth', target: stack.sipTarget, localPort: port, vars: { domain: stack.domain.uriHost, user: 'olga', expires: '3600' }, timeoutSec: 10 });
     assert.equal(reg.code, 0);
-    const table = await cli(['registrations', '--db', stack.dbFile]);
+    const table = await cli(['registrations', ...replicaArgs(stack)]);
     assert.match(table.stdout, new RegExp(`${stack.domain.aor('olga').replace(/\./g, '\\.')}.*sip:olga@127\\.0\\.0\\.1:${port}.*udp:127\\.0\\.0\\.1:${port}`));
-    const json = JSON.parse((await cli(['registrations', stack.domain.aor('olga'), '--db', stack.dbFile, '--json'])).stdout) as Array<{ expires_in: number }>;
+    const json = JSON.parse((await cli(['registrations', stack.domain.aor('olga'), ...replicaArgs(stack), '--json'])).stdout) as Array<{ expires_in: number }>;
     assert.equal(json.length, 1);
     assert.ok((json[0]?.expires_in ?? 0) > 290 && (json[0]?.expires_in ?? 0) <= 300, 'the granted 300 s, not the requested 3600');
     const api = await (await fetch(`http://127.0.0.1:${adminPort}/registrations/${encodeURIComponent(stack.domain.aor('olga'))}`)).json() as { bindings: unknown[] };
@@ -79,7 +82,7 @@ for (const mode of DOMAIN_MODES) describe(`SIGTERM under REGISTER load (domain: 
       const code = await stack.midreg.stop('SIGTERM', 10_000);
       assert.equal(code, 0, 'clean exit');
       await load;
-      const replica = new Set(allLiveBindings(stack.dbFile).map((b) => `${b.aor} ${b.contact}`));
+      const replica = new Set((await allLiveBindings(stack)).map((b) => `${b.aor} ${b.contact}`));
       assert.ok(replica.size > 100, `load reached the replica (${replica.size})`);
       // Every AoR the registrar holds from this load must be in the replica with the same contact.
       const missing: string[] = [];

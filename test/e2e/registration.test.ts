@@ -1,9 +1,9 @@
 // End to end: sipp UAs → real drachtio-server → midreg → real Kamailio (digest auth,
 // max_expires 300, max_contacts 3, single-contact users). Runs when DRACHTIO_BIN is set.
 import { strict as assert } from 'node:assert';
+import { liveBindingsOf, withStackStore } from '../support/replica.js';
 import { createSocket } from 'node:dgram';
 import { after, before, describe, it } from 'node:test';
-import { LocationStore } from '../../lib/store/location-store.js';
 import type { Binding } from '../../lib/registrar/registration.js';
 import { e2eSkipReason, freePort, logLines } from '../support/processes.js';
 import { runSipp, receivedResponses, type SippResult } from '../support/sipp.js';
@@ -12,9 +12,8 @@ import { DOMAIN_MODES, startStack, type Stack } from '../support/stack.js';
 const skip = e2eSkipReason();
 if (skip) console.log(`# e2e registration suite SKIPPED: ${skip}`);
 
-function replica(stack: Stack, user: string): Binding[] {
-  const store = new LocationStore(stack.dbFile, { readonly: true });
-  try { return store.liveBindings(stack.domain.aor(user), Date.now()); } finally { store.close(); }
+function replica(stack: Stack, user: string): Promise<Binding[]> {
+  return liveBindingsOf(stack, stack.domain.aor(user));
 }
 
 async function sipp(stack: Stack, scenario: string, vars: Record<string, string>, localPort?: number): Promise<SippResult & { localPort: number }> {
@@ -41,7 +40,7 @@ for (const mode of DOMAIN_MODES) describe(`registration replica, end to end (dom
     assertPassed(result);
     assert.deepEqual(finalStatuses(result), [401, 200]);
     assert.match(result.messages, /;expires=300/);
-    const [binding, ...more] = replica(stack, 'alice');
+    const [binding, ...more] = (await replica(stack, 'alice'));
     assert.equal(more.length, 0);
     assert.ok(binding);
     const grantedSeconds = (binding.expiresAt - Date.now()) / 1000;
@@ -72,7 +71,7 @@ for (const mode of DOMAIN_MODES) describe(`registration replica, end to end (dom
       const last = stamps.at(-1)?.[1];
       assert.ok(last, 'sipp logged the 200');
       const receivedAt = new Date(last.replace(' ', 'T')).getTime();
-      const [binding] = replica(stack, `win${i}`);
+      const [binding] = (await replica(stack, `win${i}`));
       assert.ok(binding);
       windows.push(binding.updatedAt - receivedAt);
     }
@@ -82,14 +81,14 @@ for (const mode of DOMAIN_MODES) describe(`registration replica, end to end (dom
   });
 
   it('a challenged REGISTER and a wrong password change nothing in the replica', async () => {
-    const aliceBefore = replica(stack, 'alice');
+    const aliceBefore = (await replica(stack, 'alice'));
     assertPassed(await sipp(stack, 'register-challenge-only', { user: 'alice' }));
-    assert.deepEqual(replica(stack, 'alice'), aliceBefore, 'a 401 leaves the existing binding as it was');
+    assert.deepEqual((await replica(stack, 'alice')), aliceBefore, 'a 401 leaves the existing binding as it was');
     assertPassed(await sipp(stack, 'register-challenge-only', { user: 'bob' }));
     const bad = await sipp(stack, 'register-badpw', { user: 'carol' });
     assertPassed(bad);
-    assert.deepEqual(replica(stack, 'bob'), []);
-    assert.deepEqual(replica(stack, 'carol'), []);
+    assert.deepEqual((await replica(stack, 'bob')), []);
+    assert.deepEqual((await replica(stack, 'carol')), []);
     const lines = logLines(stack.midreg, { event: 'register', aor: stack.domain.aor('bob') });
     assert.ok(lines.some((l) => l['status'] === 401 && l['decision'] === 'not-2xx'), 'one info line per decision');
   });
@@ -97,33 +96,33 @@ for (const mode of DOMAIN_MODES) describe(`registration replica, end to end (dom
   it('a device evicted by the registrar disappears from the replica', async () => {
     const first = await sipp(stack, 'register-auth', { user: 'singledave', expires: '120' });
     assertPassed(first);
-    assert.equal(replica(stack, 'singledave').length, 1);
+    assert.equal((await replica(stack, 'singledave')).length, 1);
     const second = await sipp(stack, 'register-auth', { user: 'singledave', expires: '120' });
     assertPassed(second);
-    assert.deepEqual(replica(stack, 'singledave').map((b) => b.contact), [`sip:singledave@127.0.0.1:${second.localPort}`]);
+    assert.deepEqual((await replica(stack, 'singledave')).map((b) => b.contact), [`sip:singledave@127.0.0.1:${second.localPort}`]);
   });
 
   it('max_contacts: the registrar\'s refusal of a 4th device reaches the UA and the replica keeps the 3', async () => {
     for (let i = 0; i < 3; i++) assertPassed(await sipp(stack, 'register-auth', { user: 'erin', expires: '120' }));
-    assert.equal(replica(stack, 'erin').length, 3);
+    assert.equal((await replica(stack, 'erin')).length, 3);
     const fourth = await sipp(stack, 'register-auth', { user: 'erin', expires: '120' });
     const statuses = finalStatuses(fourth);
     assert.equal(statuses.at(-1), 503, `4th device answered ${statuses.join(',')}`);
-    assert.equal(replica(stack, 'erin').length, 3);
+    assert.equal((await replica(stack, 'erin')).length, 3);
   });
 
   it('de-registration of one contact removes it; Contact: * removes all (and drachtio-server survives)', async () => {
     const keep = await sipp(stack, 'register-auth', { user: 'frank', expires: '120' });
     const drop = await sipp(stack, 'register-auth', { user: 'frank', expires: '120' });
     assertPassed(keep); assertPassed(drop);
-    assert.equal(replica(stack, 'frank').length, 2);
+    assert.equal((await replica(stack, 'frank')).length, 2);
     assertPassed(await sipp(stack, 'deregister', { user: 'frank' }, drop.localPort));
-    assert.deepEqual(replica(stack, 'frank').map((b) => b.contact), [`sip:frank@127.0.0.1:${keep.localPort}`]);
+    assert.deepEqual((await replica(stack, 'frank')).map((b) => b.contact), [`sip:frank@127.0.0.1:${keep.localPort}`]);
     assertPassed(await sipp(stack, 'register-auth', { user: 'frank', expires: '120' }, drop.localPort));
-    assert.equal(replica(stack, 'frank').length, 2);
+    assert.equal((await replica(stack, 'frank')).length, 2);
     const star = await sipp(stack, 'deregister-star', { user: 'frank' });
     assertPassed(star);
-    assert.deepEqual(replica(stack, 'frank'), []);
+    assert.deepEqual((await replica(stack, 'frank')), []);
     assert.deepEqual(await stack.kamailio?.lookup(stack.domain.aor('frank')), []);
     // drachtio-server still serves after the 200 to a Contact: * (a proxied one would crash it).
     assertPassed(await sipp(stack, 'register-auth', { user: 'frank', expires: '120' }));
@@ -132,26 +131,25 @@ for (const mode of DOMAIN_MODES) describe(`registration replica, end to end (dom
   it('a query REGISTER (no Contact) is relayed, answered with the bindings, and refreshes the replica', async () => {
     const reg = await sipp(stack, 'register-auth', { user: 'gina', expires: '60' });
     assertPassed(reg);
-    const before = replica(stack, 'gina')[0];
+    const before = (await replica(stack, 'gina'))[0];
     assert.ok(before);
     const query = await sipp(stack, 'query', { user: 'gina' });
     assertPassed(query);
     assert.match(query.messages, new RegExp(`sip:gina@127\\.0\\.0\\.1:${reg.localPort}`));
-    const after = replica(stack, 'gina')[0];
+    const after = (await replica(stack, 'gina'))[0];
     assert.ok(after && after.updatedAt > before.updatedAt, 'query reply rewrote the AoR');
     assert.deepEqual(after.source, before.source, 'the binding keeps where it registered from');
   });
 
   it('the replica survives a restart; bindings that expired while midreg was down are gone after start', async () => {
     assertPassed(await sipp(stack, 'register-auth', { user: 'hank', expires: '10' }));
-    assert.equal(replica(stack, 'hank').length, 1);
+    assert.equal((await replica(stack, 'hank')).length, 1);
     await stack.midreg.stop('SIGTERM');
     await new Promise((r) => setTimeout(r, 11_000));
     const midreg = await stack.restartMidreg();
-    assert.equal(replica(stack, 'gina').length, 1, 'gina kept across restart');
+    assert.equal((await replica(stack, 'gina')).length, 1, 'gina kept across restart');
     await midreg.waitFor(/expiry sweep done/, 5000);
-    const store = new LocationStore(stack.dbFile, { readonly: true });
-    try { assert.deepEqual(store.bindingsOf(stack.domain.aor('hank')), [], 'hank purged at start'); } finally { store.close(); }
+    assert.deepEqual(await withStackStore(stack, (store) => store.bindings.bindingsOf(stack.domain.aor('hank'))), [], 'hank purged at start');
     assert.ok(logLines(midreg, { message: 'expiry sweep done', reason: 'start' }).some((l) => Number(l['expiredRemoved']) >= 1));
   });
 });
@@ -168,7 +166,7 @@ describe('upstream failures, end to end', { skip: skip ?? false, timeout: 180_00
       assertPassed(result);
       assert.deepEqual(finalStatuses(result), [408]);
       assert.ok(Date.now() - started < 6000, 'answered in bounded time');
-      assert.deepEqual(replica(stack, 'ivan'), []);
+      assert.deepEqual((await replica(stack, 'ivan')), []);
     } finally {
       await stack.stop();
       blackHole.close();
@@ -182,7 +180,7 @@ describe('upstream failures, end to end', { skip: skip ?? false, timeout: 180_00
       const result = await sipp(stack, 'register-any-final', { user: 'judy' });
       assertPassed(result);
       assert.ok([503, 408].includes(finalStatuses(result)[0] ?? 0));
-      assert.deepEqual(replica(stack, 'judy'), []);
+      assert.deepEqual((await replica(stack, 'judy')), []);
       assert.equal(stack.midreg.child.exitCode, null, 'midreg still running');
     } finally {
       await stack.stop();

@@ -3,8 +3,9 @@
 // so an upstream registration ends, and is renewed, within the test. Kamailio logs every request
 // it receives with its CSeq and Call-ID, which is how "the registrar never saw it" is checked.
 import { strict as assert } from 'node:assert';
+import { liveBindingsOf } from '../support/replica.js';
 import { after, before, describe, it } from 'node:test';
-import { ABSORB_FLUSH_MS, LocationStore } from '../../lib/store/location-store.js';
+import { ABSORB_FLUSH_MS } from '../../lib/store/location-store.js';
 import type { Binding } from '../../lib/registrar/registration.js';
 import { e2eSkipReason, freePort, logLines } from '../support/processes.js';
 import { sipMessage } from '../hostile/corpus.js';
@@ -20,9 +21,8 @@ if (skip) console.log(`# e2e throttling suite SKIPPED: ${skip}`);
 const UPSTREAM_SEC = 20;
 const PURGE_SEC = 1;
 
-function replica(stack: Stack, user: string): Binding[] {
-  const store = new LocationStore(stack.dbFile, { readonly: true });
-  try { return store.liveBindings(stack.domain.aor(user), Date.now()); } finally { store.close(); }
+function replica(stack: Stack, user: string): Promise<Binding[]> {
+  return liveBindingsOf(stack, stack.domain.aor(user));
 }
 
 async function sipp(stack: Stack, scenario: string, vars: Record<string, string>, localPort?: number, opts: { target?: string; callId?: string } = {}): Promise<SippResult & { localPort: number }> {
@@ -100,15 +100,15 @@ for (const mode of DOMAIN_MODES) describe(`contact throttling, end to end (domai
     assert.ok(oks.filter((ok) => /^Date: /m.test(ok.text)).length >= absorbed.length, 'local 200s carry Date');
     const upstream = await stack.kamailio?.lookup(stack.domain.aor('alice'));
     assert.equal(upstream?.length, 1, 'still registered upstream after the run');
-    // Absorbed refreshes reach the file in batches, within ABSORB_FLUSH_MS (lib/store/location-store.ts).
-    const binding = await until('the last refresh\'s CSeq on disk', ABSORB_FLUSH_MS + 2000, () => replica(stack, 'alice').find((b) => b.cseq === 10));
+    // Absorbed refreshes reach the store in batches, within ABSORB_FLUSH_MS (lib/store/location-store.ts).
+    const binding = await until('the last refresh\'s CSeq in the replica', ABSORB_FLUSH_MS + 2000, async () => (await replica(stack, 'alice')).find((b) => b.cseq === 10));
     assert.ok(binding.upstreamExpiresAt && binding.upstreamExpiresAt - binding.expiresAt > 5_000, 'replica keeps the upstream expiry apart from the phone\'s');
   });
 
   it('the same Call-ID from another port, and a second device, are relayed and challenged; after a restart the phone\'s refresh is still absorbed', async () => {
     const phone = await sipp(stack, 'register-auth', { user: 'bob', expires: '60' });
     assertPassed(phone);
-    const [b] = replica(stack, 'bob');
+    const [b] = (await replica(stack, 'bob'));
     assert.ok(b?.callId && b.cseq !== null);
     assert.ok(b.expiresAt - Date.now() <= UPSTREAM_SEC * 1000, 'phone expiry capped at what the registrar granted');
     const refresh = (seq: number, expect: string, port?: number) => sipp(stack, 'register-replay', {
@@ -123,7 +123,7 @@ for (const mode of DOMAIN_MODES) describe(`contact throttling, end to end (domai
     const second = await sipp(stack, 'register-challenge-only', { user: 'bob' });
     assertPassed(second);
     assert.deepEqual(upstreamCseqs(stack, callIdOf(second)), [1], 'a second device reaches the registrar');
-    assert.equal(replica(stack, 'bob').length, 1);
+    assert.equal((await replica(stack, 'bob')).length, 1);
 
     const own = await refresh(b.cseq + 2, '200', phone.localPort);
     assertPassed(own);
@@ -149,7 +149,7 @@ for (const mode of DOMAIN_MODES) describe(`contact throttling, end to end (domai
     // Removed upstream within its expiry plus the sweep interval (and a second of slack).
     await until('openstop removed upstream', (10 + PURGE_SEC + 3) * 1000, async () => ((await stack.kamailio?.lookup(stack.domain.aor('openstop')))?.length === 0 ? true : undefined));
     assert.ok(Date.now() - started <= (10 + PURGE_SEC + 1) * 1000 + 1000, `removed after ${Date.now() - started} ms`);
-    assert.deepEqual(replica(stack, 'openstop'), []);
+    assert.deepEqual((await replica(stack, 'openstop')), []);
 
     await until('lapsy\'s de-registration challenged', 10_000, () => logLines(stack.midreg, { aor: stack.domain.aor('lapsy'), event: 'deregister', status: 401 })[0]);
     assert.equal((await stack.kamailio?.lookup(stack.domain.aor('lapsy')))?.length, 1, 'the registrar keeps it (midreg has no credentials)');
@@ -182,13 +182,13 @@ for (const mode of DOMAIN_MODES) describe(`contact throttling, end to end (domai
     const keep = await sipp(stack, 'register-auth', { user: 'dana', expires: '60' });
     const drop = await sipp(stack, 'register-auth', { user: 'dana', expires: '60' });
     assertPassed(keep); assertPassed(drop);
-    assert.equal(replica(stack, 'dana').length, 2);
+    assert.equal((await replica(stack, 'dana')).length, 2);
     assertPassed(await sipp(stack, 'deregister', { user: 'dana' }, drop.localPort));
     const contactOf = (port: number): string => `sip:dana@127.0.0.1:${port}`;
-    assert.deepEqual(replica(stack, 'dana').map((b) => b.contact), [contactOf(keep.localPort)]);
+    assert.deepEqual((await replica(stack, 'dana')).map((b) => b.contact), [contactOf(keep.localPort)]);
     assert.deepEqual((await stack.kamailio?.lookup(stack.domain.aor('dana')))?.map((b) => b.contact), [contactOf(keep.localPort)]);
     assertPassed(await sipp(stack, 'deregister-star', { user: 'dana' }));
-    assert.deepEqual(replica(stack, 'dana'), []);
+    assert.deepEqual((await replica(stack, 'dana')), []);
     assert.deepEqual(await stack.kamailio?.lookup(stack.domain.aor('dana')), []);
   });
 });
@@ -220,7 +220,7 @@ for (const mode of DOMAIN_MODES) describe(`contact throttling with contact inser
     assert.deepEqual((await openq.register(5)).finals, [200]);
     const [held] = (await stack.kamailio?.lookup(stack.domain.aor('fran'))) ?? [];
     assert.match(held?.contact ?? '', /;ctid=/, 'the registrar holds midreg\'s Contact');
-    const [b] = replica(stack, 'fran');
+    const [b] = await replica(stack, 'fran');
     assert.equal(b?.contact, fran.contact);
     assert.ok(b?.insertion && b.upstreamExpiresAt !== null);
 

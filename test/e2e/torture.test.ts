@@ -13,7 +13,6 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { LocationStore } from '../../lib/store/location-store.js';
 import type { Binding } from '../../lib/registrar/registration.js';
 import { e2eSkipReason, freePort, logLines, REPO_ROOT } from '../support/processes.js';
 import {
@@ -21,7 +20,7 @@ import {
 } from '../support/raw-sip.js';
 import { runSipp } from '../support/sipp.js';
 import { startStack, type Stack } from '../support/stack.js';
-import { allLiveBindings } from '../support/replica.js';
+import { allLiveBindings, liveBindingsOf } from '../support/replica.js';
 
 const skip = e2eSkipReason();
 if (skip) console.log(`# e2e RFC 4475 torture suite SKIPPED: ${skip}`);
@@ -218,8 +217,8 @@ function outcomeOf(stack: Stack, ex: Exchange, callId: string | undefined, midre
   };
 }
 
-function replicaAll(stack: Stack): Binding[] {
-  return allLiveBindings(stack.dbFile);
+function replicaAll(stack: Stack): Promise<Binding[]> {
+  return allLiveBindings(stack);
 }
 
 describe('RFC 4475 torture messages through drachtio-server → midreg → Kamailio', { skip: skip ?? false, timeout: 180_000 }, () => {
@@ -307,7 +306,7 @@ describe('RFC 4475 torture messages through drachtio-server → midreg → Kamai
 
   it('left nothing in the registrar or the replica, and every packet drachtio-server sent went to 127.0.0.1', async () => {
     assert.deepEqual(await stack.kamailio?.aors(), [], 'no torture REGISTER was accepted by the registrar');
-    assert.deepEqual(replicaAll(stack), [], 'the replica is unchanged (no 2xx)');
+    assert.deepEqual(await replicaAll(stack), [], 'the replica is unchanged (no 2xx)');
     const sends = [...stack.drachtio.output().matchAll(/ send \d+ bytes to (\w+)\/\[([^\]]+)\]:(\d+)/g)].map((m) => m[2]);
     assert.ok(sends.length > 0);
     assert.deepEqual([...new Set(sends)], ['127.0.0.1']);
@@ -341,8 +340,7 @@ describe('RFC 4475 torture messages through drachtio-server → midreg → Kamai
         const ok = await sendAndCollect(peer, stack.drachtio.sipPort, second, { transport: 'udp', waitMs: 3000 });
         assert.deepEqual(ok.statuses.filter((s) => s >= 200), [want.status], `${file}: authenticated REGISTER answered ${ok.statuses.join(',')}`);
       } finally { await peer.close(); }
-      const store = new LocationStore(stack.dbFile, { readonly: true });
-      try { want.check(store.liveBindings(want.aor, Date.now()).map((b) => b.contact)); } finally { store.close(); }
+      want.check((await liveBindingsOf(stack, want.aor)).map((b) => b.contact));
     }
   });
 

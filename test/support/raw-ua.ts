@@ -18,7 +18,7 @@ export interface RawRequestOptions {
 }
 
 /** One REGISTER or MESSAGE from `peer` to midreg; the final statuses it got and how long the first took. */
-export async function rawRequest(stack: Stack, peer: SipPeer, method: 'REGISTER' | 'MESSAGE', user: string, opts: RawRequestOptions = {}): Promise<{ statuses: number[]; ms: number }> {
+export async function rawRequest(stack: Pick<Stack, 'domain'> & { drachtio: Pick<Stack['drachtio'], 'sipPort'> }, peer: SipPeer, method: 'REGISTER' | 'MESSAGE', user: string, opts: RawRequestOptions = {}): Promise<{ statuses: number[]; ms: number }> {
   const id = `raw-${process.pid}-${seq++}`;
   const domain = stack.domain.uriHost;
   const target = method === 'REGISTER' ? `sip:${domain}` : `sip:${opts.to}@${domain}`;

@@ -7,6 +7,13 @@ import { sipMessage } from '../hostile/corpus.js';
 import { startKamailio, type Kamailio } from './kamailio.js';
 import { exchange, headerOf } from './raw-sip.js';
 import { freePort, startDrachtio, startMidregProcess, type Drachtio, type ExtraListeners, type MidregProc } from './processes.js';
+import { startRedis, type RedisServer } from './redis.js';
+
+/**
+ * MIDREG_TEST_STORE=redis runs every stack against its own redis-server (Debian's, on a free port)
+ * instead of the SQLite file: the single-node suites then prove the Redis store too.
+ */
+export const TEST_STORE: 'sqlite' | 'redis' = process.env['MIDREG_TEST_STORE'] === 'redis' ? 'redis' : 'sqlite';
 
 /**
  * How the phones in a test are provisioned: with a domain name (`example.test`), or with midreg's
@@ -41,6 +48,8 @@ export interface Stack {
   /** host:port where UAs send SIP (drachtio-server). */
   sipTarget: string;
   dbFile: string;
+  /** The stack's own redis-server when MIDREG_TEST_STORE=redis. */
+  redis: RedisServer | undefined;
   midregEnv: Record<string, string>;
   restartMidreg(extraEnv?: Record<string, string>): Promise<MidregProc>;
   stop(): Promise<void>;
@@ -65,7 +74,7 @@ export interface StackOptions {
  * when midreg answers an OPTIONS to its own address (its reply carries `Accept: …text/plain`);
  * the routes are registered in order, so REGISTER and MESSAGE are routed by then too.
  */
-async function untilServing(sipPort: number): Promise<void> {
+export async function untilServing(sipPort: number): Promise<void> {
   const deadline = Date.now() + 10_000;
   for (let attempt = 0; ; attempt++) {
     const ex = await exchange(sipPort, (via) => sipMessage(`OPTIONS sip:127.0.0.1:${sipPort} SIP/2.0`, [
@@ -90,6 +99,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
   const drachtio = await startDrachtio(workDir, undefined, opts.listeners ?? {});
   const adminPort = opts.drachtioAdminPortForMidreg ? await opts.drachtioAdminPortForMidreg(drachtio) : drachtio.adminPort;
   const dbFile = join(workDir, 'midreg.sqlite');
+  const redis = TEST_STORE === 'redis' && opts.env?.['MIDREG_STORE'] === undefined ? await startRedis(workDir) : undefined;
   const domain = sipDomain(opts.domain ?? 'name', drachtio.sipPort);
   const midregEnv: Record<string, string> = {
     DRACHTIO_HOST: '127.0.0.1',
@@ -101,6 +111,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
     MIDREG_UPSTREAM_TIMEOUT_MS: '2000',
     // UAs run on 127.0.0.1 too, so the platform is told apart by its port.
     MIDREG_TRUSTED_PEERS: upstream.replace(/^sips?:/, '').replace(/;.*$/, ''),
+    ...(redis ? { MIDREG_STORE: redis.url } : {}),
     ...opts.env,
   };
   const launch = async (env: Record<string, string>): Promise<MidregProc> => {
@@ -117,6 +128,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
     midreg: await launch(midregEnv),
     sipTarget: `127.0.0.1:${drachtio.sipPort}`,
     dbFile,
+    redis,
     midregEnv,
     async restartMidreg(extraEnv = {}) {
       await stack.midreg.stop('SIGTERM');
@@ -128,6 +140,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
       await stack.midreg.stop('SIGTERM');
       await stack.drachtio.stop('SIGTERM');
       await stack.kamailio?.stop();
+      await stack.redis?.stop();
       if (!process.env['MIDREG_KEEP_E2E']) rmSync(workDir, { recursive: true, force: true });
     },
   };
