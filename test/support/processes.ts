@@ -174,6 +174,8 @@ const LISTENER_LINES = {
   wss: /<contact>sips:\*:8089;transport=wss<\/contact>/,
 } as const;
 const TLS_BLOCK = /<tls>[\s\S]*?<\/tls>/;
+/** What an operator deletes in drachtio.conf.xml to switch TLS and WSS on. */
+const ENABLE_TLS = /<!-- enable-tls:\n([\s\S]*?)\n\s*:enable-tls -->/g;
 
 async function startDrachtioOnce(workDir: string, ports: { sipPort: number; adminPort: number }, listeners: ExtraListeners): Promise<Drachtio> {
   const bin = drachtioBin();
@@ -191,7 +193,10 @@ async function startDrachtioOnce(workDir: string, ports: { sipPort: number; admi
     .replace(/<loglevel>\w+<\/loglevel>/, '<loglevel>info</loglevel>');
   if (xml === template) throw new Error('drachtio.conf.xml no longer has the admin/contact lines the tests rewrite');
   // The TLS/WS/WSS listeners of drachtio.conf.xml, on free ports when asked for, else left out
-  // (so suites that do not use them need no certificate).
+  // (so suites that do not use them need no certificate). TLS and WSS ship switched off (wrapped
+  // in "enable-tls" comments, since drachtio-server exits without a certificate): unwrap them as
+  // an operator would.
+  xml = xml.replace(ENABLE_TLS, '$1');
   const extra: { tlsPort?: number; wsPort?: number; wssPort?: number; certPem?: string } = {};
   for (const kind of ['tls', 'ws', 'wss'] as const) {
     const line = LISTENER_LINES[kind];

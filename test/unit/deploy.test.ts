@@ -30,4 +30,16 @@ describe('deployment files', () => {
     assert.ok(compose.includes(`DRACHTIO_SECRET:-${admin[2]}`), 'compose default secret matches drachtio.conf.xml');
     assert.match(xml, /<contact>sip:\*:5060;transport=udp,tcp<\/contact>/);
   });
+
+  it('drachtio.conf.xml as shipped opens no listener that needs a certificate (drachtio-server exits without one), and has TLS and WSS ready to switch on', () => {
+    const xml = readFileSync(join(REPO_ROOT, 'drachtio.conf.xml'), 'utf8');
+    const active = xml.replace(/<!--[\s\S]*?-->/g, '');
+    assert.doesNotMatch(active, /<contact>sips:/, 'no sips: listener outside a comment');
+    assert.doesNotMatch(active, /<tls>/, 'no <tls> block outside a comment');
+    assert.match(active, /<contact>sip:\*:8088;transport=ws<\/contact>/, 'WebSocket needs no certificate and is on');
+    const enabled = xml.replace(/<!-- enable-tls:\n([\s\S]*?)\n\s*:enable-tls -->/g, '$1').replace(/<!--[\s\S]*?-->/g, '');
+    assert.match(enabled, /<contact>sips:\*:5061;transport=tls<\/contact>/);
+    assert.match(enabled, /<contact>sips:\*:8089;transport=wss<\/contact>/);
+    assert.match(enabled, /<tls>\s*<key-file>[^<]+<\/key-file>\s*<cert-file>[^<]+<\/cert-file>\s*<chain-file>[^<]+<\/chain-file>\s*<\/tls>/);
+  });
 });
