@@ -187,9 +187,9 @@ export async function startMidreg(config: Config, logger: Logger): Promise<Midre
     onRegisterAnswered: (status, upstreamMs) => metrics.registerAnswered(status, upstreamMs),
     onReplicaWriteFailed: () => metrics.replicaWriteFailed(),
     ...(courier || watchOn ? {
-      onReplicaWritten: (aor: string, bindings: number) => {
+      onReplicaWritten: (aor: string, bindings: number, transport: string) => {
         if (bindings > 0) courier?.registered(aor);
-        connectionWatch?.track(aor).catch((err: unknown) => {
+        connectionWatch?.track(aor, transport).catch((err: unknown) => {
           logger.warn('connection watch: cannot index the AoR\'s bindings', { aor, error: err instanceof Error ? err.message : String(err) });
         });
       },

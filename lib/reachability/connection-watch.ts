@@ -146,11 +146,19 @@ export class ConnectionWatch {
       const last = page[page.length - 1];
       if (!last || page.length < 1000) return;
       after = { aor: last.aor, contact: last.contact };
+      // A synchronous store answers at once: without this the whole replica (1,000,000 bindings)
+      // would be read in one event-loop turn while SIP waits.
+      await new Promise((resolve) => setImmediate(resolve));
     }
   }
 
-  /** The replica changed for `aor`: index its connection-oriented live bindings afresh. */
-  async track(aor: string): Promise<void> {
+  /**
+   * The replica changed for `aor` (by a REGISTER that came over `transport`): index its
+   * connection-oriented live bindings afresh. A UDP REGISTER of an AoR with no indexed flow
+   * cannot have added one, so that case, almost every REGISTER of most deployments, reads nothing.
+   */
+  async track(aor: string, transport?: string): Promise<void> {
+    if (transport !== undefined && !CONNECTION_TRANSPORTS.has(transport.toLowerCase()) && !this.byAor.has(aor)) return;
     const now = this.clock();
     const current = (await this.deps.store.liveBindings(aor, now)).filter(isConnectionFlow);
     const keep = new Set(current.map((b) => flowKey(b)));

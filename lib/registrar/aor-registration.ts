@@ -27,7 +27,7 @@ export interface AorThrottleDeps {
   onRegisterAnswered?(status: number, upstreamMs: number | undefined): void;
   onRegisterAbsorbed?(): void;
   onReplicaWriteFailed?(err: unknown): void;
-  onReplicaWritten?(aor: string, bindings: number): void;
+  onReplicaWritten?(aor: string, bindings: number, transport: string): void;
 }
 
 const sourceOf = (a: RegisterAttempt): string => `${a.source.transport}:${a.source.address}:${a.source.port}`;
@@ -165,7 +165,7 @@ export async function handleAorRegister(
     facing = decided.facing;
     deps.counters.bindings += decided.delta.bindings;
     deps.counters.aors += decided.delta.aors;
-    if (decided.written !== undefined) deps.onReplicaWritten?.(attempt.aor, decided.written);
+    if (decided.written !== undefined) deps.onReplicaWritten?.(attempt.aor, decided.written, attempt.source.transport);
     if (Array.isArray(detail['limits'])) log.warn('replica limit hit', { ...base, status: reply.status, why: (detail['limits'] as string[]).join('; ') });
   } catch (err) {
     detail = { decision: 'replica-error', error: err instanceof Error ? err.message : String(err) };

@@ -25,7 +25,8 @@ export interface RegisterEvents {
   /** Contact mode: a refresh answered 200 by midreg itself, never sent to the registrar. */
   onRegisterAbsorbed?(): void;
   /** A 2xx was written to the replica; `bindings` live bindings of `aor` now. */
-  onReplicaWritten?(aor: string, bindings: number): void;
+  /** `transport`: of the REGISTER whose reply was written (the connection watch skips UDP ones). */
+  onReplicaWritten?(aor: string, bindings: number, transport: string): void;
 }
 
 export interface RegistrationRelayDeps extends RegisterEvents {
@@ -367,7 +368,7 @@ export function createRegisterHandler(deps: RegistrationRelayDeps): RequestHandl
       if (decided.written !== undefined) {
         deps.counters.bindings += decided.written - decided.before;
         deps.counters.aors += (decided.written > 0 ? 1 : 0) - (decided.before > 0 ? 1 : 0);
-        deps.onReplicaWritten?.(attempt.aor, decided.written);
+        deps.onReplicaWritten?.(attempt.aor, decided.written, attempt.source.transport);
       }
     } catch (err) {
       // The UA keeps its service even when the replica cannot be written; the next 2xx for

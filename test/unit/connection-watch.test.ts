@@ -113,6 +113,26 @@ describe('the connection watch', () => {
     } finally { t.done(); }
   });
 
+  it('indexes a TCP/TLS binding after its REGISTER, and a UDP REGISTER of an unwatched AoR reads nothing', async () => {
+    const bindings: Binding[] = [];
+    const t = setup(bindings);
+    try {
+      bindings.push(binding({ aor: 'sip:carol@example.test', contact: 'sip:carol@10.0.0.7', source: { address: '127.0.0.1', port: 40010, transport: 'udp' } }));
+      await t.watch.track('sip:carol@example.test', 'udp');
+      assert.equal(t.watch.size, 0);
+      // A UDP REGISTER that (as far as the watch knows) cannot have added a flow: not even looked at.
+      bindings.push(binding({ aor: 'sip:carol@example.test', contact: 'sip:carol@10.0.0.8', source: { address: '127.0.0.1', port: 40011, transport: 'tcp' } }));
+      await t.watch.track('sip:carol@example.test', 'udp');
+      assert.equal(t.watch.size, 0, 'skipped without a store read');
+      await t.watch.track('sip:carol@example.test', 'tcp');
+      assert.equal(t.watch.size, 1, 'a TCP REGISTER is indexed');
+      // Once the AoR has a watched flow, a UDP REGISTER is looked at (it may have replaced that flow).
+      bindings.splice(1, 1);
+      await t.watch.track('sip:carol@example.test', 'udp');
+      assert.equal(t.watch.size, 0, 'the replaced TCP flow is dropped');
+    } finally { t.done(); }
+  });
+
   it('judges nothing when drachtio-server\'s listeners are not visible (another host or namespace)', async () => {
     const t = setup([binding({})]);
     try {
