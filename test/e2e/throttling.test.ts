@@ -13,6 +13,7 @@ import { sendAndCollect, SipPeer, type Answerer } from '../support/raw-sip.js';
 import { RawDevice } from '../support/raw-device.js';
 import { receivedResponses, runSipp, startSippUas, type SippResult } from '../support/sipp.js';
 import { DOMAIN_MODES, startStack, type Stack } from '../support/stack.js';
+import { metric, until, upstreamCseqs } from '../support/throttling-checks.js';
 
 const skip = e2eSkipReason();
 if (skip) console.log(`# e2e throttling suite SKIPPED: ${skip}`);
@@ -40,29 +41,6 @@ function assertPassed(result: SippResult): void {
 
 const finals = (r: SippResult): number[] => receivedResponses(r.messages).map((x) => x.status).filter((s) => s >= 200);
 const callIdOf = (r: SippResult): string => /^Call-ID:\s*(\S+)/mi.exec(r.messages)?.[1] ?? assert.fail('no Call-ID in the sipp trace');
-
-/** CSeqs of the REGISTERs with this Call-ID that Kamailio received (its log prefix carries both). */
-function upstreamCseqs(stack: Stack, callId: string): number[] {
-  const escaped = callId.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-  const re = new RegExp(`\\{\\d+ (\\d+) REGISTER ${escaped}\\}.*REGISTER sip:\\S+ from \\d+\\.\\d+\\.\\d+\\.\\d+:\\d+ \\(`, 'g');
-  return [...(stack.kamailio?.log() ?? '').matchAll(re)].map((m) => Number(m[1]));
-}
-
-async function until<T>(what: string, deadlineMs: number, probe: () => Promise<T | undefined> | T | undefined): Promise<T> {
-  const deadline = Date.now() + deadlineMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) assert.fail(`${what}: not within ${deadlineMs} ms`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-async function metric(port: number, series: string): Promise<number> {
-  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
-  const line = text.split('\n').find((l) => l.startsWith(`${series} `));
-  return line === undefined ? Number.NaN : Number(line.slice(series.length + 1));
-}
 
 for (const mode of DOMAIN_MODES) describe(`contact throttling, end to end (domain: ${mode})`, { skip: skip ?? false, timeout: 240_000 }, () => {
   let stack: Stack;
