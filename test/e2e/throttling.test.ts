@@ -13,7 +13,7 @@ import { sendAndCollect, SipPeer, type Answerer } from '../support/raw-sip.js';
 import { RawDevice } from '../support/raw-device.js';
 import { receivedResponses, runSipp, startSippUas, type SippResult } from '../support/sipp.js';
 import { DOMAIN_MODES, startStack, type Stack } from '../support/stack.js';
-import { metric, until, upstreamCseqs } from '../support/throttling-checks.js';
+import { loggedOnce, metric, until, upstreamCseqs } from '../support/throttling-checks.js';
 
 const skip = e2eSkipReason();
 if (skip) console.log(`# e2e throttling suite SKIPPED: ${skip}`);
@@ -96,7 +96,7 @@ for (const mode of DOMAIN_MODES) describe(`contact throttling, end to end (domai
     const forged = await refresh(b.cseq + 1, '401');
     assertPassed(forged);
     assert.ok(upstreamCseqs(stack, b.callId).includes(b.cseq + 1), 'the registrar got the REGISTER from the other port');
-    assert.equal(logLines(stack.midreg, { message: 'REGISTER relayed', callId: b.callId, relayReason: 'other-source', status: 401 }).length, 1);
+    await loggedOnce(stack.midreg, { message: 'REGISTER relayed', callId: b.callId, relayReason: 'other-source', status: 401 });
 
     const second = await sipp(stack, 'register-challenge-only', { user: 'bob' });
     assertPassed(second);
@@ -206,7 +206,7 @@ for (const mode of DOMAIN_MODES) describe(`contact throttling with contact inser
     const refresh = await fran.register(10);
     assert.deepEqual(refresh.finals, [200]);
     assert.equal(upstreamCseqs(stack, fran.callId).length, seen, 'the refresh never reached the registrar');
-    assert.equal(logLines(stack.midreg, { message: 'REGISTER answered locally', callId: fran.callId }).length, 1);
+    await loggedOnce(stack.midreg, { message: 'REGISTER answered locally', callId: fran.callId });
     assert.ok(!(refresh.last?.headers ?? []).some(([n, v]) => n === 'contact' && v.includes('ctid=')), 'the phone never sees midreg\'s Contact');
 
     // The platform routes by the Contact it holds (midreg's, with the key): the phone gets it.
@@ -216,8 +216,8 @@ for (const mode of DOMAIN_MODES) describe(`contact throttling with contact inser
 
     // openquit stops: removed upstream, by the Contact the registrar holds (midreg's).
     await until('openquit removed upstream', (5 + PURGE_SEC + 4) * 1000, async () => ((await stack.kamailio?.lookup(stack.domain.aor('openquit')))?.length === 0 ? true : undefined));
-    const [dereg] = logLines(stack.midreg, { message: 'binding de-registered upstream: its phone stopped refreshing', aor: stack.domain.aor('openquit') });
-    assert.ok(dereg);
+    // Kamailio drops the Contact before midreg has its 200 and logs: wait for the line.
+    await until('midreg logs openquit\'s removal', 2000, () => logLines(stack.midreg, { message: 'binding de-registered upstream: its phone stopped refreshing', aor: stack.domain.aor('openquit') })[0]);
     // fran stops too: its removal is challenged; the registrar still routes to midreg's Contact, answered 480.
     await until('fran\'s de-registration challenged', 20_000, () => logLines(stack.midreg, { aor: stack.domain.aor('fran'), event: 'deregister', status: 401 })[0]);
     assertPassed(await sipp(stack, 'uac-message', { to: 'fran', from: 'openx', expect: '480', body: 'gone' }, undefined, { target: platform }));

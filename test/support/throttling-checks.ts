@@ -1,6 +1,7 @@
 // What the throttling suites (contact and AoR mode) look at from outside: which REGISTERs reached
 // the registrar, midreg's metrics, and a condition that becomes true within a deadline.
 import { strict as assert } from 'node:assert';
+import { logLines } from './processes.js';
 import type { Stack } from './stack.js';
 
 /** CSeqs of the REGISTERs with this Call-ID that Kamailio received (its log prefix carries both). */
@@ -26,4 +27,14 @@ export async function metric(port: number, series: string): Promise<number> {
   const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
   const line = text.split('\n').find((l) => l.startsWith(`${series} `));
   return line === undefined ? Number.NaN : Number(line.slice(series.length + 1));
+}
+
+/**
+ * Exactly one line of midreg's log matching `fields`, waited for: midreg logs a relayed REGISTER
+ * once drachtio-server has already passed the reply on, so the UA (and Kamailio) can be ahead of
+ * the log by a moment.
+ */
+export async function loggedOnce(midreg: Parameters<typeof logLines>[0], fields: Parameters<typeof logLines>[1]): Promise<void> {
+  await until(`log line ${JSON.stringify(fields)}`, 2000, () => logLines(midreg, fields)[0]);
+  assert.equal(logLines(midreg, fields).length, 1, `one log line ${JSON.stringify(fields)}`);
 }
