@@ -78,6 +78,8 @@ for (const mode of DOMAIN_MODES) {
       // the registrar, rather than waiting 60 s to expire.
       await until('bob to have no live binding in the replica', async () => (await replica(s, 'bob')).length === 0, 5000);
       await until('the registrar to drop bob\'s binding', async () => (await s.kamailio?.lookup(`bob@${s.domain.host}`))?.length === 0, 5000);
+      // Kamailio drops the binding before midreg has its 200 and logs: wait for the line.
+      await until('midreg logs bob\'s de-registration', () => logLines(s.midreg, { event: 'register', kind: 'unregister', aor: bobAor, status: 200 }).length > 0, 2000);
       const deregistered = logLines(s.midreg, { event: 'register', kind: 'unregister', aor: bobAor, status: 200 });
       assert.equal(deregistered.length, 1, 'bob\'s de-registration relayed and accepted');
       assert.equal(deregistered[0]?.['removed'], 1, 'it removed his one binding from the replica');

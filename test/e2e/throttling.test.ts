@@ -127,7 +127,8 @@ for (const mode of DOMAIN_MODES) describe(`contact throttling, end to end (domai
     // Removed upstream within its expiry plus the sweep interval (and a second of slack).
     await until('openstop removed upstream', (10 + PURGE_SEC + 3) * 1000, async () => ((await stack.kamailio?.lookup(stack.domain.aor('openstop')))?.length === 0 ? true : undefined));
     assert.ok(Date.now() - started <= (10 + PURGE_SEC + 1) * 1000 + 1000, `removed after ${Date.now() - started} ms`);
-    assert.deepEqual((await replica(stack, 'openstop')), []);
+    // Kamailio drops the Contact before midreg has its 200 and writes the replica.
+    await until('openstop gone from the replica', 2000, async () => ((await replica(stack, 'openstop')).length === 0 ? true : undefined));
 
     await until('lapsy\'s de-registration challenged', 10_000, () => logLines(stack.midreg, { aor: stack.domain.aor('lapsy'), event: 'deregister', status: 401 })[0]);
     assert.equal((await stack.kamailio?.lookup(stack.domain.aor('lapsy')))?.length, 1, 'the registrar keeps it (midreg has no credentials)');
