@@ -10,7 +10,7 @@ import { handleAorRegister, type AorThrottleDeps } from './aor-registration.js';
 import { isFinalRefusal, localAnswerContacts, raiseExpires, requestedExpiry, throttleDecision, type RelayReason } from './throttle.js';
 import { contactKey, grantedExpiry, limitPlan, planReplicaUpdate, RFC_DEFAULT_EXPIRES, type Binding, type RegisterAttempt, type ReplicaLimits, type ReplicaPlan } from './registration.js';
 import { parseUri, SipParseError, type NameAddr, type RequestHandler, type SipReply, type SipRequest, type SipResponder, type SipUri } from '../sip/drachtio.js';
-import { flowTimerToAdd } from './outbound.js';
+import { flowTimerToAdd, pathUriFor, viaHops } from './outbound.js';
 import { askUpstream, nextMaxForwards, replyHeaders, upstreamHeaders, type RequestSender, type UpstreamTarget } from '../sip/upstream.js';
 
 export type ReplicaStore = Pick<BindingStore, 'bindingsOf' | 'updateAor' | 'absorbRefresh'>;
@@ -258,7 +258,12 @@ export function createRegisterHandler(deps: RegistrationRelayDeps): RequestHandl
       }
     }
 
-    const headers = upstreamHeaders(req.headers(), { maxForwards: checked.maxForwards, pathUri: deps.pathUri() });
+    const hops = viaHops(req.header('Via'));
+    const ownPath = deps.pathUri();
+    const headers = upstreamHeaders(req.headers(), {
+      maxForwards: checked.maxForwards,
+      pathUri: ownPath === undefined ? undefined : pathUriFor(ownPath, { contacts: attempt.contacts, viaCount: hops.count }),
+    });
     // Contact mode: what each Contact asked for (the phone's expiry is never longer), and the
     // REGISTER as the registrar gets it: each non-zero expiry raised to MIDREG_OUTGOING_EXPIRES.
     const requested = new Map<string, number>();
@@ -398,7 +403,7 @@ export function createRegisterHandler(deps: RegistrationRelayDeps): RequestHandl
     }
     const flowTimer = flowTimerToAdd({
       status: reply.status, require: reply.header('Require'), existingFlowTimer: reply.header('Flow-Timer'),
-      transport: req.source.transport, flowTimerSec: deps.flowTimerSec ?? 0,
+      transport: hops.transport ?? req.source.transport, firstHop: hops.count === 1, flowTimerSec: deps.flowTimerSec ?? 0,
     });
     if (flowTimer !== undefined) answerHeaders['flow-timer'] = String(flowTimer);
     res.send(reply.status, { reason: reply.reason, headers: answerHeaders, body: reply.body });

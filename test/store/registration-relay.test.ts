@@ -16,9 +16,9 @@ after(() => rmSync(dir, { recursive: true, force: true }));
 
 const AOR = 'sip:carol@example.test';
 
-function register(cseq: number, contact: string): SipRequest {
+function register(cseq: number, contact: string, via = `SIP/2.0/UDP 192.0.2.7:${5060 + cseq};branch=z9hG4bK-${cseq};rport`): SipRequest {
   const headers: Record<string, string> = {
-    'call-id': 'carol-call-1', 'max-forwards': '70', expires: '300', contact: `<${contact}>`,
+    via, 'call-id': 'carol-call-1', 'max-forwards': '70', expires: '300', contact: `<${contact}>`,
     from: `<${AOR}>;tag=c1`, to: `<${AOR}>`, cseq: `${cseq} REGISTER`,
   };
   return {
@@ -222,8 +222,8 @@ describe('REGISTER relay and the replica', () => {
 });
 
 describe('RFC 5626 Flow-Timer on the way back to the phone (MIDREG_FLOW_TIMER_SEC)', () => {
-  const answerWith = async (transport: string, requireHeader: string | undefined, flowTimerSec: number): Promise<Record<string, string>> => {
-    const store = new SqliteStore(join(dir, `flow-timer-${transport}-${String(requireHeader)}-${flowTimerSec}.sqlite`));
+  const answerWith = async (transport: string, requireHeader: string | undefined, flowTimerSec: number, via?: string): Promise<Record<string, string>> => {
+    const store = new SqliteStore(join(dir, `flow-timer-${transport}-${String(requireHeader)}-${flowTimerSec}-${via === undefined ? 1 : 2}.sqlite`));
     const contact = 'sip:carol@192.0.2.7:5061';
     const reply: SipReply = {
       ...ok([{ uri: contact, params: { expires: '300' } }]),
@@ -243,8 +243,8 @@ describe('RFC 5626 Flow-Timer on the way back to the phone (MIDREG_FLOW_TIMER_SE
       counters: { bindings: 0, aors: 0 },
     });
     const answered: Array<Record<string, string>> = [];
-    const req = register(1, contact);
-    await handler({ ...req, source: { ...req.source, transport } }, { finalSent: false, send: (_s, opts) => { answered.push(opts?.headers ?? {}); } });
+    const req = register(1, contact, via ?? `SIP/2.0/${transport.toUpperCase()} 192.0.2.7:5061;branch=z9hG4bK-ft`);
+    await handler({ ...req, source: { ...req.source, transport: transport === 'ws' ? 'tcp' : transport } }, { finalSent: false, send: (_s, opts) => { answered.push(opts?.headers ?? {}); } });
     await store.close();
     return answered[0] ?? {};
   };
@@ -258,5 +258,10 @@ describe('RFC 5626 Flow-Timer on the way back to the phone (MIDREG_FLOW_TIMER_SE
     assert.equal((await answerWith('udp', undefined, 25))['flow-timer'], undefined);
     assert.equal((await answerWith('udp', 'outbound', 0))['flow-timer'], undefined);
     assert.equal((await answerWith('tls', 'outbound', 25))['flow-timer'], undefined);
+  });
+
+  it('is not added to a WebSocket client (drachtio-server reports its flow as tcp; its Via says WS), nor behind another proxy', async () => {
+    assert.equal((await answerWith('ws', 'outbound', 25))['flow-timer'], undefined);
+    assert.equal((await answerWith('udp', 'outbound', 25, 'SIP/2.0/UDP 192.0.2.9:5060;branch=z9hG4bK-p, SIP/2.0/UDP 192.0.2.7:5061;branch=z9hG4bK-ua'))['flow-timer'], undefined);
   });
 });
