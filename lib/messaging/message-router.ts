@@ -7,7 +7,7 @@ import { namesMidreg, retargetToUpstream } from '../sip/own-address.js';
 import { admitOffline, sipDate, type OfflineLimits, type SenderRate } from './offline-policy.js';
 import { ALL_UNREACHABLE, chooseReachable, type Reachability } from '../reachability/reachability.js';
 import type { Binding } from '../registrar/registration.js';
-import { branchThrough, chooseFinal, classifySender, isTrustedPeer, locate, oneFlowPerInstance, understoodScheme, type Branch } from './routing.js';
+import { branchThrough, chooseFinal, classifySender, flowAnswer, flowChains, isTrustedPeer, locate, nextFlow, senderStatus, understoodScheme, type Branch, type FlowFailure } from './routing.js';
 import { holderOf, type NodeView } from '../cluster/node-directory.js';
 import { parseUri, type RequestHandler, type SipReply, type SipRequest } from '../sip/drachtio.js';
 import { askUpstream, nextMaxForwards, outboundBytes, replyHeaders, upstreamHeaders, type RequestSender, type UpstreamOutcome, type UpstreamTarget } from '../sip/upstream.js';
@@ -195,47 +195,94 @@ export function createMessageHandler(deps: MessageRouterDeps): RequestHandler {
       return;
     }
     const size = outboundBytes({ method: 'MESSAGE', uri: req.uri, headers: branchHeaders(req, hops.value, undefined), body: req.body });
-    const flows = oneFlowPerInstance(choice.bindings);
-    if (deps.nodes) await deps.nodes.confirm(flows.kept.flatMap((b) => (b.node !== undefined ? [b.node] : [])));
-    const branches: Branch[] = flows.kept.map((b) => branchThrough(b, holderOf(b, deps.nodes), fromPeerNode, size));
-    const sendable = branches.filter((b): b is Extract<Branch, { kind: 'send' }> => b.kind === 'send');
-    if (sendable.length === 0) {
-      const skipped = branches[0];
+    // One target per device (RFC 5626 §7): its flows are tried one after another, never together.
+    const chains = flowChains(choice.bindings);
+    if (deps.nodes) await deps.nodes.confirm(chains.flatMap((c) => c.flows).flatMap((b) => (b.node !== undefined ? [b.node] : [])));
+    const planned = chains.map((chain) => chain.flows.map((b) => branchThrough(b, holderOf(b, deps.nodes), fromPeerNode, size)));
+    // A flow that cannot carry the request (UDP and too large, a node gone) is passed over for the
+    // device's next one: nothing was sent on it, so §7's "MUST NOT forward" does not apply.
+    const targets = planned.map((branches) => branches.filter(isSend)).filter((branches) => branches.length > 0);
+    if (targets.length === 0) {
+      const skipped = planned.flat()[0];
       const status = skipped?.kind === 'skip' ? skipped.status : 500;
       res.send(status, skipped?.kind === 'skip' ? { reason: skipped.reason } : {});
-      if (status === 480) finish('unreachable', 480, { aor: target.aor, why: skipped?.kind === 'skip' ? skipped.reason : '', nodes: branches.map((b) => b.binding.node) });
+      if (status === 480) finish('unreachable', 480, { aor: target.aor, why: skipped?.kind === 'skip' ? skipped.reason : '', nodes: planned.flat().map((b) => b.binding.node) });
       else finish('too_large', status, { why: 'every binding is UDP-only and the request exceeds 1300 bytes (RFC 3428 §8)' });
       return;
     }
 
-    // Fork in parallel; the first 2xx is answered at once, the others are left to complete
+    const failedOver: FailedOver[] = [];
+    const tried = new Set<Binding>();
+    // Devices in parallel; the first 2xx is answered at once, the others are left to complete
     // (RFC 3261 §9.1: non-INVITE requests are never CANCELled).
-    const outcome = await forkFirst2xx(sendable.map((branch) => askUpstream(deps.sender, {
-      method: 'MESSAGE', uri: branch.requestUri, headers: branchHeaders(req, hops.value, branch.route), body: req.body,
-      ...(branch.nextHop ? { nextHop: branch.nextHop } : {}),
-    }, deps.upstream.timeoutMs, clock).then((branchOutcome) => {
-      // Through a peer node, a failure says nothing about the phone's flow (that node's to know).
-      if (holderOf(branch.binding, deps.nodes).kind === 'local') deps.onBranch?.(branch.binding, branchOutcome);
-      return branchOutcome;
-    })));
+    const outcome = await forkOverFlows(targets, (branch) => {
+      tried.add(branch.binding);
+      return askUpstream(deps.sender, {
+        method: 'MESSAGE', uri: branch.requestUri, headers: branchHeaders(req, hops.value, branch.route), body: req.body,
+        ...(branch.nextHop ? { nextHop: branch.nextHop } : {}),
+      }, deps.upstream.timeoutMs, clock).then((branchOutcome) => {
+        // Through a peer node, a failure says nothing about the phone's flow (that node's to know).
+        if (holderOf(branch.binding, deps.nodes).kind === 'local') deps.onBranch?.(branch.binding, branchOutcome);
+        return branchOutcome;
+      });
+    }, (step) => {
+      failedOver.push(step);
+      log.info('MESSAGE flow failed; trying the device\'s next flow', {
+        event: 'message', ruri: req.uri, callId: req.header('Call-ID'), source: from, aor: target.aor, contact: step.from.binding.contact, why: step.failure, ...(step.status !== undefined ? { status: step.status } : {}), next: step.to.binding.contact,
+      });
+    });
     sendAnswer(res, outcome);
     const delivered = outcome.status >= 200 && outcome.status < 300;
+    const olderFlows = chains.flatMap((c) => (c.flows.length > 1 ? c.flows.filter((b) => !tried.has(b)) : []));
     finish(delivered ? 'delivered' : 'failed', outcome.status, {
-      aor: target.aor, branches: sendable.length, skipped: branches.length - sendable.length,
+      aor: target.aor, branches: targets.length, skipped: planned.flat().length - targets.flat().length,
       ...(choice.skipped.length > 0 ? { unreachable: choice.skipped.map((b) => b.contact) } : {}),
-      ...(flows.dropped.length > 0 ? { olderFlows: flows.dropped.map((b) => b.contact) } : {}),
-      to: sendable.map((b) => b.nextHop ?? b.requestUri),
+      ...(olderFlows.length > 0 ? { olderFlows: olderFlows.map((b) => b.contact) } : {}),
+      ...(failedOver.length > 0 ? { failedOver: failedOver.map((f) => ({ from: f.from.binding.contact, to: f.to.binding.contact, why: f.failure, ...(f.status !== undefined ? { status: f.status } : {}) })) } : {}),
+      to: targets.map((branches) => branches[0]?.nextHop ?? branches[0]?.requestUri),
     });
   }
 }
 
-export type Answer = { status: number; reply: SipReply | undefined };
+type SendBranch = Extract<Branch, { kind: 'send' }>;
+
+function isSend(branch: Branch): branch is SendBranch {
+  return branch.kind === 'send';
+}
+
+/** One failover from a device's flow to its next one. */
+export interface FailedOver { from: SendBranch; to: SendBranch; failure: FlowFailure; status: number | undefined }
+
+/**
+ * The request to every target at once, each target's flows one after another: the next flow only
+ * when the previous one failed as RFC 5626 §7 allows (routing.ts `nextFlow`: 430, 408, a transport
+ * error), so no device gets the request on two flows. Resolves like `forkFirst2xx`.
+ */
+export function forkOverFlows(targets: readonly SendBranch[][], send: (branch: SendBranch) => Promise<UpstreamOutcome>, onFailover?: (step: FailedOver) => void): Promise<Answer> {
+  return forkFirst2xx(targets.map(async (flows): Promise<UpstreamOutcome> => {
+    for (let index = 0; ;) {
+      const branch = flows[index];
+      if (!branch) return { kind: 'unreachable', error: 'no flow', elapsedMs: 0 };
+      const outcome = await send(branch);
+      const step = nextFlow(flowAnswer(outcome), index, flows.length);
+      const next = step.kind === 'next' ? flows[step.index] : undefined;
+      if (step.kind === 'final' || !next) return outcome;
+      onFailover?.({ from: branch, to: next, failure: step.failure, status: outcome.kind === 'reply' ? outcome.reply.status : undefined });
+      index = step.index;
+    }
+  }));
+}
+
+export type Answer = { status: number; reply: SipReply | undefined; reason?: string };
 
 function answerFrom(outcomes: UpstreamOutcome[]): Answer {
   const statuses = outcomes.map((o) => (o.kind === 'reply' ? o.reply.status : o.kind === 'timeout' ? 408 : o.kind === 'too-large' ? 513 : 503));
   const chosen = chooseFinal(statuses);
   const picked = outcomes[chosen];
-  return { status: statuses[chosen] ?? 408, reply: picked?.kind === 'reply' ? picked.reply : undefined };
+  const status = statuses[chosen] ?? 408;
+  const told = senderStatus(status);
+  if (told.status !== status) return { status: told.status, reply: undefined, ...(told.reason ? { reason: told.reason } : {}) };
+  return { status, reply: picked?.kind === 'reply' ? picked.reply : undefined };
 }
 
 /** Resolve with the first 2xx, or with the best final response once every branch has one. */
@@ -259,5 +306,5 @@ export function forkFirst2xx(branches: Array<Promise<UpstreamOutcome>>): Promise
 function sendAnswer(res: Parameters<RequestHandler>[1], answer: Answer): void {
   if (res.finalSent) return;
   if (answer.reply) res.send(answer.status, { reason: answer.reply.reason, headers: replyHeaders(answer.reply), body: answer.reply.body });
-  else res.send(answer.status);
+  else res.send(answer.status, answer.reason ? { reason: answer.reason } : {});
 }

@@ -8,9 +8,9 @@ import type { OfflineOutcome } from '../ops/metrics.js';
 import type { Binding } from '../registrar/registration.js';
 import type { OfflineMessage, OfflineMessageStore } from '../store/store.js';
 import { askUpstream, outboundBytes, type RequestSender } from '../sip/upstream.js';
-import { forkFirst2xx } from './message-router.js';
+import { forkOverFlows } from './message-router.js';
 import { retryDelayMs } from './offline-policy.js';
-import { branchFor, type Branch } from './routing.js';
+import { branchFor, flowChains, type Branch } from './routing.js';
 
 export interface OfflineCourierDeps {
   sender: RequestSender;
@@ -138,7 +138,10 @@ export class OfflineCourier {
     }
   }
 
-  /** The stored MESSAGE, to every live binding in parallel; the first 2xx wins (as a live MESSAGE). */
+  /**
+   * The stored MESSAGE, to every live device in parallel, each device's flows one after another
+   * (RFC 5626 §7, as a live MESSAGE: message-router.ts `forkOverFlows`); the first 2xx wins.
+   */
   private async send(message: OfflineMessage, bindings: Binding[]): Promise<number> {
     // A new transaction of midreg's, carrying the original From, To, Date and body.
     const headers: Record<string, string> = {
@@ -151,12 +154,14 @@ export class OfflineCourier {
       'content-type': message.contentType,
     };
     const size = outboundBytes({ method: 'MESSAGE', uri: bindings[0]?.contact ?? '', headers, body: message.body });
-    const sendable = bindings.map((b) => branchFor(b, size)).filter((b): b is Extract<Branch, { kind: 'send' }> => b.kind === 'send');
-    if (sendable.length === 0) return 513;
-    const answer = await forkFirst2xx(sendable.map((branch) => askUpstream(this.deps.sender, {
+    const targets = flowChains(bindings)
+      .map((chain) => chain.flows.map((b) => branchFor(b, size)).filter((b): b is Extract<Branch, { kind: 'send' }> => b.kind === 'send'))
+      .filter((flows) => flows.length > 0);
+    if (targets.length === 0) return 513;
+    const answer = await forkOverFlows(targets, (branch) => askUpstream(this.deps.sender, {
       method: 'MESSAGE', uri: branch.requestUri, headers: branch.route ? { ...headers, route: branch.route } : headers, body: message.body,
       ...(branch.nextHop ? { nextHop: branch.nextHop } : {}),
-    }, this.deps.timeoutMs, this.clock)));
+    }, this.deps.timeoutMs, this.clock));
     return answer.status;
   }
 }

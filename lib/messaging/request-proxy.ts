@@ -6,7 +6,7 @@ import type { Logger } from '../ops/logger.js';
 import { namesMidreg, ownHosts, retargetToUpstream, type OwnAddresses } from '../sip/own-address.js';
 import { ALL_UNREACHABLE, chooseReachable, type Reachability } from '../reachability/reachability.js';
 import type { Binding } from '../registrar/registration.js';
-import { branchFor, flowUri, isTrustedPeer, locate, understoodScheme } from './routing.js';
+import { branchFor, flowChains, flowUri, isTrustedPeer, locate, understoodScheme } from './routing.js';
 import { parseUri, type RequestHandler, type SipUri } from '../sip/drachtio.js';
 import { nextMaxForwards } from '../sip/upstream.js';
 
@@ -108,8 +108,12 @@ export function createProxyHandler(deps: RequestProxyDeps): RequestHandler {
       }
       // The platform already forked per contact; an AoR-addressed request goes to the best one.
       // AoR mode: the platform knows one Contact for the AoR (midreg's), so midreg forks to every
-      // live device itself (RFC 3261 §16.6: one branch per target), in parallel.
-      const targets = target.via === 'aor-contact' ? choice.bindings : choice.bindings.slice(0, 1);
+      // live device itself (RFC 3261 §16.6: one branch per target), in parallel. A device is one
+      // target whatever its number of flows (RFC 5626 §7, routing.ts `flowChains`): its newest
+      // flow. No failover to its next flow here: drachtio-server's proxy owns the transaction, and
+      // its serial forking would go on after any failure, where §7 allows it after 430 and 408 only.
+      const devices = flowChains(choice.bindings).flatMap((chain) => chain.flows.slice(0, 1));
+      const targets = target.via === 'aor-contact' ? devices : devices.slice(0, 1);
       // A Request-URI at midreg's own address (a Contact midreg gave the registrar, or an AoR at
       // midreg's IP) is replaced by the destination: that must name the phone's user.
       const destinations = targets.map((b) => {

@@ -6,6 +6,7 @@ import { keyOf } from '../registrar/contact-insertion.js';
 import { namesMidreg, type OwnAddresses } from '../sip/own-address.js';
 import type { Binding } from '../registrar/registration.js';
 import { parseUri } from '../sip/drachtio.js';
+import type { UpstreamOutcome } from '../sip/upstream.js';
 
 /** Request-URI schemes midreg routes: SIP, SIPS, and telephone numbers for the platform (RFC 3966). */
 const ROUTED_SCHEMES = new Set(['sip', 'sips', 'tel']);
@@ -108,27 +109,97 @@ export function instanceKey(instance: string | null | undefined): string | undef
 }
 
 /**
- * RFC 5626 §5.3: "The proxy MUST NOT populate the target set with more than one contact with the
- * same AOR and instance-id at a time." Each instance (device) keeps its most recently registered
- * flow — a device that registered again over a new connection is reached over that one, its older
- * flows (other reg-ids, or a flow the registrar still lists) are left out. Bindings without
- * `+sip.instance` are all kept. Order is kept otherwise.
+ * A device's flows in the order they are tried: RFC 5626 §7 (Authoritative Proxy Procedures:
+ * Forwarding Requests): "The proxy MUST NOT populate the target set with more than one contact
+ * with the same AOR and instance-id at a time." A device (`+sip.instance`) with several flows (one
+ * per `reg-id`, or a flow the registrar still lists after the device moved) is one target: its
+ * most recently established flow first (a device that registered again over a new connection is
+ * reached over that one), the others kept to fail over to (`nextFlow`). Bindings without
+ * `+sip.instance` are each a target of their own. Targets keep the order of their first binding.
  */
-export function oneFlowPerInstance(bindings: readonly Binding[]): { kept: Binding[]; dropped: Binding[] } {
-  const newest = new Map<string, Binding>();
+export interface FlowChain { instance: string | undefined; flows: Binding[] }
+
+export function flowChains(bindings: readonly Binding[]): FlowChain[] {
+  const chains: FlowChain[] = [];
+  const byInstance = new Map<string, FlowChain>();
   for (const b of bindings) {
     const key = instanceKey(b.instance);
-    if (key === undefined) continue;
-    const seen = newest.get(key);
-    if (!seen || b.updatedAt > seen.updatedAt) newest.set(key, b);
+    if (key === undefined) { chains.push({ instance: undefined, flows: [b] }); continue; }
+    const chain = byInstance.get(key);
+    if (chain) { chain.flows.push(b); continue; }
+    const fresh: FlowChain = { instance: key, flows: [b] };
+    byInstance.set(key, fresh);
+    chains.push(fresh);
   }
-  const kept: Binding[] = [];
-  const dropped: Binding[] = [];
-  for (const b of bindings) {
-    const key = instanceKey(b.instance);
-    (key === undefined || newest.get(key) === b ? kept : dropped).push(b);
+  // Newest flow first: the one whose binding appeared last (`registeredAt`; `updatedAt` is rewritten
+  // for every binding a 2xx lists, so it tells flows apart only by who refreshed last). A stable
+  // sort keeps the caller's order between flows registered at the same moment.
+  for (const chain of byInstance.values()) chain.flows.sort((a, b) => b.registeredAt - a.registeredAt || b.updatedAt - a.updatedAt);
+  return chains;
+}
+
+/** What one flow's answer was, as far as trying the device's next flow goes. */
+export type FlowAnswer =
+  | { kind: 'reply'; status: number; local: boolean }
+  | { kind: 'timeout' }
+  | { kind: 'unreachable' }
+  | { kind: 'too-large' };
+
+export function flowAnswer(outcome: UpstreamOutcome): FlowAnswer {
+  return outcome.kind === 'reply' ? { kind: 'reply', status: outcome.reply.status, local: outcome.reply.local === true } : { kind: outcome.kind };
+}
+
+export type FlowFailure = 'flow-failed' | 'transport' | 'timeout';
+
+/**
+ * Whether a flow failed in the sense of RFC 5626 §7, which lets the request go on to the same
+ * device's next flow: "If a request for a particular AOR and instance-id fails with a 430 (Flow
+ * Failed) response, the proxy SHOULD replace the failed branch with another target (if one is
+ * available) with the same AOR and instance-id, but a different reg-id." and "If the proxy
+ * receives a final response from a branch other than a 408 (Request Timeout) or a 430 (Flow
+ * Failed) response, the proxy MUST NOT forward the same request to another target representing
+ * the same AOR and instance-id. The targeting proxy MAY forward the request to another target
+ * representing the same AOR and instance-id if the request fails with a 408 (Request Timeout)
+ * response." A transport error is a 503 made by the client transaction itself (RFC 3261 §8.1.3.1:
+ * "treated as if a 503 (Service Unavailable) status code had been received"): the request never
+ * reached the device, so its flow failed. drachtio-server reports such failures as responses it
+ * makes itself (`local`: its 503, the 410 of a cached connection that closed, its 408), and midreg's
+ * own bound on the wait is a 408. A request too large to hand to drachtio-server fails on every
+ * flow alike: not a flow failure.
+ */
+export function flowFailure(answer: FlowAnswer): FlowFailure | undefined {
+  switch (answer.kind) {
+    case 'reply':
+      if (answer.local) return answer.status === 408 ? 'timeout' : 'transport';
+      if (answer.status === 430) return 'flow-failed';
+      return answer.status === 408 ? 'timeout' : undefined;
+    case 'timeout':
+      return 'timeout';
+    case 'unreachable':
+      return 'transport';
+    case 'too-large':
+      return undefined;
   }
-  return { kept, dropped };
+}
+
+export type NextFlow = { kind: 'next'; index: number; failure: FlowFailure } | { kind: 'final' };
+
+/** After flow `tried` of a chain of `count` answered `answer`: the next flow to try, or that this answer is the device's. */
+export function nextFlow(answer: FlowAnswer, tried: number, count: number): NextFlow {
+  const failure = flowFailure(answer);
+  if (failure === undefined || tried + 1 >= count) return { kind: 'final' };
+  return { kind: 'next', index: tried + 1, failure };
+}
+
+/**
+ * RFC 5626 §11 defines 430 (Flow Failed) for an edge proxy to tell the registrar or authoritative
+ * proxy that one flow of a device failed while others may work; it is not meant for endpoints (one
+ * that gets it treats it as 400 Bad Request, RFC 3261 §8.1.3.2). When a device's last flow failed
+ * with 430 the sender is told what a proxy without a working flow says, RFC 3261 §21.4.18 480
+ * Temporarily Unavailable.
+ */
+export function senderStatus(status: number): { status: number; reason?: string } {
+  return status === 430 ? { status: 480, reason: 'Temporarily Unavailable (flow failed)' } : { status };
 }
 
 export type Branch =

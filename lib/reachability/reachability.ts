@@ -41,12 +41,15 @@ export type PingVerdict = { kind: 'reachable'; rttMs: number } | { kind: 'unreac
  * Silence is not (the ping timed out), nor is a transport failure. drachtio-server (sofia-sip)
  * reports a failure of its own flow as a response it makes itself (503 for ICMP port unreachable
  * or a refused connection, 408 for its timer F), To tag included, so such a response is told apart
- * by where it came from (`local`: not received from the network), not by its content.
+ * by where it came from (`local`: not received from the network), not by its content. The one
+ * answer that is not the phone's is 430 (Flow Failed): an edge proxy in front of the phone saying
+ * that this flow is gone (RFC 5626 §5.3.1, §11), so the binding is not reachable over it.
  */
 export function pingVerdict(outcome: UpstreamOutcome): PingVerdict {
   switch (outcome.kind) {
     case 'reply':
       if (outcome.reply.local === true) return { kind: 'unreachable', why: outcome.reply.status === 408 ? 'timeout' : 'transport' };
+      if (outcome.reply.status === 430) return { kind: 'unreachable', why: 'transport' };
       return { kind: 'reachable', rttMs: outcome.elapsedMs };
     case 'timeout':
       return { kind: 'unreachable', why: 'timeout' };

@@ -33,6 +33,10 @@ describe('what a qualify ping says', () => {
     assert.deepEqual(pingVerdict({ kind: 'reply', reply: reply(503, true), elapsedMs: 1 }), { kind: 'unreachable', why: 'transport' });
     assert.deepEqual(pingVerdict({ kind: 'reply', reply: reply(408, true), elapsedMs: 32_000 }), { kind: 'unreachable', why: 'timeout' });
   });
+
+  it('a 430 Flow Failed is an edge proxy saying the flow is gone (RFC 5626 §5.3.1), not the phone answering', () => {
+    assert.deepEqual(pingVerdict({ kind: 'reply', reply: reply(430), elapsedMs: 3 }), { kind: 'unreachable', why: 'transport' });
+  });
 });
 
 describe('the reachability table', () => {
