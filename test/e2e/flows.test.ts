@@ -2,12 +2,14 @@
 // drachtio-server from drachtio.conf.xml with its TLS and WS listeners (certificate made here with
 // openssl), Kamailio with digest auth as the registrar. A phone on one TLS (or TCP) connection —
 // listening on no port, like a phone behind NAT — registers through midreg and receives a MESSAGE
-// on that very connection; a JsSIP client over WebSocket registers and exchanges MESSAGEs with a
-// UDP phone. Then what happens when such a connection closes, and RFC 5626 keep-alives.
+// on that very connection; JsSIP clients over WebSocket and secure WebSocket register and exchange
+// MESSAGEs with a UDP phone. Then what happens when such a connection closes, RFC 5626 keep-alives,
+// and RFC 5626 against a registrar that supports it (Kamailio WITH_OUTBOUND): Flow-Timer, ";ob" on
+// midreg's Path, and failover between the flows of one device.
 import { strict as assert } from 'node:assert';
 import { after, before, describe, it } from 'node:test';
 import { e2eSkipReason, freePort, logLines } from '../support/processes.js';
-import { SipPeer, type SipMessage } from '../support/raw-sip.js';
+import { headerOf, SipPeer, type SipMessage } from '../support/raw-sip.js';
 import { rawRequest } from '../support/raw-ua.js';
 import { allLiveBindings } from '../support/replica.js';
 import { startStack, type Stack } from '../support/stack.js';
@@ -46,7 +48,7 @@ describe('TLS, TCP and WebSocket flows, end to end', { skip: skip ?? false, time
 
   before(async () => {
     const adminPort = await freePort();
-    stack = await startStack({ domain: 'name', listeners: { tls: true, ws: true }, env: { MIDREG_ADMIN_PORT: String(adminPort) } });
+    stack = await startStack({ domain: 'name', listeners: { tls: true, ws: true, wss: true }, env: { MIDREG_ADMIN_PORT: String(adminPort), MIDREG_FLOW_TIMER_SEC: '25' } });
     admin = `http://127.0.0.1:${adminPort}`;
     alice = await SipPeer.open({ answer: (req: SipMessage) => (req.method === 'MESSAGE' || req.method === 'OPTIONS' ? { status: 200, reason: 'OK' } : undefined) });
     assert.deepEqual((await rawRequest(stack, alice, 'REGISTER', 'openalice')).statuses, [200]);
@@ -57,52 +59,65 @@ describe('TLS, TCP and WebSocket flows, end to end', { skip: skip ?? false, time
     await stack?.stop();
   });
 
-  it('a JsSIP client over WebSocket registers through midreg and exchanges a MESSAGE both ways with a UDP phone', async () => {
-    // JsSIP is a browser library: in Node it gets the `ws` package as its WebSocket.
-    Object.assign(globalThis, { WebSocket });
-    const wsPort = stack.drachtio.wsPort;
-    assert.ok(wsPort, 'WS listener open');
-    const ua = new JsSIP.UA({
-      sockets: [new JsSIP.WebSocketInterface(`ws://127.0.0.1:${wsPort}`)],
-      uri: `sip:wsbob@${domain}`, password: 'pw-wsbob', register: true, register_expires: 300, user_agent: 'JsSIP e2e',
-    });
-    const incoming: string[] = [];
-    ua.on('newMessage', (e: { originator: string; request: { body?: unknown } }) => { if (e.originator === 'remote') incoming.push(String(e.request.body)); });
-    try {
-      await new Promise<void>((resolve, reject) => {
-        ua.on('registered', () => resolve());
-        ua.on('registrationFailed', (e: { cause?: string; response?: { status_code?: number } }) => reject(new Error(`JsSIP registration failed: ${e.cause} ${e.response?.status_code ?? ''}`)));
-        ua.start();
-        setTimeout(() => reject(new Error('JsSIP did not register within 10 s')), 10_000).unref();
+  for (const scheme of ['ws', 'wss'] as const) {
+    const name = scheme === 'ws' ? 'WebSocket' : 'secure WebSocket (WSS, the test\'s self-signed certificate)';
+    it(`a JsSIP client over ${name} registers through midreg and exchanges a MESSAGE both ways with a UDP phone`, async () => {
+      const port = scheme === 'ws' ? stack.drachtio.wsPort : stack.drachtio.wssPort;
+      assert.ok(port, `${scheme.toUpperCase()} listener open`);
+      // JsSIP is a browser library: in Node it gets the `ws` package as its WebSocket; over WSS one
+      // that trusts the certificate drachtio-server presents (as a browser trusting its CA would).
+      const ca = stack.drachtio.certPem;
+      const socketClass = scheme === 'ws' || !ca ? WebSocket : class extends WebSocket {
+        constructor(url: string, protocols?: string | string[]) { super(url, protocols, { ca }); }
+      };
+      Object.assign(globalThis, { WebSocket: socketClass });
+      const user = `${scheme}bob`;
+      const ua = new JsSIP.UA({
+        sockets: [new JsSIP.WebSocketInterface(`${scheme}://127.0.0.1:${port}`)],
+        uri: `sip:${user}@${domain}`, password: `pw-${user}`, register: true, register_expires: 300, user_agent: 'JsSIP e2e',
       });
-      const stored = (await allLiveBindings(stack)).find((b) => b.aor === `sip:wsbob@${domain}`);
-      assert.ok(stored, 'the replica holds the WebSocket binding');
-      assert.match(stored.contact, /\.invalid;transport=ws/i, 'JsSIP\'s contact: a .invalid host (RFC 7118 §5)');
-      // drachtio-server names a WebSocket flow's protocol "tcp" (SipMsgData_t: udp, tls or tcp only).
-      assert.equal(stored.source?.transport, 'tcp');
-
-      // UDP phone → WebSocket client: over the WebSocket connection JsSIP opened.
-      const sent = await rawRequest(stack, alice, 'MESSAGE', 'openalice', { to: 'wsbob', body: 'hello browser' });
-      assert.deepEqual(sent.statuses, [200]);
-      await until('JsSIP got the MESSAGE', () => incoming.includes('hello browser'), 3000);
-
-      // WebSocket client → UDP phone.
-      const before = alice.received.filter((m) => m.method === 'MESSAGE').length;
-      const status = await new Promise<number>((resolve) => {
-        ua.sendMessage(`sip:openalice@${domain}`, 'hello phone', {
-          eventHandlers: {
-            succeeded: (e) => resolve(e.response.status_code),
-            failed: (e) => resolve(e.response?.status_code ?? 0),
-          },
+      const incoming: string[] = [];
+      ua.on('newMessage', (e: { originator: string; request: { body?: unknown } }) => { if (e.originator === 'remote') incoming.push(String(e.request.body)); });
+      try {
+        await new Promise<void>((resolve, reject) => {
+          ua.on('registered', () => resolve());
+          ua.on('registrationFailed', (e: { cause?: string; response?: { status_code?: number } }) => reject(new Error(`JsSIP registration failed: ${e.cause} ${e.response?.status_code ?? ''}`)));
+          ua.start();
+          setTimeout(() => reject(new Error('JsSIP did not register within 10 s')), 10_000).unref();
         });
-      });
-      assert.equal(status, 200, 'JsSIP\'s MESSAGE answered 200');
-      const got = alice.received.filter((m) => m.method === 'MESSAGE').slice(before);
-      assert.equal(got.at(-1)?.body.toString(), 'hello phone');
-    } finally {
-      ua.stop();
-    }
-  });
+        const stored = (await allLiveBindings(stack)).find((b) => b.aor === `sip:${user}@${domain}`);
+        assert.ok(stored, `the replica holds the ${name} binding`);
+        // JsSIP writes `transport=ws` over WSS too: the Contact only has to say "reach me over my connection".
+        assert.match(stored.contact, /\.invalid;transport=ws/i, 'JsSIP\'s contact: a .invalid host (RFC 7118 §5)');
+        // drachtio-server names the protocol of a WebSocket flow, secure or not, "tcp" (SipMsgData_t:
+        // udp, tls or tcp only, and tport_has_tls is set by the TLS transport type alone).
+        assert.equal(stored.source?.transport, 'tcp');
+
+        // UDP phone → WebSocket client: over the WebSocket connection JsSIP opened.
+        const body = `hello ${scheme} browser`;
+        const sent = await rawRequest(stack, alice, 'MESSAGE', 'openalice', { to: user, body });
+        assert.deepEqual(sent.statuses, [200]);
+        await until('JsSIP got the MESSAGE', () => incoming.includes(body), 3000);
+
+        // WebSocket client → UDP phone.
+        const before = alice.received.filter((m) => m.method === 'MESSAGE').length;
+        const status = await new Promise<number>((resolve) => {
+          ua.sendMessage(`sip:openalice@${domain}`, `hello phone over ${scheme}`, {
+            eventHandlers: {
+              succeeded: (e) => resolve(e.response.status_code),
+              failed: (e) => resolve(e.response?.status_code ?? 0),
+            },
+          });
+        });
+        assert.equal(status, 200, 'JsSIP\'s MESSAGE answered 200');
+        const got = alice.received.filter((m) => m.method === 'MESSAGE').slice(before);
+        assert.equal(got.at(-1)?.body.toString(), `hello phone over ${scheme}`);
+      } finally {
+        ua.stop();
+        Object.assign(globalThis, { WebSocket });
+      }
+    });
+  }
 
   for (const transport of ['tls', 'tcp'] as const) {
     it(`a ${transport.toUpperCase()} phone registers with digest auth and receives a MESSAGE on the very connection that registered`, async () => {
@@ -169,7 +184,7 @@ describe('TLS, TCP and WebSocket flows, end to end', { skip: skip ?? false, time
     }
   });
 
-  it('RFC 5626 §5.3: of a device\'s two flows (same +sip.instance, reg-id 1 and 2) a MESSAGE takes only the newest', async () => {
+  it('RFC 5626 §7: of a device\'s two flows (same +sip.instance, reg-id 1 and 2) a MESSAGE takes only the newest', async () => {
     const user = 'openfrank';
     const instance = ';+sip.instance="<urn:uuid:5f1c0e3a-0000-4000-8000-00000000f00d>"';
     const ua = await StreamUa.open({ transport: 'tcp', port: stack.drachtio.sipPort, user, domain, contactParams: `${instance};reg-id=1`, registerHeaders: ['Supported: outbound, path'] });
@@ -185,6 +200,12 @@ describe('TLS, TCP and WebSocket flows, end to end', { skip: skip ?? false, time
     assert.deepEqual(ua.messages().map((m) => m.connection), [2], 'one copy, on the newest flow');
     const line = logLines(stack.midreg, { message: 'MESSAGE delivered', aor: `sip:${user}@${domain}` }).at(-1);
     assert.equal((line?.['olderFlows'] as string[] | undefined)?.length, 1, 'the older flow is left out, and the log says so');
+    // Kamailio here has no outbound (outbound_mode 0): its 200 carries no `Require: outbound`, so
+    // midreg adds no Flow-Timer although MIDREG_FLOW_TIMER_SEC is set and the phone asked.
+    const reply = ua.lastRegisterReply();
+    assert.equal(reply?.status, 200);
+    assert.doesNotMatch(headerOf(reply ?? { headers: [] }, 'Require') ?? '', /outbound/i, 'the registrar did not accept outbound');
+    assert.equal(headerOf(reply ?? { headers: [] }, 'Flow-Timer'), undefined, 'so no Flow-Timer');
   });
 
   it('a closed TLS connection makes its binding unreachable within a second; a MESSAGE then reaches only the live device', async () => {
@@ -235,6 +256,141 @@ describe('TLS, TCP and WebSocket flows, end to end', { skip: skip ?? false, time
     assert.deepEqual(sent.statuses, [480]);
     assert.ok(sent.ms < 500, `480 after ${sent.ms} ms`);
     assert.equal((await allLiveBindings(stack)).filter((b) => b.aor === `sip:${user}@${domain}`).length, 1, 'mirror mode: the replica keeps the binding (it changes on a registrar 2xx only)');
+  });
+});
+
+describe('RFC 5626 outbound against a registrar that supports it: Flow-Timer, ";ob", flow failover', { skip: skip ?? false, timeout: 120_000 }, () => {
+  // Kamailio with outbound_mode 1 (test/kamailio/kamailio.cfg WITH_OUTBOUND) answers `Require:
+  // outbound` to a REGISTER that says `Supported: outbound`. The connection watch is off here so
+  // that a dead flow is found the way it is without it: by sending on it.
+  let stack: Stack;
+  let alice: SipPeer;
+  const uas: StreamUa[] = [];
+  const domain = 'example.test';
+  const instanceOf = (n: number): string => `;+sip.instance="<urn:uuid:7a1d0c3e-0000-4000-8000-${String(n).padStart(12, '0')}>"`;
+
+  before(async () => {
+    stack = await startStack({ domain: 'name', kamailioDefines: ['WITH_OUTBOUND'], env: { MIDREG_FLOW_TIMER_SEC: '25', MIDREG_CONNECTION_WATCH_MS: '0' } });
+    alice = await SipPeer.open({ answer: (req: SipMessage) => (req.method === 'MESSAGE' ? { status: 200, reason: 'OK' } : undefined) });
+    assert.deepEqual((await rawRequest(stack, alice, 'REGISTER', 'openalice')).statuses, [200]);
+  });
+  after(async () => {
+    for (const ua of uas) await ua.close(true);
+    await alice?.close();
+    await stack?.stop();
+  });
+
+  /** What Kamailio stored as Path for the AoR's binding whose contact contains `contactPart`. */
+  const storedPath = async (user: string, contactPart: string): Promise<string | undefined> => {
+    const kamailio = stack.kamailio;
+    assert.ok(kamailio);
+    return (await kamailio.lookup(`${user}@${domain}`)).find((b) => b.contact.includes(contactPart))?.path;
+  };
+
+  it('a UDP phone asking for outbound gets the registrar\'s Require: outbound and midreg\'s Flow-Timer; midreg\'s Path carries ";ob"', async () => {
+    const phone = await SipPeer.open();
+    try {
+      const reg = await rawRequest(stack, phone, 'REGISTER', 'openudpflow', { contactParams: `${instanceOf(1)};reg-id=1`, headers: ['Supported: outbound, path'] });
+      assert.deepEqual(reg.statuses, [200]);
+      const reply = reg.final ?? { headers: [] };
+      assert.match(headerOf(reply, 'Require') ?? '', /outbound/i, 'Kamailio accepted outbound');
+      assert.equal(headerOf(reply, 'Flow-Timer'), '25', 'MIDREG_FLOW_TIMER_SEC, added by midreg (RFC 5626 §5.4)');
+      // RFC 5626 §5.1: the first hop's Path URI carries "ob" (Kamailio stores the Path it got).
+      assert.match(await storedPath('openudpflow', `:${phone.port}`) ?? '', /;ob\b/, 'the Path Kamailio stored has ;ob');
+    } finally {
+      await phone.close();
+    }
+  });
+
+  it('a TCP phone asking for outbound gets Flow-Timer too', async () => {
+    const ua = await StreamUa.open({ transport: 'tcp', port: stack.drachtio.sipPort, user: 'opentcpflow', domain, contactParams: `${instanceOf(2)};reg-id=1`, registerHeaders: ['Supported: outbound, path'] });
+    uas.push(ua);
+    assert.equal(await ua.register(), 200);
+    const reply = ua.lastRegisterReply() ?? { headers: [] };
+    assert.match(headerOf(reply, 'Require') ?? '', /outbound/i);
+    assert.equal(headerOf(reply, 'Flow-Timer'), '25');
+  });
+
+  it('a phone that does not ask for outbound gets neither Require: outbound nor Flow-Timer, and midreg\'s Path has no ";ob"', async () => {
+    const phone = await SipPeer.open();
+    try {
+      const reg = await rawRequest(stack, phone, 'REGISTER', 'openplain');
+      assert.deepEqual(reg.statuses, [200]);
+      const reply = reg.final ?? { headers: [] };
+      assert.doesNotMatch(headerOf(reply, 'Require') ?? '', /outbound/i, 'the registrar did not require outbound');
+      assert.equal(headerOf(reply, 'Flow-Timer'), undefined);
+      const path = await storedPath('openplain', `:${phone.port}`);
+      assert.ok(path, 'midreg added its Path');
+      assert.doesNotMatch(path, /;ob\b/);
+    } finally {
+      await phone.close();
+    }
+  });
+
+  /**
+   * One device (`+sip.instance`) with two flows over two TCP connections: reg-id 1 on connection 1,
+   * reg-id 2 on connection 2 (the newer, so the preferred one). Each flow's Contact has a host of
+   * its own (`.invalid`, as WebSocket and NAT'd clients write): drachtio-server picks a cached
+   * connection by the Contact's user@host ([D5](docs/drachtio-findings.md#d5)), so with one shared
+   * host every request would go down the newest connection whatever midreg chose.
+   */
+  const twoFlows = async (user: string, instance: string): Promise<StreamUa> => {
+    const ua = await StreamUa.open({ transport: 'tcp', port: stack.drachtio.sipPort, user, domain, contactHost: `${user}-1.invalid`, contactParams: `${instance};reg-id=1`, registerHeaders: ['Supported: outbound, path'] });
+    uas.push(ua);
+    assert.equal(await ua.register(), 200, 'flow 1');
+    await ua.connect();
+    ua.setContactHost(`${user}-2.invalid`);
+    ua.setContactParams(`${instance};reg-id=2`);
+    assert.equal(await ua.register(), 200, 'flow 2, over a second connection');
+    await until('the replica holds both flows', async () => (await allLiveBindings(stack)).filter((b) => b.aor === `sip:${user}@${domain}`).length === 2, 2000);
+    return ua;
+  };
+
+  it('RFC 5626 §7: the preferred flow answers 430 Flow Failed → the MESSAGE goes on to the device\'s other flow and the sender gets 200', async () => {
+    const user = 'openflo';
+    const ua = await twoFlows(user, instanceOf(3));
+    // What an outbound edge proxy in front of the phone answers for a flow that is gone (§5.3.1).
+    ua.answers.set(2, { status: 430, reason: 'Flow Failed' });
+    const sent = await rawRequest(stack, alice, 'MESSAGE', 'openalice', { to: user, body: 'via the other flow' });
+    assert.deepEqual(sent.statuses, [200], 'delivered');
+    assert.deepEqual(ua.messages().map((m) => m.connection), [2, 1], 'tried on the newest flow first, then on the other one, never both at once');
+    assert.equal(ua.messages().at(-1)?.body.toString(), 'via the other flow');
+    const step = logLines(stack.midreg, { message: 'MESSAGE flow failed; trying the device\'s next flow', aor: `sip:${user}@${domain}` }).at(-1);
+    assert.equal(step?.['why'], 'flow-failed');
+    assert.equal(step?.['status'], 430);
+    assert.match(String(step?.['next']), new RegExp(`${user}-1\\.invalid`));
+    const done = logLines(stack.midreg, { message: 'MESSAGE delivered', aor: `sip:${user}@${domain}` }).at(-1);
+    assert.equal((done?.['failedOver'] as unknown[] | undefined)?.length, 1);
+  });
+
+  it('RFC 5626 §7: the preferred flow\'s connection is dead → the MESSAGE goes on to the device\'s other flow and the sender gets 200', async () => {
+    const user = 'openflodead';
+    const ua = await twoFlows(user, instanceOf(4));
+    await ua.close();
+    const sent = await rawRequest(stack, alice, 'MESSAGE', 'openalice', { to: user, body: 'after the connection died' });
+    assert.deepEqual(sent.statuses, [200], 'delivered');
+    assert.deepEqual(ua.messages().map((m) => [m.connection, m.body.toString()]), [[1, 'after the connection died']], 'on the live flow');
+    const step = logLines(stack.midreg, { message: 'MESSAGE flow failed; trying the device\'s next flow', aor: `sip:${user}@${domain}` }).at(-1);
+    assert.equal(step?.['why'], 'transport', `drachtio-server could not send on the dead connection (its own ${String(step?.['status'])})`);
+  });
+
+  it('RFC 5626 §7: an answer that is the device\'s own (486) is final: the other flow never gets the MESSAGE', async () => {
+    const user = 'openflobusy';
+    const ua = await twoFlows(user, instanceOf(5));
+    ua.answers.set(2, { status: 486, reason: 'Busy Here' });
+    const sent = await rawRequest(stack, alice, 'MESSAGE', 'openalice', { to: user, body: 'busy' });
+    assert.deepEqual(sent.statuses, [486]);
+    assert.deepEqual(ua.messages().map((m) => m.connection), [2]);
+  });
+
+  it('with every flow of the device failing with 430 the sender gets 480, never the 430 (RFC 5626 §11)', async () => {
+    const user = 'openflogone';
+    const ua = await twoFlows(user, instanceOf(6));
+    ua.answers.set(1, { status: 430, reason: 'Flow Failed' });
+    ua.answers.set(2, { status: 430, reason: 'Flow Failed' });
+    const sent = await rawRequest(stack, alice, 'MESSAGE', 'openalice', { to: user, body: 'nowhere' });
+    assert.deepEqual(sent.statuses, [480]);
+    assert.deepEqual(ua.messages().map((m) => m.connection), [2, 1]);
   });
 });
 

@@ -51,8 +51,20 @@ export class StreamUa {
 
   private constructor(private readonly opts: StreamUaOptions) {}
 
+  /**
+   * How each connection answers a MESSAGE or OPTIONS (by connection number; default 200 OK): e.g.
+   * 430 Flow Failed, as an RFC 5626 edge proxy in front of a phone answers for a dead flow.
+   */
+  readonly answers = new Map<number, { status: number; reason: string }>();
+
   /** Contact parameters of the next REGISTER (e.g. another reg-id for a second flow). */
   setContactParams(params: string): void { this.opts.contactParams = params; }
+
+  /** Contact host of the next REGISTER (e.g. a `.invalid` name per flow; undefined: 127.0.0.1:<local port>). */
+  setContactHost(host: string | undefined): void {
+    if (host === undefined) delete this.opts.contactHost;
+    else this.opts.contactHost = host;
+  }
 
   static async open(opts: StreamUaOptions): Promise<StreamUa> {
     const ua = new StreamUa(opts);
@@ -98,7 +110,8 @@ export class StreamUa {
       const msg: StreamReceived = { ...parseSipMessage(Buffer.from(raw)), at: Date.now(), connection: id };
       this.received.push(msg);
       if (msg.method && msg.method !== 'ACK' && this.alive && (msg.method === 'MESSAGE' || msg.method === 'OPTIONS')) {
-        sock.write(responseTo(msg, 200, 'OK'));
+        const answer = this.answers.get(id) ?? { status: 200, reason: 'OK' };
+        sock.write(responseTo(msg, answer.status, answer.reason));
       }
     }
   }
