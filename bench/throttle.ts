@@ -30,21 +30,19 @@
 //   node dist/bench/throttle.js [--phones 1000] [--rates 2000,2500,3000,3500,4000,5000,6000,7000,8000]
 //     [--register-rate 1000] [--steady 8] [--no-sweep] [--keep]
 //     [--systems midreg-mirror,midreg-contact,midreg-aor,opensips-1,opensips-2] [--profile]
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { kamcmd } from '../test/support/kamailio.js';
 import { cpuDelta, PeakThreadWatcher, probeGroup, probeProcess, reapedChildrenCpu, sampleCpu, waitForQuiet, type CpuProbe, type CpuSample } from './cpu.js';
 import { quantiles, runLoad, type LoadResult, type Quantiles } from './load.js';
 import {
-  BENCH_DIR, delay, environmentLine, freePort, KAMAILIO_CFG, OPENSIPS_START, REPO_ROOT, runEnvironment, runLog, runStamp, startDrachtio, startKamailio, startMidreg, startOpensips, type KamailioService, type Service,
+  BENCH_DIR, delay, finishRun, freePort, KAMAILIO_CFG, type KamailioService, environmentLine, OPENSIPS_START, resultsHeader, runBench, type Service, startDrachtio, startKamailio, startMidreg, startOpensips, startRun,
 } from './procs.js';
 import { runProbe } from './probe.js';
 import { formatProfile, summarizeProfile, type ProfileSummary } from './profile.js';
 import { fmt1, fmtInt, markdownTable, textTable, type Table } from './report.js';
 
-const RESULTS_DIR = join(BENCH_DIR, 'results');
 const SCENARIO = join(BENCH_DIR, 'sipp', 'register-refresh.xml');
 const SWEEP_SCENARIO = join(BENCH_DIR, 'sipp', 'register-population.xml');
 const DOMAIN = 'example.test';
@@ -554,19 +552,8 @@ const pct = (x: number): string => `${(x * 100).toFixed(2)} %`;
 const us = (s: Step, k: string): string => fmtInt(s.usPer[k] ?? 0);
 
 async function main(): Promise<void> {
-  let opts: Options;
-  try {
-    opts = parseOptions(process.argv.slice(2));
-  } catch (err) {
-    process.stderr.write(`bench throttle: ${err instanceof Error ? err.message : String(err)}\n${HELP}\n`);
-    process.exit(2);
-  }
-  const startedAt = new Date();
-  const stamp = runStamp(startedAt);
-  const workDir = mkdtempSync(join(tmpdir(), 'mrbt-'));
-  const { lines, log } = runLog();
-  const meta = { startedAt: startedAt.toISOString(), options: opts, ...runEnvironment() };
-  if (!existsSync(join(REPO_ROOT, 'dist', 'app', 'main.js'))) throw new Error('dist/app/main.js missing: npm run build');
+  const run = startRun<Options>('throttle', { parse: parseOptions, help: HELP, workPrefix: 'mrbt-' });
+  const { opts, startedAt, stamp, workDir, lines, log, meta } = run;
   log(`midreg throttling bench ${stamp}: ${environmentLine(meta)}`);
   log(`options: ${fmtInt(opts.phones)} phones × ${PER_PHONE} REGISTERs (1 + 9 refreshes 1 s apart, Expires ${PHONE_EXPIRES}); outgoing expires ${OUTGOING_EXPIRES}; `
     + `sweep ${opts.sweep ? `${opts.rates.join(', ')} refreshes/s (registering at ${opts.registerRate}/s, steady window ${opts.steady} s)` : 'off'}; work dir ${workDir}`);
@@ -748,9 +735,10 @@ async function main(): Promise<void> {
   for (const t of tables) { for (const l of textTable(t)) log(l); log(''); }
   log(`bench finished in ${(durationSec / 60).toFixed(1)} min${error ? ` with an error: ${error}` : ''}`);
 
-  mkdirSync(RESULTS_DIR, { recursive: true });
-  const base = join(RESULTS_DIR, stamp);
-  writeFileSync(`${base}.json`, `${JSON.stringify({
+  finishRun(run, {
+    keep: opts.keep,
+    error,
+    json: {
     meta: { ...meta, bench: 'throttle', durationSec, workDir: opts.keep ? workDir : undefined },
     settings: {
       perPhone: PER_PHONE, phoneExpires: PHONE_EXPIRES, outgoingExpires: OUTGOING_EXPIRES, refreshMargin: REFRESH_MARGIN, window: WINDOW,
@@ -758,30 +746,22 @@ async function main(): Promise<void> {
     },
     population, sweep, computed: { refreshPeriod: REFRESH_PERIOD, ...computed },
     maxima: { mirror: mMax, contact: cMax, aor: aMax }, profiles, error,
-  }, null, 2)}\n`);
-  writeFileSync(`${base}.md`, [
-    `# midreg throttling benchmark ${stamp}`,
-    '',
-    `\`node dist/bench/throttle.js\` (bench/throttle.ts). ${meta.host.cpus} × ${meta.host.model} · node ${meta.node} · drachtio ${meta.drachtio} · ${meta.kamailio.replace(/^version: /, '')} · ${meta.sipp} · git ${meta.git}`,
-    '',
-    `Options: ${fmtInt(opts.phones)} phones; sweep ${opts.sweep ? `${opts.rates.map(fmtInt).join(', ')} refresh REGISTER/s (registering at ${fmtInt(opts.registerRate)}/s, steady window ${opts.steady} s)` : 'off'}; registrar over TCP (midreg) / UDP (OpenSIPS). Took ${fmt1(durationSec / 60)} min.`,
-    '',
-    ...tables.flatMap(markdownTable),
-    ...(error ? ['### Error', '', error, ''] : []),
-    ...(profiles.length > 0 ? ['### midreg CPU profiles (node --cpu-prof)', '', '```', ...profiles.flatMap((p) => formatProfile(p, 'profile')), '```', ''] : []),
-    '### Steps',
-    '',
-    '```',
-    ...lines.filter((l) => /^\s{2}\S/.test(l) && l.includes('@') || /^\[\d+ s\]/.test(l)),
-    '```',
-    '',
-  ].join('\n'));
-  log(`results: ${base}.json, ${base}.md`);
-  if (!opts.keep) rmSync(workDir, { recursive: true, force: true });
-  process.exit(error ? 1 : 0);
+  },
+    markdown: [
+      ...resultsHeader(run, 'midreg throttling benchmark', 'throttle'),
+      `Options: ${fmtInt(opts.phones)} phones; sweep ${opts.sweep ? `${opts.rates.map(fmtInt).join(', ')} refresh REGISTER/s (registering at ${fmtInt(opts.registerRate)}/s, steady window ${opts.steady} s)` : 'off'}; registrar over TCP (midreg) / UDP (OpenSIPS). Took ${fmt1(durationSec / 60)} min.`,
+      '',
+      ...tables.flatMap(markdownTable),
+      ...(error ? ['### Error', '', error, ''] : []),
+      ...(profiles.length > 0 ? ['### midreg CPU profiles (node --cpu-prof)', '', '```', ...profiles.flatMap((p) => formatProfile(p, 'profile')), '```', ''] : []),
+      '### Steps',
+      '',
+      '```',
+      ...lines.filter((l) => /^\s{2}\S/.test(l) && l.includes('@') || /^\[\d+ s\]/.test(l)),
+      '```',
+      '',
+    ],
+  });
 }
 
-main().catch((err: unknown) => {
-  process.stderr.write(`bench throttle: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`);
-  process.exit(1);
-});
+runBench('throttle', main);
