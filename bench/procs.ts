@@ -334,11 +334,17 @@ export interface RunEnvironment {
   git: string;
 }
 
+function drachtioDescription(bin: string): string {
+  const v = version(bin, ['--version']);
+  return bin === DRACHTIO_BIN_DEFAULT ? v : `${v} (${bin})`;
+}
+
 export function runEnvironment(): RunEnvironment {
   return {
     host: { cpus: cpus().length, model: cpus()[0]?.model ?? '', loadavg: loadavg() },
     node: process.version,
-    drachtio: version(process.env['DRACHTIO_BIN'] || DRACHTIO_BIN_DEFAULT, ['--version']),
+    // A build other than ../shared/engine's prints the same version: its path says which it was.
+    drachtio: drachtioDescription(process.env['DRACHTIO_BIN'] || DRACHTIO_BIN_DEFAULT),
     kamailio: version('kamailio', ['-v']),
     // The binary the load generators run (bench/load.ts).
     sipp: version(process.env['SIPP_BIN'] ?? 'sipp', ['-v']),
