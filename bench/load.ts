@@ -47,6 +47,10 @@ export interface LoadOptions {
   dir: string;
   /** A call with no answer for this long fails (-recv_timeout). */
   recvTimeoutMs: number;
+  /** Seconds each call stays open after sipp started it (its pauses): added to sipp's run bound (-timeout). */
+  holdSec?: number;
+  /** Called with sipp's pid as soon as it is spawned (to watch its CPU while it runs). */
+  onSpawn?: (pid: number) => void;
 }
 
 export interface LoadResult {
@@ -66,6 +70,8 @@ export interface LoadResult {
   goodputRate: number;
   /** Seconds of sipp's run (statistics start to end). */
   elapsedSec: number;
+  /** When sipp's statistics started (its StartTime, epoch ms; NaN if unknown): -trace_rtt dates count from about then. */
+  startedAtMs: number;
   /** Response time (request → 200) of each successful call, ms (sipp uses CLOCK_MONOTONIC_COARSE: 4 ms ticks here). */
   responseMs: Quantiles;
   exitCode: number;
@@ -147,7 +153,7 @@ function readRtt(dir: string): { times: number[]; lastAtMs: number } {
 export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
   mkdirSync(opts.dir, { recursive: true });
   const sendSec = opts.calls / opts.rate;
-  const timeoutSec = Math.ceil(sendSec + opts.recvTimeoutMs / 1000 + 10);
+  const timeoutSec = Math.ceil(sendSec + (opts.holdSec ?? 0) + opts.recvTimeoutMs / 1000 + 10);
   const args = sippArgs([
     opts.target, '-sf', opts.scenario,
     '-m', String(opts.calls), '-r', String(opts.rate), '-rp', '1000', '-l', String(opts.limit),
@@ -161,7 +167,9 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
     ...(opts.buffSize ? ['-buff_size', String(opts.buffSize)] : []),
   ], opts);
   const command = [SIPP_BIN, ...args].join(' ');
-  const exited = await run(args, opts.dir, (timeoutSec + 10) * 1000).done;
+  const { child, done } = run(args, opts.dir, (timeoutSec + 10) * 1000);
+  if (child.pid !== undefined) opts.onSpawn?.(child.pid);
+  const exited = await done;
   const stat = readStat(join(opts.dir, 'stat.csv'));
   const rtt = readRtt(opts.dir);
   const errors = existsSync(join(opts.dir, 'errors.log')) ? readFileSync(join(opts.dir, 'errors.log'), 'utf8') : '';
@@ -183,6 +191,7 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
     achievedRate: elapsedSec > 0 ? successful / elapsedSec : 0,
     goodputRate: goodSec > 0 ? Math.min(rtt.times.length, successful) / goodSec : 0,
     elapsedSec: Number.isFinite(elapsedSec) ? elapsedSec : 0,
+    startedAtMs: epochOf(stat?.['StartTime']) * 1000,
     responseMs: quantiles(rtt.times),
     exitCode: exited.code,
     unexpectedStatuses,

@@ -23,14 +23,14 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createSocket } from 'node:dgram';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { cpuDelta, machineBusyCpu, PeakThreadWatcher, probeSipp, sampleCpu, waitForQuiet, type CpuProbe } from './cpu.js';
 import { quantiles, readStat, runLoad, type LoadResult, type Quantiles } from './load.js';
 import {
-  BENCH_DIR, delay, environmentLine, freePort, REPO_ROOT, runEnvironment, runLog, runStamp, } from './procs.js';
+  BENCH_DIR, delay, finishRun, freePort, environmentLine, RESULTS_DIR, resultsHeader, runBench, startRun,
+} from './procs.js';
 import { runProbe, type ProbeResult } from './probe.js';
 import { formatProfile, summarizeProfile, type ProfileSummary } from './profile.js';
 import { fmt1, fmtInt, fmtPct, markdownTable, textTable, type Table } from './report.js';
@@ -38,7 +38,6 @@ import { startSystem, type RunningSystem } from './systems.js';
 
 const SIPP_BIN = process.env['SIPP_BIN'] ?? 'sipp';
 const SIPP_DIR = join(BENCH_DIR, 'sipp');
-const RESULTS_DIR = join(BENCH_DIR, 'results');
 const DOMAIN = 'example.test';
 const PREFIX = 'openoff';
 /** The sipp sender and the probe's sender (both register from the address they send from). */
@@ -574,19 +573,8 @@ async function registerStep(ctx: Ctx, label: string, expectMessages: number): Pr
 
 
 async function main(): Promise<void> {
-  let opts: Options;
-  try {
-    opts = parseOptions(process.argv.slice(2));
-  } catch (err) {
-    process.stderr.write(`bench offline: ${err instanceof Error ? err.message : String(err)}\n${HELP}\n`);
-    process.exit(2);
-  }
-  const startedAt = new Date();
-  const stamp = runStamp(startedAt);
-  const workDir = mkdtempSync(join(tmpdir(), 'mrbo-'));
-  const { lines, log } = runLog();
-  const meta = { startedAt: startedAt.toISOString(), options: opts, ...runEnvironment() };
-  if (!existsSync(join(REPO_ROOT, 'dist', 'app', 'main.js'))) throw new Error('dist/app/main.js missing: npm run build');
+  const run = startRun<Options>('offline', { parse: parseOptions, help: HELP, workPrefix: 'mrbo-' });
+  const { opts, startedAt, stamp, workDir, lines, log, meta } = run;
   const adminPort = await freePort();
   const env = midregEnv(opts, adminPort);
   log(`midreg offline-messages bench ${stamp}: ${environmentLine(meta)}`);
@@ -701,32 +689,25 @@ async function main(): Promise<void> {
   for (const t of tables) { for (const l of textTable(t)) log(l); log(''); }
   log(`bench finished in ${(durationSec / 60).toFixed(1)} min${error ? ` with an error: ${error}` : ''}`);
 
-  mkdirSync(RESULTS_DIR, { recursive: true });
-  const base = join(RESULTS_DIR, stamp);
-  writeFileSync(`${base}.json`, `${JSON.stringify({ meta: { ...meta, bench: 'offline', midregEnv: env, durationSec, workDir: opts.keep ? workDir : undefined }, ...result, profile, error }, null, 2)}\n`);
-  writeFileSync(`${base}.md`, [
-    `# midreg offline-messages benchmark ${stamp}`,
-    '',
-    `\`node dist/bench/offline.js\` (bench/offline.ts). ${meta.host.cpus} × ${meta.host.model} · node ${meta.node} · drachtio ${meta.drachtio} · ${meta.kamailio.replace(/^version: /, '')} · ${meta.sipp} · git ${meta.git}`,
-    '',
-    `Options: ${fmtInt(opts.messages)} messages to ${fmtInt(opts.recipients)} users, stored at ${fmtInt(opts.storeRate)}/s; REGISTER ${fmtInt(opts.registerRate)}/s × ${opts.registerSec} s; midreg log level ${opts.midregLogLevel}; registrar over TCP. Took ${(durationSec / 60).toFixed(1)} min.`,
-    '',
-    ...tables.flatMap(markdownTable),
-    ...(profile ? ['### midreg CPU profile, from just before the users register to the last delivery', '', '```', ...formatProfile(profile, 'midreg CPU profile, delivery'), '```', ''] : []),
-    ...(error ? ['### Error', '', error, ''] : []),
-    '### Steps',
-    '',
-    '```',
-    ...lines.filter((l) => /^\s+(store|deliver|REGISTER)\b/.test(l) || /^\[\d+ s\]/.test(l)),
-    '```',
-    '',
-  ].join('\n'));
-  log(`results: ${base}.json, ${base}.md`);
-  if (!opts.keep) rmSync(workDir, { recursive: true, force: true });
-  process.exit(error ? 1 : 0);
+  finishRun(run, {
+    keep: opts.keep,
+    error,
+    json: { meta: { ...meta, bench: 'offline', midregEnv: env, durationSec, workDir: opts.keep ? workDir : undefined }, ...result, profile, error },
+    markdown: [
+      ...resultsHeader(run, 'midreg offline-messages benchmark', 'offline'),
+      `Options: ${fmtInt(opts.messages)} messages to ${fmtInt(opts.recipients)} users, stored at ${fmtInt(opts.storeRate)}/s; REGISTER ${fmtInt(opts.registerRate)}/s × ${opts.registerSec} s; midreg log level ${opts.midregLogLevel}; registrar over TCP. Took ${(durationSec / 60).toFixed(1)} min.`,
+      '',
+      ...tables.flatMap(markdownTable),
+      ...(profile ? ['### midreg CPU profile, from just before the users register to the last delivery', '', '```', ...formatProfile(profile, 'midreg CPU profile, delivery'), '```', ''] : []),
+      ...(error ? ['### Error', '', error, ''] : []),
+      '### Steps',
+      '',
+      '```',
+      ...lines.filter((l) => /^\s+(store|deliver|REGISTER)\b/.test(l) || /^\[\d+ s\]/.test(l)),
+      '```',
+      '',
+    ],
+  });
 }
 
-main().catch((err: unknown) => {
-  process.stderr.write(`bench offline: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`);
-  process.exit(1);
-});
+runBench('offline', main);

@@ -3,9 +3,9 @@
 // process's memory: at load drachtio-server alone logs megabytes per second), listens on
 // 127.0.0.1 only, and is stopped by the bench (process groups are SIGKILLed on exit as a backstop).
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
-import { cpus, loadavg } from 'node:os';
+import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { kamcmd, KAMAILIO_CFG } from '../test/support/kamailio.js';
 import { freePort, REPO_ROOT, SHARED_ENGINE } from '../test/support/processes.js';
@@ -334,11 +334,17 @@ export interface RunEnvironment {
   git: string;
 }
 
+function drachtioDescription(bin: string): string {
+  const v = version(bin, ['--version']);
+  return bin === DRACHTIO_BIN_DEFAULT ? v : `${v} (${bin})`;
+}
+
 export function runEnvironment(): RunEnvironment {
   return {
     host: { cpus: cpus().length, model: cpus()[0]?.model ?? '', loadavg: loadavg() },
     node: process.version,
-    drachtio: version(process.env['DRACHTIO_BIN'] || DRACHTIO_BIN_DEFAULT, ['--version']),
+    // A build other than ../shared/engine's prints the same version: its path says which it was.
+    drachtio: drachtioDescription(process.env['DRACHTIO_BIN'] || DRACHTIO_BIN_DEFAULT),
     kamailio: version('kamailio', ['-v']),
     // The binary the load generators run (bench/load.ts).
     sipp: version(process.env['SIPP_BIN'] ?? 'sipp', ['-v']),
@@ -360,4 +366,63 @@ export function runStamp(at: Date): string {
 export function runLog(): { lines: string[]; log(line: string): void } {
   const lines: string[] = [];
   return { lines, log: (line) => { lines.push(line); process.stdout.write(`${line}\n`); } };
+}
+
+/** One bench run's frame: its options, stamp, work dir, log and the environment it ran in. */
+export interface BenchRun<O> {
+  opts: O;
+  startedAt: Date;
+  stamp: string;
+  workDir: string;
+  lines: string[];
+  log(line: string): void;
+  meta: { startedAt: string; options: O } & RunEnvironment;
+}
+
+/**
+ * The start every bench shares: options parsed (a bad one prints the help and exits 2), the
+ * build checked, a stamp and a work dir made, and the log opened.
+ */
+export function startRun<O>(bench: string, how: { parse(argv: string[]): O; help: string; workPrefix: string; stampSuffix?: string }): BenchRun<O> {
+  let opts: O;
+  try {
+    opts = how.parse(process.argv.slice(2));
+  } catch (err) {
+    process.stderr.write(`bench ${bench}: ${err instanceof Error ? err.message : String(err)}\n${how.help}\n`);
+    process.exit(2);
+  }
+  if (!existsSync(join(REPO_ROOT, 'dist', 'app', 'main.js'))) throw new Error('dist/app/main.js missing: npm run build');
+  const startedAt = new Date();
+  const { lines, log } = runLog();
+  return {
+    opts, startedAt, stamp: `${runStamp(startedAt)}${how.stampSuffix ?? ''}`, workDir: mkdtempSync(join(tmpdir(), how.workPrefix)),
+    lines, log, meta: { startedAt: startedAt.toISOString(), options: opts, ...runEnvironment() },
+  };
+}
+
+export const RESULTS_DIR = join(BENCH_DIR, 'results');
+
+/** The Markdown results file's first lines: its title and the environment. */
+export function resultsHeader(run: BenchRun<unknown>, title: string, script: string): string[] {
+  const m = run.meta;
+  return [`# ${title} ${run.stamp}`, '', `\`node dist/bench/${script}.js\` (bench/${script}.ts). ${m.host.cpus} × ${m.host.model} · node ${m.node} · drachtio ${m.drachtio} · ${m.kamailio.replace(/^version: /, '')} · ${m.sipp} · git ${m.git}`, ''];
+}
+
+/** The end every bench shares: results written beside the others, the work dir removed unless kept, exit 1 on error. */
+export function finishRun(run: BenchRun<unknown>, out: { json: unknown; markdown: string[]; keep: boolean; error?: string | undefined }): never {
+  mkdirSync(RESULTS_DIR, { recursive: true });
+  const base = join(RESULTS_DIR, run.stamp);
+  writeFileSync(`${base}.json`, `${JSON.stringify(out.json, null, 2)}\n`);
+  writeFileSync(`${base}.md`, out.markdown.join('\n'));
+  run.log(`results: ${base}.json, ${base}.md`);
+  if (!out.keep) rmSync(run.workDir, { recursive: true, force: true });
+  process.exit(out.error ? 1 : 0);
+}
+
+/** Runs a bench's main; an unexpected error is printed with its stack and exits 1. */
+export function runBench(bench: string, main: () => Promise<void>): void {
+  main().catch((err: unknown) => {
+    process.stderr.write(`bench ${bench}: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`);
+    process.exit(1);
+  });
 }

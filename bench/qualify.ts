@@ -18,8 +18,7 @@
 // Saves bench/results/<timestamp>-qualify.json and .md.
 //
 //   node dist/bench/qualify.js [--bindings 100000] [--interval 60] [--window 20] [--rates 250,500,750,1000,1250,1500,1750,2000,2250,2500] [--step 5] [--keep]
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import type { Binding } from '../lib/registrar/registration.js';
@@ -27,11 +26,10 @@ import { LocationStore } from '../lib/store/location-store.js';
 import { cpuDelta, machineBusyCpu, probeProcess, sampleCpu, waitForQuiet, type CpuProbe } from './cpu.js';
 import { describeFailure, runLoad, startUas, type LoadResult } from './load.js';
 import {
-  BENCH_DIR, delay, environmentLine, freePort, KAMAILIO_CFG, REPO_ROOT, runEnvironment, runLog, runStamp, startDrachtio, startKamailio, startMidreg, type Service,
+  BENCH_DIR, delay, finishRun, freePort, KAMAILIO_CFG, environmentLine, resultsHeader, runBench, type Service, startDrachtio, startKamailio, startMidreg, startRun,
 } from './procs.js';
 import { fmt1, fmtInt, markdownTable, textTable, type Table } from './report.js';
 
-const RESULTS_DIR = join(BENCH_DIR, 'results');
 const SIPP_DIR = join(BENCH_DIR, 'sipp');
 const DOMAIN = 'example.test';
 /** MESSAGE receivers (openrcvN) and the sender (opensender1), also pre-filled. */
@@ -129,19 +127,8 @@ async function metric(adminPort: number, name: string, labels = ''): Promise<num
 interface Step { kind: 'register' | 'message'; qualify: boolean; rate: number; pass: boolean; why: string[]; achieved: number; p99Ms: number; otherPct: number }
 
 async function main(): Promise<void> {
-  let opts: Options;
-  try {
-    opts = parseOptions(process.argv.slice(2));
-  } catch (err) {
-    process.stderr.write(`bench qualify: ${err instanceof Error ? err.message : String(err)}\n${HELP}\n`);
-    process.exit(2);
-  }
-  if (!existsSync(join(REPO_ROOT, 'dist', 'app', 'main.js'))) throw new Error('dist/app/main.js missing: npm run build');
-  const startedAt = new Date();
-  const stamp = `${runStamp(startedAt)}-qualify`;
-  const workDir = mkdtempSync(join(tmpdir(), 'mrbq-'));
-  const { lines, log } = runLog();
-  const meta = { startedAt: startedAt.toISOString(), options: opts, ...runEnvironment() };
+  const run = startRun<Options>('qualify', { parse: parseOptions, help: HELP, workPrefix: 'mrbq-', stampSuffix: '-qualify' });
+  const { opts, stamp, workDir, lines, log, meta } = run;
   log(`midreg qualify bench ${stamp}: ${environmentLine(meta)}`);
   const offered = opts.bindings / opts.interval;
   log(`options: ${fmtInt(opts.bindings)} bindings qualified every ${opts.interval} s (${fmtInt(offered)} OPTIONS/s), window ${opts.window} s; sweep ${opts.rates.join(', ')}/s × ${opts.step} s; work dir ${workDir}`);
@@ -287,31 +274,24 @@ async function main(): Promise<void> {
   for (const t of tables) { for (const l of textTable(t)) log(l); log(''); }
   log(`bench finished in ${fmt1(durationSec / 60)} min${error ? ` with an error: ${error}` : ''}`);
 
-  mkdirSync(RESULTS_DIR, { recursive: true });
-  const base = join(RESULTS_DIR, stamp);
-  writeFileSync(`${base}.json`, `${JSON.stringify({ meta: { ...meta, bench: 'qualify', durationSec, workDir: opts.keep ? workDir : undefined }, qualifyAlone, maxima, steps, error }, null, 2)}\n`);
-  writeFileSync(`${base}.md`, [
-    `# midreg qualify benchmark ${stamp}`,
-    '',
-    `\`node dist/bench/qualify.js\` (bench/qualify.ts). ${meta.host.cpus} × ${meta.host.model} · node ${meta.node} · drachtio ${meta.drachtio} · ${meta.kamailio.replace(/^version: /, '')} · ${meta.sipp} · git ${meta.git}`,
-    '',
-    `Options: ${fmtInt(opts.bindings)} bindings, interval ${opts.interval} s, window ${opts.window} s; sweep ${opts.rates.map(fmtInt).join(', ')}/s × ${opts.step} s. Took ${fmt1(durationSec / 60)} min. The machine may have been shared with other work: figures are noisy.`,
-    '',
-    ...tables.flatMap(markdownTable),
-    ...(error ? ['### Error', '', error, ''] : []),
-    '### Log',
-    '',
-    '```',
-    ...lines,
-    '```',
-    '',
-  ].join('\n'));
-  log(`results: ${base}.json, ${base}.md`);
-  if (!opts.keep) rmSync(workDir, { recursive: true, force: true });
-  process.exit(error ? 1 : 0);
+  finishRun(run, {
+    keep: opts.keep,
+    error,
+    json: { meta: { ...meta, bench: 'qualify', durationSec, workDir: opts.keep ? workDir : undefined }, qualifyAlone, maxima, steps, error },
+    markdown: [
+      ...resultsHeader(run, 'midreg qualify benchmark', 'qualify'),
+      `Options: ${fmtInt(opts.bindings)} bindings, interval ${opts.interval} s, window ${opts.window} s; sweep ${opts.rates.map(fmtInt).join(', ')}/s × ${opts.step} s. Took ${fmt1(durationSec / 60)} min. The machine may have been shared with other work: figures are noisy.`,
+      '',
+      ...tables.flatMap(markdownTable),
+      ...(error ? ['### Error', '', error, ''] : []),
+      '### Log',
+      '',
+      '```',
+      ...lines,
+      '```',
+      '',
+    ],
+  });
 }
 
-main().catch((err: unknown) => {
-  process.stderr.write(`bench qualify: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`);
-  process.exit(1);
-});
+runBench('qualify', main);

@@ -13,29 +13,38 @@
 //      kamcmd stats core:rcv_requests_register), the CPU per REGISTER and p50/p99.
 //   2. CPU per REGISTER in the window when only refreshes are sent (from 1.5 s to 9 s): in contact
 //      mode those are absorbed, in mirror mode relayed — the cost of an answered vs a relayed one.
-//   3. sustained REGISTER refresh rate, midreg mirror vs contact: the same load at rising rates,
-//      the bench's pass rule (0 failures, 0 retransmissions, ≥ 95 % of offered).
+//   3. sustained refresh rate of a registered population, midreg mirror vs contact (vs aor): at each
+//      rate R, R phones (bench/sipp/register-population.xml) first register at a fixed rate every
+//      system sustains (--register-rate, every first REGISTER relayed), then, once all are
+//      registered, refresh once a second each, in their own slots: R REGISTER/s of refreshes (same
+//      Call-ID, Contact and port, CSeq + 1: absorbed in contact and aor modes) for --steady seconds
+//      plus a ramp second either side. Phones refresh far more often than they boot; a step in
+//      which R new phones all registered in the same second (the design until 2026-12-05) measured
+//      the relay rate of a boot storm, i.e. mirror mode's work, in every mode. The rate criterion
+//      is the refresh rate answered inside the steady window; the registration phase is reported
+//      beside it. A step passes with 0 failed calls, 0 retransmissions, every REGISTER answered
+//      200, every phone registered before the refresh phase and ≥ 95 % of R in the window.
 //
 // Saves bench/results/<timestamp>.json and .md.
 //
-//   node dist/bench/throttle.js [--phones 1000] [--rates 2000,2500,3000,3500,4000,5000,6000] [--no-sweep] [--keep]
+//   node dist/bench/throttle.js [--phones 1000] [--rates 2000,2500,3000,3500,4000,5000,6000,7000,8000]
+//     [--register-rate 1000] [--steady 8] [--no-sweep] [--keep]
 //     [--systems midreg-mirror,midreg-contact,midreg-aor,opensips-1,opensips-2] [--profile]
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { kamcmd } from '../test/support/kamailio.js';
-import { cpuDelta, PeakThreadWatcher, probeGroup, probeProcess, reapedChildrenCpu, sampleCpu, waitForQuiet, type CpuProbe } from './cpu.js';
+import { cpuDelta, PeakThreadWatcher, probeGroup, probeProcess, reapedChildrenCpu, sampleCpu, waitForQuiet, type CpuProbe, type CpuSample } from './cpu.js';
 import { quantiles, runLoad, type LoadResult, type Quantiles } from './load.js';
 import {
-  BENCH_DIR, delay, environmentLine, freePort, KAMAILIO_CFG, OPENSIPS_START, REPO_ROOT, runEnvironment, runLog, runStamp, startDrachtio, startKamailio, startMidreg, startOpensips, type KamailioService, type Service,
+  BENCH_DIR, delay, finishRun, freePort, KAMAILIO_CFG, type KamailioService, environmentLine, OPENSIPS_START, resultsHeader, runBench, type Service, startDrachtio, startKamailio, startMidreg, startOpensips, startRun,
 } from './procs.js';
 import { runProbe } from './probe.js';
 import { formatProfile, summarizeProfile, type ProfileSummary } from './profile.js';
 import { fmt1, fmtInt, markdownTable, textTable, type Table } from './report.js';
 
-const RESULTS_DIR = join(BENCH_DIR, 'results');
 const SCENARIO = join(BENCH_DIR, 'sipp', 'register-refresh.xml');
+const SWEEP_SCENARIO = join(BENCH_DIR, 'sipp', 'register-population.xml');
 const DOMAIN = 'example.test';
 /** REGISTERs per phone in the scenario: 1 + 9 refreshes, 1 s apart. */
 const PER_PHONE = 10;
@@ -51,26 +60,42 @@ const REFRESH_PERIOD = 60;
  * hundreds of 200 OKs per step at 2,500/s (/proc/net/udp), and each showed up as a retransmission.
  */
 const SIPP_BUFFER_BYTES = 4 * 1024 * 1024;
-/** Refresh-only window of a step (ms since sipp started): after every first REGISTER, before the last refresh. */
+/** Refresh-only window of the population step (ms since sipp started): after every first REGISTER, before the last refresh. */
 const WINDOW = { fromMs: 1500, toMs: 9000 };
+/**
+ * Sweep step: from the last phone's scheduled first REGISTER to the first refresh. Late answers
+ * to first REGISTERs (and midreg's batched replica writes) land here, not in the refresh phase.
+ */
+const REGISTRATION_MARGIN_MS = 2000;
+/** Sweep step: the registration phase is measured up to this long before the first refresh is due. */
+const REGISTRATION_END_MS = 200;
+/** Sweep step: the refresh phase's first and last second are ramps (sipp's timers, the last answers), left out of the steady window. */
+const RAMP_SEC = 1;
+
+const DEFAULT_RATES = '2000,2500,3000,3500,4000,5000,6000,7000,8000';
 
 const HELP = `usage: node dist/bench/throttle.js [options]   (npm run bench:throttle -- [options])
   --phones <n>   phones in the population step, = REGISTER/s for 10 s (default 1000)
-  --rates <list> REGISTER/s tried in the sweep, ascending; a mode stops at its first failed rate (default 2000,2500,3000,3500,4000,5000,6000)
+  --rates <list> refresh REGISTER/s tried in the sweep (R phones refreshing once a second each), ascending;
+                 a mode stops at its first rate not sustained twice (default ${DEFAULT_RATES})
+  --register-rate <n>  sweep: first REGISTERs/s while the step's phones register, before they refresh (default 1000)
+  --steady <s>   sweep: seconds of the steady refresh window each step measures (default 8)
   --no-sweep     population step only
   --keep         keep the work dir (logs, sipp statistics)
   --systems <l>  systems to run (default: midreg-mirror,midreg-contact,midreg-aor,opensips-1,opensips-2)
   --profile      run midreg under node --cpu-prof and summarize each system's profile
   --help`;
 
-interface Options { phones: number; rates: number[]; sweep: boolean; keep: boolean; systems: SystemName[]; profile: boolean }
+interface Options { phones: number; rates: number[]; registerRate: number; steady: number; sweep: boolean; keep: boolean; systems: SystemName[]; profile: boolean }
 
 function parseOptions(argv: string[]): Options {
   const { values } = parseArgs({
     args: argv,
     options: {
       phones: { type: 'string', default: '1000' },
-      rates: { type: 'string', default: '2000,2500,3000,3500,4000,5000,6000' },
+      rates: { type: 'string', default: DEFAULT_RATES },
+      'register-rate': { type: 'string', default: '1000' },
+      steady: { type: 'string', default: '8' },
       'no-sweep': { type: 'boolean', default: false },
       keep: { type: 'boolean', default: false },
       systems: { type: 'string', default: ALL_SYSTEMS.join(',') },
@@ -84,10 +109,14 @@ function parseOptions(argv: string[]): Options {
   if (!Number.isInteger(phones) || phones <= 0) throw new Error(`--phones: "${values.phones}" is not a positive integer`);
   const rates = values.rates.split(',').map(Number);
   if (rates.some((r) => !Number.isInteger(r) || r <= 0)) throw new Error(`--rates: "${values.rates}" is not a list of positive integers`);
+  const registerRate = Number(values['register-rate']);
+  if (!Number.isInteger(registerRate) || registerRate <= 0) throw new Error(`--register-rate: "${values['register-rate']}" is not a positive integer`);
+  const steady = Number(values.steady);
+  if (!Number.isInteger(steady) || steady < 2) throw new Error(`--steady: "${values.steady}" is not an integer ≥ 2`);
   const systems = values.systems.split(',').map((x) => x.trim());
   const unknown = systems.filter((x) => !(ALL_SYSTEMS as readonly string[]).includes(x));
   if (unknown.length > 0) throw new Error(`--systems: unknown ${unknown.join(', ')}`);
-  return { phones, rates: rates.sort((a, b) => a - b), sweep: !values['no-sweep'], keep: values.keep, systems: systems as SystemName[], profile: values.profile };
+  return { phones, rates: rates.sort((a, b) => a - b), registerRate, steady, sweep: !values['no-sweep'], keep: values.keep, systems: systems as SystemName[], profile: values.profile };
 }
 
 // ---- the systems -------------------------------------------------------------------------------
@@ -184,7 +213,7 @@ async function registrarCount(reg: KamailioService): Promise<number> {
   return Number(m[1]);
 }
 
-// ---- one step ----------------------------------------------------------------------------------
+// ---- counters, and the population step ---------------------------------------------------------
 
 /**
  * Datagrams the kernel dropped on the UDP sockets bound to `port` on 127.0.0.1 because their
@@ -277,7 +306,7 @@ function loadFailure(r: LoadResult, sent: number, answered: number): string {
 
 let stepNo = 0;
 
-async function step(sys: Sys, rate: number, workDir: string, log: (l: string) => void): Promise<Step> {
+async function populationStep(sys: Sys, rate: number, workDir: string, log: (l: string) => void): Promise<Step> {
   await waitForQuiet();
   const n = ++stepNo;
   const dir = join(workDir, `step${n}-${sys.name}-${rate}`);
@@ -339,6 +368,170 @@ async function step(sys: Sys, rate: number, workDir: string, log: (l: string) =>
   return s;
 }
 
+// ---- one sweep step: a registered population refreshing --------------------------------------
+
+/** One phase of a sweep step. */
+interface Phase {
+  /** Wall-clock span the CPU, registrar count and drops are taken over (epoch ms). */
+  fromMs: number;
+  toMs: number;
+  /** REGISTERs answered 200 in the phase: every first REGISTER (registration), the refreshes answered inside the steady window (refresh). */
+  answered: number;
+  /** Answered per second: first REGISTERs from the first answer to the last; refreshes over the steady window. */
+  perSec: number;
+  ms: Quantiles;
+  /** REGISTERs the registrar received during the span (its own count, retransmissions included). */
+  reachedRegistrar: number;
+  /** CPU µs per REGISTER answered in the phase (node, drachtio, sipp) and % of a core over the span. */
+  usPer: Record<string, number>;
+  cpuPct: Record<string, number>;
+  /** The busiest thread of node / drachtio-server / sipp over its busiest second in the span. */
+  peakThreadPct: Record<string, number>;
+  /** Datagrams dropped on the system's SIP socket and on sipp's, and host-wide RcvbufErrors, during the span. */
+  socketDrops: { server: number; sipp: number };
+  udpRcvbufErrors: number;
+  /** sipp's retransmissions in the phase, by its statistics rows (one a second; the registration phase runs up to the first refresh). */
+  retransmissions: number;
+}
+
+interface SweepStep {
+  system: SystemName;
+  /** Refresh REGISTER/s offered = phones (each refreshes once a second). */
+  rate: number;
+  phones: number;
+  registerRate: number;
+  refreshesPerPhone: number;
+  steadySec: number;
+  sent: number;
+  answered: number;
+  /** REGISTERs that reached the registrar over the whole step. */
+  reachedRegistrar: number;
+  failed: number;
+  retransmissions: number;
+  /** First REGISTERs answered after the refresh phase began (the registration did not fit its phase). */
+  lateRegistrations: number;
+  pass: boolean;
+  failure: string;
+  registration: Phase;
+  refresh: Phase;
+}
+
+/** What a step's probes and counters read at one instant. */
+interface Mark { at: number; cpu: CpuSample; reg: number; serverDrops: number; sippDrops: number; rcvbuf: number }
+
+/** Every row of a sipp -trace_stat file (one per -fd period), by column name. */
+function statRows(file: string): Array<Record<string, string>> {
+  if (!existsSync(file)) return [];
+  const lines = readFileSync(file, 'utf8').split('\n').filter((l) => l.trim() !== '');
+  const header = (lines[0] ?? '').split(';');
+  return lines.slice(1).map((l) => {
+    const cells = l.split(';');
+    return Object.fromEntries(header.map((h, i) => [h, cells[i] ?? '']));
+  });
+}
+
+/** "2026-11-23\t19:22:15.219310\t1795461735.219310" → epoch ms */
+const statEpochMs = (v: string | undefined): number => Number(v?.split('\t').pop() ?? Number.NaN) * 1000;
+
+async function delayUntil(epochMs: number): Promise<void> {
+  const ms = epochMs - Date.now();
+  if (ms > 0) await delay(ms);
+}
+
+async function sweepStep(sys: Sys, rate: number, opts: Options, workDir: string, log: (l: string) => void): Promise<SweepStep> {
+  await waitForQuiet();
+  const n = ++stepNo;
+  const dir = join(workDir, `step${n}-${sys.name}-${rate}-population`);
+  const phones = rate;
+  const refreshesPerPhone = opts.steady + 2 * RAMP_SEC;
+  const serverPort = Number(sys.target.split(':')[1]);
+  const sippPort = await freePort();
+  const regBefore = await registrarCount(sys.registrar);
+  const spawnAt = Date.now();
+  // phone n (1-based) refreshes at startAt + (n − 1)·slot + k·1000 ms: R evenly spread REGISTER/s from startAt on
+  const startAt = spawnAt + Math.ceil((phones / opts.registerRate) * 1000) + REGISTRATION_MARGIN_MS;
+  const windowFrom = startAt + RAMP_SEC * 1000;
+  const windowTo = startAt + (refreshesPerPhone - RAMP_SEC) * 1000;
+  const sipp: { pid?: number } = {};
+  const loadP = runLoad({
+    scenario: SWEEP_SCENARIO, target: sys.target, localPort: sippPort, rate: opts.registerRate, calls: phones, limit: phones + 10,
+    vars: { prefix: `openthr${n}x`, domain: DOMAIN, expires: String(PHONE_EXPIRES), start: String(startAt), slot: String(1000 / phones), refreshes: String(refreshesPerPhone) },
+    dir, recvTimeoutMs: 4000, buffSize: SIPP_BUFFER_BYTES, holdSec: (startAt - spawnAt) / 1000 + refreshesPerPhone,
+    onSpawn: (pid) => { sipp.pid = pid; },
+  });
+  const probes = [...sys.probes, ...(sipp.pid !== undefined ? [probeProcess('sipp', sipp.pid)] : [])];
+  const watch = (): Array<{ name: string; w: PeakThreadWatcher }> => probes.flatMap((p) => (p.pid !== undefined ? [{ name: p.name, w: new PeakThreadWatcher(p.pid) }] : []));
+  const stopWatch = (ws: Array<{ name: string; w: PeakThreadWatcher }>): Record<string, number> => Object.fromEntries(ws.map(({ name, w }) => [name, w.stop()]));
+  // CPU and drops are read at the instant; the registrar's count right after (one kamcmd, a few ms)
+  const mark = async (): Promise<Mark> => {
+    const at = Date.now();
+    const m = { at, cpu: sampleCpu(probes), serverDrops: udpSocketDrops(serverPort), sippDrops: udpSocketDrops(sippPort), rcvbuf: udpCounters().rcvbufErrors };
+    return { ...m, reg: await registrarCount(sys.registrar) };
+  };
+  const m0 = await mark();
+  let ws = watch();
+  // the registration phase's figures are read just before the first refresh is due, so that the
+  // registrar's count (read a few ms after the mark) cannot include refreshes relayed in mirror mode
+  await delayUntil(startAt - REGISTRATION_END_MS);
+  const m1 = await mark();
+  const regThreads = stopWatch(ws);
+  await delayUntil(windowFrom);
+  const m2 = await mark();
+  ws = watch();
+  await delayUntil(windowTo);
+  const m3 = await mark();
+  const refreshThreads = stopWatch(ws);
+  const load = await loadP;
+  await delay(300);
+  const reached = (await registrarCount(sys.registrar)) - regBefore;
+
+  // sipp's -trace_rtt dates are ms since it started (its statistics' StartTime, to a few ms)
+  const base = Number.isFinite(load.startedAtMs) ? load.startedAtMs : spawnAt;
+  const rtt = readRtt(dir).map((r) => ({ ...r, at: base + r.atMs }));
+  const first = rtt.filter((r) => r.rtd === 1);
+  const steady = rtt.filter((r) => r.rtd === 2 && r.at >= windowFrom && r.at < windowTo);
+  const firstSpan = first.length > 1 ? (Math.max(...first.map((r) => r.at)) - Math.min(...first.map((r) => r.at))) / 1000 + 1 / opts.registerRate : 0;
+  const lateRegistrations = first.filter((r) => r.at >= startAt).length;
+  const rows = statRows(join(dir, 'stat.csv'));
+  const retransAt = (t: number): number => Math.max(0, ...rows.filter((r) => statEpochMs(r['CurrentTime']) <= t).map((r) => Number(r['Retransmissions(C)'] ?? 0) || 0));
+  const regRetrans = retransAt(startAt);
+
+  const phase = (a: Mark, b: Mark, answered: number, perSec: number, ms: Quantiles, threads: Record<string, number>, retransmissions: number): Phase => {
+    const cpu = cpuDelta(a.cpu, b.cpu);
+    const sec = (b.at - a.at) / 1000;
+    return {
+      fromMs: a.at, toMs: b.at, answered, perSec, ms, reachedRegistrar: b.reg - a.reg,
+      usPer: Object.fromEntries(Object.entries(cpu).map(([k, v]) => [k, answered > 0 ? (v * 1e6) / answered : 0])),
+      cpuPct: Object.fromEntries(Object.entries(cpu).map(([k, v]) => [k, sec > 0 ? (v / sec) * 100 : 0])),
+      peakThreadPct: threads,
+      socketDrops: { server: b.serverDrops - a.serverDrops, sipp: Math.max(0, b.sippDrops - a.sippDrops) },
+      udpRcvbufErrors: b.rcvbuf - a.rcvbuf,
+      retransmissions,
+    };
+  };
+  const registration = phase(m0, m1, first.length, firstSpan > 0 ? first.length / firstSpan : 0, quantiles(first.map((r) => r.rtMs)), regThreads, regRetrans);
+  const refresh = phase(m2, m3, steady.length, steady.length / ((windowTo - windowFrom) / 1000), quantiles(steady.map((r) => r.rtMs)), refreshThreads, Math.max(0, load.retransmissions - regRetrans));
+
+  const sent = phones * (1 + refreshesPerPhone);
+  const answered = rtt.length;
+  const reasons = [loadFailure(load, sent, answered)].filter((x) => x !== '');
+  if (lateRegistrations > 0) reasons.push(`${fmtInt(lateRegistrations)} first REGISTERs answered after the refresh phase began`);
+  if (refresh.perSec < 0.95 * rate) reasons.push(`${fmtInt(refresh.perSec)} refreshes/s in the steady window < 95 %`);
+  const failure = reasons.join(', ');
+  const s: SweepStep = {
+    system: sys.name, rate, phones, registerRate: opts.registerRate, refreshesPerPhone, steadySec: (windowTo - windowFrom) / 1000,
+    sent, answered, reachedRegistrar: reached, failed: load.failed, retransmissions: load.retransmissions, lateRegistrations,
+    pass: failure === '', failure, registration, refresh,
+  };
+  const cpuText = (p: Phase): string => `node ${fmtInt(p.usPer['node'] ?? 0)} + drachtio ${fmtInt(p.usPer['drachtio'] ?? 0)} µs/REGISTER, sipp ${(p.cpuPct['sipp'] ?? 0).toFixed(0)}%, busiest thread ${Object.entries(p.peakThreadPct).map(([k, v]) => `${k} ${v.toFixed(0)}%`).join(' ') || '—'}`;
+  const dropText = (p: Phase): string => `UDP drops ${fmtInt(p.socketDrops.server)}/${fmtInt(p.socketDrops.sipp)}/${fmtInt(p.udpRcvbufErrors)}`;
+  log(`  ${LABELS[sys.name]} @ ${fmtInt(rate)}/s (${fmtInt(phones)} phones): ${fmtInt(answered)}/${fmtInt(sent)} answered, ${fmtInt(reached)} reached the registrar, ${fmtInt(load.retransmissions)} retransmissions; `
+    + `registration ${fmtInt(registration.answered)} at ${fmtInt(registration.perSec)}/s, p50/p99 ${registration.ms.p50}/${registration.ms.p99} ms, ${fmtInt(registration.reachedRegistrar)} reached, ${cpuText(registration)}, ${dropText(registration)}; `
+    + `refresh window ${fmtInt(refresh.answered)} in ${s.steadySec} s = ${fmtInt(refresh.perSec)}/s, p50/p99 ${refresh.ms.p50}/${refresh.ms.p99} ms, ${fmtInt(refresh.reachedRegistrar)} reached, ${cpuText(refresh)}, ${dropText(refresh)}`
+    + `${s.pass ? '' : ` — NOT SUSTAINED: ${failure}`}`);
+  return s;
+}
+
 // ---- the computed steady state ---------------------------------------------------------------
 
 /**
@@ -359,27 +552,17 @@ const pct = (x: number): string => `${(x * 100).toFixed(2)} %`;
 const us = (s: Step, k: string): string => fmtInt(s.usPer[k] ?? 0);
 
 async function main(): Promise<void> {
-  let opts: Options;
-  try {
-    opts = parseOptions(process.argv.slice(2));
-  } catch (err) {
-    process.stderr.write(`bench throttle: ${err instanceof Error ? err.message : String(err)}\n${HELP}\n`);
-    process.exit(2);
-  }
-  const startedAt = new Date();
-  const stamp = runStamp(startedAt);
-  const workDir = mkdtempSync(join(tmpdir(), 'mrbt-'));
-  const { lines, log } = runLog();
-  const meta = { startedAt: startedAt.toISOString(), options: opts, ...runEnvironment() };
-  if (!existsSync(join(REPO_ROOT, 'dist', 'app', 'main.js'))) throw new Error('dist/app/main.js missing: npm run build');
+  const run = startRun<Options>('throttle', { parse: parseOptions, help: HELP, workPrefix: 'mrbt-' });
+  const { opts, startedAt, stamp, workDir, lines, log, meta } = run;
   log(`midreg throttling bench ${stamp}: ${environmentLine(meta)}`);
-  log(`options: ${fmtInt(opts.phones)} phones × ${PER_PHONE} REGISTERs (1 + 9 refreshes 1 s apart, Expires ${PHONE_EXPIRES}); outgoing expires ${OUTGOING_EXPIRES}; sweep ${opts.sweep ? opts.rates.join(', ') : 'off'}; work dir ${workDir}`);
+  log(`options: ${fmtInt(opts.phones)} phones × ${PER_PHONE} REGISTERs (1 + 9 refreshes 1 s apart, Expires ${PHONE_EXPIRES}); outgoing expires ${OUTGOING_EXPIRES}; `
+    + `sweep ${opts.sweep ? `${opts.rates.join(', ')} refreshes/s (registering at ${opts.registerRate}/s, steady window ${opts.steady} s)` : 'off'}; work dir ${workDir}`);
 
   const systems: SystemName[] = opts.systems.filter((n) => !n.startsWith('opensips') || existsSync(OPENSIPS_START));
   const profiles: ProfileSummary[] = [];
   if (!existsSync(OPENSIPS_START)) log(`OpenSIPS skipped: no peer at ${OPENSIPS_START}`);
   const population: Step[] = [];
-  const sweep: Record<string, Step[]> = {};
+  const sweep: Record<string, SweepStep[]> = {};
   let current: Sys | undefined;
   let error: string | undefined;
   const onSignal = (): void => { void (current?.stop() ?? Promise.resolve()).finally(() => process.exit(130)); };
@@ -392,14 +575,14 @@ async function main(): Promise<void> {
       log(`${clock()} ${LABELS[name]}`);
       current = await startSys(name, workDir, opts.profile && name.startsWith('midreg'));
       try {
-        population.push(await step(current, opts.phones, workDir, log));
+        population.push(await populationStep(current, opts.phones, workDir, log));
         if (opts.sweep && name.startsWith('midreg')) {
-          const steps: Step[] = [];
+          const steps: SweepStep[] = [];
           for (const rate of opts.rates) {
-            let s = await step(current, rate, workDir, log);
+            let s = await sweepStep(current, rate, opts, workDir, log);
             steps.push(s);
             // as the main bench: a rate that fails is tried once more
-            if (!s.pass) { s = await step(current, rate, workDir, log); steps.push(s); }
+            if (!s.pass) { s = await sweepStep(current, rate, opts, workDir, log); steps.push(s); }
             if (!s.pass) break;
           }
           sweep[name] = steps;
@@ -486,16 +669,25 @@ async function main(): Promise<void> {
   }
   const sweepRows = Object.values(sweep).flat();
   if (sweepRows.length > 0) {
+    const threads = (p: Phase): string => ['node', 'drachtio', 'sipp'].map((k) => `${(p.peakThreadPct[k] ?? 0).toFixed(0)}%`).join(' / ');
+    const phaseCells = (p: Phase): string[] => [
+      fmtInt(p.answered), fmtInt(p.perSec), fmtInt(p.reachedRegistrar), `${p.ms.p50} / ${p.ms.p99}`,
+      `${fmtInt(p.usPer['node'] ?? 0)} + ${fmtInt(p.usPer['drachtio'] ?? 0)}`,
+      ['node', 'drachtio', 'sipp'].map((k) => `${(p.cpuPct[k] ?? 0).toFixed(0)}%`).join(' / '), threads(p),
+      `${fmtInt(p.socketDrops.server)} / ${fmtInt(p.socketDrops.sipp)} / ${fmtInt(p.udpRcvbufErrors)}`, fmtInt(p.retransmissions),
+    ];
     tables.push({
-      title: 'Sustained REGISTER refreshes/s: the same load (R phones × 10 REGISTERs, R REGISTER/s for 10 s) at rising R',
-      head: ['system', 'offered /s', 'answered /s', 'reached the registrar', 'p50 / p99 ms', 'node + drachtio µs per REGISTER', 'node / drachtio / sipp % of a core', 'busiest thread node / drachtio', 'UDP drops drachtio / sipp / host', 'verdict'],
-      rows: sweepRows.map((s) => [
-        LABELS[s.system], fmtInt(s.rate), fmtInt(s.perSec), `${fmtInt(s.reachedRegistrar)} (${pct(s.share)})`, `${s.ms.p50} / ${s.ms.p99}`,
-        `${us(s, 'node')} + ${us(s, 'drachtio')}`, `${(s.cpuPct['node'] ?? 0).toFixed(0)}% / ${(s.cpuPct['drachtio'] ?? 0).toFixed(0)}% / ${s.sippPct.toFixed(0)}%`, `${(s.peakThreadPct['node'] ?? 0).toFixed(0)}% / ${(s.peakThreadPct['drachtio'] ?? 0).toFixed(0)}%`, `${fmtInt(s.socketDrops.server)} / ${fmtInt(s.socketDrops.sipp)} / ${fmtInt(s.udpRcvbufErrors)}`, s.pass ? 'sustained' : `not sustained: ${s.failure || '< 95 % of offered'}`,
+      title: `Sustained refresh REGISTER/s of a registered population: R phones register at ${fmtInt(opts.registerRate)}/s, then refresh once a second each (R REGISTER/s), at rising R`,
+      head: ['system', 'R /s', 'phase', 'REGISTERs answered', 'answered /s', 'reached the registrar', 'p50 / p99 ms', 'node + drachtio µs per REGISTER', 'node / drachtio / sipp % of a core', 'busiest thread node / drachtio / sipp', 'UDP drops drachtio / sipp / host', 'retransmissions', 'verdict'],
+      rows: sweepRows.flatMap((s) => [
+        [LABELS[s.system], fmtInt(s.rate), `registration (${fmtInt(s.phones)} first REGISTERs)`, ...phaseCells(s.registration), ''],
+        [LABELS[s.system], fmtInt(s.rate), `refresh (steady ${s.steadySec} s)`, ...phaseCells(s.refresh), s.pass ? 'sustained' : `not sustained: ${s.failure}`],
       ]),
       notes: [
-        'sustained = 0 failed calls, 0 retransmissions, every REGISTER answered 200 and ≥ 95 % of the offered rate; a rate not sustained is tried once more, a mode stops at its first rate not sustained twice',
-        'one sipp (single-threaded) plays every phone; its CPU is its own (reaped child, with the few kamcmd calls); busiest thread: of node and drachtio-server over their busiest second (100 % = that thread saturated); the machine has 2 cores shared by sipp, drachtio-server, node and the Kamailio registrar',
+        `registration: the step's phones send their first REGISTER at ${fmtInt(opts.registerRate)}/s (every one relayed, in every mode); the phase runs from sipp's start to just before the first refresh (due ${REGISTRATION_MARGIN_MS / 1000} s after the last first REGISTER), idle tail included; answered /s from the first answer to the last; CPU per first REGISTER`,
+        `refresh: each phone refreshes once a second in its own slot (same Call-ID, Contact and port, CSeq + 1), ${opts.steady + 2 * RAMP_SEC} times; measured over the steady window, which leaves out the refresh phase's first and last second: refreshes answered inside it per second, their p50/p99, CPU per refresh answered (absorbed in contact and aor modes, relayed in mirror mode)`,
+        'sustained = 0 failed calls, 0 retransmissions, every REGISTER answered 200, every first REGISTER answered before the refresh phase, and ≥ 95 % of R answered in the steady window; a rate not sustained is tried once more, a mode stops at its first rate not sustained twice',
+        'retransmissions by phase from sipp\'s statistics rows (one a second); one sipp (single-threaded) plays every phone, its CPU and thread are its own; busiest thread: over its busiest second in the phase (100 % = that thread saturated); the machine has 2 cores shared by sipp, drachtio-server, node and the Kamailio registrar',
       ],
     });
   }
@@ -510,17 +702,21 @@ async function main(): Promise<void> {
     // the same comparison at the sweep's rates (per-REGISTER CPU falls with the rate: fixed costs spread)
     const atRates = (sweep['midreg-contact'] ?? []).flatMap((c) => {
       const m = (sweep['midreg-mirror'] ?? []).find((x) => x.rate === c.rate);
-      const cn = c.window.usPer['node'] ?? 0;
-      const mn = m?.window.usPer['node'] ?? 0;
-      return m && mn > 0 && c.window.reachedRegistrar === 0 ? [`${fmtInt(c.rate)}/s: ${fmtInt(cn)} vs ${fmtInt(mn)} µs = ${(cn / mn).toFixed(2)}×`] : [];
+      const cn = c.refresh.usPer['node'] ?? 0;
+      const mn = m?.refresh.usPer['node'] ?? 0;
+      return m && mn > 0 && c.refresh.reachedRegistrar === 0 ? [`${fmtInt(c.rate)}/s: ${fmtInt(cn)} vs ${fmtInt(mn)} µs = ${(cn / mn).toFixed(2)}×`] : [];
     });
-    targets.push(['locally answered REGISTER costs node ≤ ½ a relayed one', `${fmtInt(opts.phones)}/s (population step): ${fmtInt(nodeAbsorbed)} vs ${fmtInt(nodeRelayed)} µs = ${r.toFixed(2)}× → ${r <= 0.5 ? 'met' : 'missed'}${atRates.length > 0 ? `; sweep steps (refresh-only window): ${[...new Set(atRates)].join('; ')}` : ''}`]);
+    targets.push(['locally answered REGISTER costs node ≤ ½ a relayed one', `${fmtInt(opts.phones)}/s (population step): ${fmtInt(nodeAbsorbed)} vs ${fmtInt(nodeRelayed)} µs = ${r.toFixed(2)}× → ${r <= 0.5 ? 'met' : 'missed'}${atRates.length > 0 ? `; sweep steps (steady refresh window): ${[...new Set(atRates)].join('; ')}` : ''}`]);
   }
   if (sweepRows.length > 0) {
-    targets.push(['sustained REGISTER/s in contact mode ≥ 1.5× mirror', `${fmtInt(cMax.max)}${cMax.capped ? '+ (highest rate tried)' : ''} vs ${fmtInt(mMax.max)}${mMax.capped ? '+' : ''}/s = ${Number.isNaN(ratio) ? '—' : `${ratio.toFixed(2)}×`} → ${ratio >= 1.5 ? 'met' : cMax.capped ? 'not decided (contact mode passed every rate tried)' : 'missed'}`]);
+    // a mode that passed every rate tried has its maximum above the grid: its ratio is a bound, not a result
+    const verdict = mMax.capped ? 'not decided (mirror mode passed every rate tried)'
+      : mMax.max === 0 ? 'not decided (mirror mode sustained no rate tried)'
+        : ratio >= 1.5 ? 'met' : cMax.capped ? 'not decided (contact mode passed every rate tried)' : 'missed';
+    targets.push(['sustained refresh REGISTER/s of a registered population, contact mode ≥ 1.5× mirror', `${fmtInt(cMax.max)}${cMax.capped ? '+ (highest rate tried)' : ''} vs ${fmtInt(mMax.max)}${mMax.capped ? '+' : ''}/s = ${Number.isNaN(ratio) ? '—' : `${ratio.toFixed(2)}×`} → ${verdict}`]);
     if (sweep['midreg-aor']) {
       const aRatio = mMax.max > 0 ? aMax.max / mMax.max : Number.NaN;
-      targets.push(['sustained REGISTER/s in aor mode, against mirror', `${fmtInt(aMax.max)}${aMax.capped ? '+' : ''} vs ${fmtInt(mMax.max)}${mMax.capped ? '+' : ''}/s = ${Number.isNaN(aRatio) ? '—' : `${aRatio.toFixed(2)}×`}`]);
+      targets.push(['sustained refresh REGISTER/s in aor mode, against mirror', `${fmtInt(aMax.max)}${aMax.capped ? '+' : ''} vs ${fmtInt(mMax.max)}${mMax.capped ? '+' : ''}/s = ${Number.isNaN(aRatio) ? '—' : `${aRatio.toFixed(2)}×`}`]);
     }
   }
   if (mirror && aor) {
@@ -539,37 +735,33 @@ async function main(): Promise<void> {
   for (const t of tables) { for (const l of textTable(t)) log(l); log(''); }
   log(`bench finished in ${(durationSec / 60).toFixed(1)} min${error ? ` with an error: ${error}` : ''}`);
 
-  mkdirSync(RESULTS_DIR, { recursive: true });
-  const base = join(RESULTS_DIR, stamp);
-  writeFileSync(`${base}.json`, `${JSON.stringify({
+  finishRun(run, {
+    keep: opts.keep,
+    error,
+    json: {
     meta: { ...meta, bench: 'throttle', durationSec, workDir: opts.keep ? workDir : undefined },
-    settings: { perPhone: PER_PHONE, phoneExpires: PHONE_EXPIRES, outgoingExpires: OUTGOING_EXPIRES, refreshMargin: REFRESH_MARGIN, window: WINDOW },
+    settings: {
+      perPhone: PER_PHONE, phoneExpires: PHONE_EXPIRES, outgoingExpires: OUTGOING_EXPIRES, refreshMargin: REFRESH_MARGIN, window: WINDOW,
+      sweep: { registerRate: opts.registerRate, steadySec: opts.steady, rampSec: RAMP_SEC, registrationMarginMs: REGISTRATION_MARGIN_MS },
+    },
     population, sweep, computed: { refreshPeriod: REFRESH_PERIOD, ...computed },
     maxima: { mirror: mMax, contact: cMax, aor: aMax }, profiles, error,
-  }, null, 2)}\n`);
-  writeFileSync(`${base}.md`, [
-    `# midreg throttling benchmark ${stamp}`,
-    '',
-    `\`node dist/bench/throttle.js\` (bench/throttle.ts). ${meta.host.cpus} × ${meta.host.model} · node ${meta.node} · drachtio ${meta.drachtio} · ${meta.kamailio.replace(/^version: /, '')} · ${meta.sipp} · git ${meta.git}`,
-    '',
-    `Options: ${fmtInt(opts.phones)} phones; sweep ${opts.sweep ? opts.rates.map(fmtInt).join(', ') : 'off'} REGISTER/s; registrar over TCP (midreg) / UDP (OpenSIPS). Took ${fmt1(durationSec / 60)} min.`,
-    '',
-    ...tables.flatMap(markdownTable),
-    ...(error ? ['### Error', '', error, ''] : []),
-    ...(profiles.length > 0 ? ['### midreg CPU profiles (node --cpu-prof)', '', '```', ...profiles.flatMap((p) => formatProfile(p, 'profile')), '```', ''] : []),
-    '### Steps',
-    '',
-    '```',
-    ...lines.filter((l) => /^\s{2}\S/.test(l) && l.includes('@') || /^\[\d+ s\]/.test(l)),
-    '```',
-    '',
-  ].join('\n'));
-  log(`results: ${base}.json, ${base}.md`);
-  if (!opts.keep) rmSync(workDir, { recursive: true, force: true });
-  process.exit(error ? 1 : 0);
+  },
+    markdown: [
+      ...resultsHeader(run, 'midreg throttling benchmark', 'throttle'),
+      `Options: ${fmtInt(opts.phones)} phones; sweep ${opts.sweep ? `${opts.rates.map(fmtInt).join(', ')} refresh REGISTER/s (registering at ${fmtInt(opts.registerRate)}/s, steady window ${opts.steady} s)` : 'off'}; registrar over TCP (midreg) / UDP (OpenSIPS). Took ${fmt1(durationSec / 60)} min.`,
+      '',
+      ...tables.flatMap(markdownTable),
+      ...(error ? ['### Error', '', error, ''] : []),
+      ...(profiles.length > 0 ? ['### midreg CPU profiles (node --cpu-prof)', '', '```', ...profiles.flatMap((p) => formatProfile(p, 'profile')), '```', ''] : []),
+      '### Steps',
+      '',
+      '```',
+      ...lines.filter((l) => /^\s{2}\S/.test(l) && l.includes('@') || /^\[\d+ s\]/.test(l)),
+      '```',
+      '',
+    ],
+  });
 }
 
-main().catch((err: unknown) => {
-  process.stderr.write(`bench throttle: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`);
-  process.exit(1);
-});
+runBench('throttle', main);

@@ -260,7 +260,7 @@ for (const mode of DOMAIN_MODES) describe(`AoR throttling, end to end (domain: $
         const same = ['call-id', 'from', 'to'];
         assert.deepEqual(same.map((h): string | undefined => headerOf(cancel, h)), same.map((h): string | undefined => headerOf(inviteB, h)));
         assert.deepEqual([cseqOf(cancel), branchOf(cancel)], [{ seq: cseqOf(inviteB).seq, method: 'CANCEL' }, branchOf(inviteB)]);
-        // docs/drachtio-findings.md D8: drachtio-server's CANCEL carries no Max-Forwards (RFC 3261 §8.1.1 makes it mandatory).
+        // docs/drachtio-findings.md D9: drachtio-server's CANCEL carries no Max-Forwards (RFC 3261 §8.1.1 makes it mandatory).
         assert.equal(headerOf(cancel, 'max-forwards'), undefined);
       }
       assert.deepEqual(calleeB.finals, [487]);
@@ -307,7 +307,7 @@ for (const mode of DOMAIN_MODES) describe(`AoR throttling, end to end (domain: $
       const [cancel] = jadeB.received('CANCEL');
       assert.ok(inviteB && cancel);
       assert.deepEqual([branchOf(cancel), headerOf(cancel, 'call-id')], [branchOf(inviteB), headerOf(inviteB, 'call-id')], 'the CANCEL matches B\'s INVITE transaction');
-      // docs/drachtio-findings.md D8: this late CANCEL is built from B's response, so its To carries
+      // docs/drachtio-findings.md D9: this late CANCEL is built from B's response, so its To carries
       // B's tag, which RFC 3261 §9.1 forbids ("identical to those in the request being cancelled,
       // including tags"); a UAS matching by branch (§9.2, §17.2.3), as this one does, still stops.
       assert.equal(headerOf(cancel, 'to'), `${headerOf(inviteB, 'to') ?? ''};tag=${calleeB.tags[0] ?? ''}`);

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import type { Binding } from '../../lib/registrar/registration.js';
-import { ConnectionWatch, connectionPorts, connectionView, isConnectionFlow, judgeFlow, normalizeAddress, parseProcNetTcp } from '../../lib/reachability/connection-watch.js';
+import { ConnectionWatch, connectionPorts, isConnectionFlow, judgeFlow, normalizeAddress, pollDelay, scanProcNetTcp } from '../../lib/reachability/connection-watch.js';
 import { ReachabilityTable } from '../../lib/reachability/reachability.js';
 import { createLogger } from '../../lib/ops/logger.js';
 
@@ -33,13 +33,42 @@ function binding(over: Partial<Binding>): Binding {
 }
 
 describe('reading the kernel\'s TCP table', () => {
-  it('parses IPv4 and IPv6 entries, skipping what is not an entry', () => {
-    assert.deepEqual(parseProcNetTcp(TCP4), [
-      { localPort: 5061, remote: '0.0.0.0:0', state: 0x0a },
-      { localPort: 5061, remote: '127.0.0.1:40000', state: 0x01 },
-      { localPort: 5061, remote: '127.0.0.1:40001', state: 0x08 },
-    ]);
-    assert.equal(parseProcNetTcp(TCP6)[1]?.remote, `${normalizeAddress('2001:db8::5')}:40002`);
+  it('reads established peers of the given ports from IPv4 and IPv6 tables, skipping what is not an entry', () => {
+    const v4 = scanProcNetTcp(TCP4, new Set([5061]));
+    assert.equal(v4.visible, true);
+    assert.deepEqual([...v4.established], ['127.0.0.1:40000'], 'CLOSE_WAIT (08) is not established; the garbage line is skipped');
+    assert.deepEqual([...scanProcNetTcp(TCP6, new Set([5061])).established], [`${normalizeAddress('2001:db8::5')}:40002`]);
+  });
+
+  it('keeps reading when slot numbers grow past four digits (100,000 sockets)', () => {
+    const wide = [HEADER, line(99998, '0100007F:13C5', '00000000:0000', '0A'), line(123456, '0100007F:13C5', '0A00000A:9C40', '01')].join('\n');
+    const view = scanProcNetTcp(wide, new Set([5061]));
+    assert.equal(view.visible, true);
+    assert.deepEqual([...view.established], ['10.0.0.10:40000']);
+  });
+
+  it('reads the host\'s real table: a connection to a listener shows up, then goes once closed', async () => {
+    const { createServer, connect } = await import('node:net');
+    const { readFileSync } = await import('node:fs');
+    const server = createServer(() => {});
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const port = (server.address() as { port: number }).port;
+    const client = connect(port, '127.0.0.1');
+    await new Promise<void>((resolve) => client.on('connect', resolve));
+    const peer = `127.0.0.1:${client.localPort ?? 0}`;
+    const before = scanProcNetTcp(readFileSync('/proc/net/tcp', 'latin1'), new Set([port]));
+    client.destroy();
+    server.close();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const after = scanProcNetTcp(readFileSync('/proc/net/tcp', 'latin1'), new Set([port]));
+    assert.equal(before.visible, true);
+    assert.ok(before.established.has(peer), `${peer} established`);
+    assert.equal(after.established.has(peer), false, 'closed connection gone');
+  });
+
+  it('looks less often when one look costs more than a tenth of the interval', () => {
+    assert.equal(pollDelay(500, 20), 500);
+    assert.equal(pollDelay(500, 120), 1200);
   });
 
   it('normalizes addresses the way both sides write them', () => {
@@ -53,11 +82,10 @@ describe('reading the kernel\'s TCP table', () => {
   });
 
   it('sees established peers on those ports only, and whether the listeners are visible at all', () => {
-    const sockets = [...parseProcNetTcp(TCP4), ...parseProcNetTcp(TCP6)];
-    const view = connectionView(sockets, new Set([5061]));
+    const view = scanProcNetTcp(TCP6, new Set([5061]), scanProcNetTcp(TCP4, new Set([5061])));
     assert.equal(view.visible, true);
     assert.deepEqual([...view.established].sort(), [`${normalizeAddress('2001:db8::5')}:40002`, '127.0.0.1:40000'].sort(), 'CLOSE_WAIT (08) is not established');
-    assert.equal(connectionView(sockets, new Set([5070])).visible, false, 'another namespace: nothing to judge by');
+    assert.equal(scanProcNetTcp(TCP4, new Set([5070])).visible, false, 'another namespace: nothing to judge by');
   });
 
   it('judges a flow closed only after it was seen established', () => {
