@@ -74,19 +74,30 @@ export function throttleDecision(
 
 /**
  * Contact mode: the REGISTER's Contacts and Expires as the registrar gets them, each non-zero
- * expiry raised to MIDREG_OUTGOING_EXPIRES (a de-registration, expiry 0, stays one). A REGISTER
- * with no expiry at all gets an Expires header, so the registrar's default does not apply.
+ * expiry raised to MIDREG_OUTGOING_EXPIRES (a de-registration, expiry 0, stays one; a longer one
+ * stays as long). A REGISTER with no expiry at all gets an Expires header, so the registrar's
+ * default does not apply. Never lowering matters after a 423: RFC 3261 §10.2.8, "it MAY retry the
+ * registration after making the expiration interval of all contact addresses in the REGISTER
+ * request equal to or greater than the expiration interval within the Min-Expires header field"
+ * — the phone's retry must reach the registrar as long as it asked, or a registrar whose minimum
+ * is above MIDREG_OUTGOING_EXPIRES would answer 423 for ever.
  */
 export function raiseExpires(contacts: readonly NameAddr[], expiresHeader: string | undefined, outgoing: number): { contacts: NameAddr[]; expiresHeader: string | undefined } {
   const header = parseDeltaSeconds(expiresHeader);
   const raised = contacts.map((c) => {
     const own = parseDeltaSeconds(c.params['expires']);
-    return own === undefined || own === 0 ? c : { uri: c.uri, params: { ...c.params, expires: String(outgoing) } };
+    return own === undefined || own === 0 ? c : { uri: c.uri, params: { ...c.params, expires: String(Math.max(own, outgoing)) } };
   });
   const anyContactParam = contacts.some((c) => parseDeltaSeconds(c.params['expires']) !== undefined);
   if (header === 0) return { contacts: raised, expiresHeader };
-  if (header !== undefined || !anyContactParam) return { contacts: raised, expiresHeader: String(outgoing) };
+  if (header !== undefined || !anyContactParam) return { contacts: raised, expiresHeader: String(Math.max(header ?? 0, outgoing)) };
   return { contacts: raised, expiresHeader };
+}
+
+/** The longest non-zero expiry a REGISTER asks for any of its Contacts (0 when it asks none). */
+export function longestAsked(contacts: RegisterAttempt['contacts'], expiresHeader: string | undefined): number {
+  if (contacts === 'star' || contacts === 'none') return 0;
+  return contacts.reduce((m, c) => Math.max(m, requestedExpiry(c, expiresHeader) ?? 0), 0);
 }
 
 /**

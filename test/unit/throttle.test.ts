@@ -88,6 +88,11 @@ describe('raiseExpires: the REGISTER as the registrar gets it in contact mode', 
     assert.deepEqual(raiseExpires([{ uri: CONTACT, params: {} }], '0', 3600), { contacts: [{ uri: CONTACT, params: {} }], expiresHeader: '0' });
   });
 
+  it('never lowers a longer expiry, so a phone retrying after a 423 with Min-Expires above MIDREG_OUTGOING_EXPIRES gets through', () => {
+    assert.equal(raiseExpires([{ uri: CONTACT, params: {} }], '7200', 3600).expiresHeader, '7200');
+    assert.deepEqual(raiseExpires([{ uri: CONTACT, params: { expires: '7200' } }], undefined, 3600).contacts[0]?.params, { expires: '7200' });
+  });
+
   it('gives a REGISTER without any expiry an Expires header', () => {
     assert.equal(raiseExpires([{ uri: CONTACT, params: {} }], undefined, 1800).expiresHeader, '1800');
   });
