@@ -5,8 +5,8 @@ import type { AorWrite, BindingStore } from '../store/store.js';
 import type { Logger } from '../ops/logger.js';
 import type { SelfAddress } from './contact-insertion.js';
 import { aorContactUri, aorThrottleDecision, planAorUpdate, upstreamRegister } from './aor-throttle.js';
-import { isFinalRefusal, localAnswerContacts } from './throttle.js';
-import { contactKey, type Binding, type RegisterAttempt, type ReplicaLimits } from './registration.js';
+import { isFinalRefusal, localAnswerContacts, refusalOutcome } from './throttle.js';
+import { type Binding, type RegisterAttempt, type ReplicaLimits } from './registration.js';
 import type { SipRequest, SipResponder } from '../sip/drachtio.js';
 import { askUpstream, replyHeaders, upstreamHeaders, type RequestSender, type UpstreamTarget } from '../sip/upstream.js';
 
@@ -146,20 +146,21 @@ export async function handleAorRegister(
           },
         };
       }
-      if (isFinalRefusal(reply.status) && Array.isArray(attempt.contacts)) {
-        // The registrar is obeyed: a refused refresh removes that device's own binding (same Call-ID and Contact).
-        const asked = new Set(attempt.contacts.map((c) => contactKey(c.uri)));
-        const kept = devices.filter((b) => !(b.callId === attempt.callId && asked.has(contactKey(b.contact))));
-        const removed = devices.length - kept.length;
+      // The registrar is obeyed: a refused refresh removes that device's own binding, and only it
+      // (lib/registrar/throttle.ts refusalOutcome). The AoR's other devices stay, and with them
+      // midreg's Contact upstream; once none is left the purge run removes that Contact.
+      const refusal = refusalOutcome(attempt, reply.status, devices, stored.lastCseq);
+      if (refusal.kind === 'remove') {
+        const removed = refusal.removed.length;
         return {
-          ...(removed > 0 ? { bindings: kept } : {}),
+          bindings: refusal.kept,
           result: {
-            detail: { decision: plan.reason, refusedRemoved: removed }, facing: undefined,
-            delta: { bindings: -removed, aors: removed > 0 && kept.length === 0 ? -1 : 0 }, written: removed > 0 ? kept.length : undefined,
+            detail: { decision: plan.reason, refusedRemoved: removed, ...(refusal.kept.length === 0 ? { lastDeviceRefused: true } : {}) }, facing: undefined,
+            delta: { bindings: -removed, aors: refusal.kept.length === 0 ? -1 : 0 }, written: refusal.kept.length,
           },
         };
       }
-      return { result: { detail: { decision: plan.reason }, facing: undefined, delta: { bindings: 0, aors: 0 }, written: undefined } };
+      return { result: { detail: { decision: plan.reason, ...(isFinalRefusal(reply.status) ? { refusedRemoved: 0, why: refusal.why } : {}) }, facing: undefined, delta: { bindings: 0, aors: 0 }, written: undefined } };
     });
     detail = decided.detail;
     facing = decided.facing;

@@ -15,7 +15,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { KEY_PARAM, type SelfAddress } from './contact-insertion.js';
 import { contactKey, grantedExpiry, parseQ, RFC_DEFAULT_EXPIRES, type Binding, type RegisterAttempt } from './registration.js';
-import { requestedExpiry, throttleDecision, type ThrottleDecision } from './throttle.js';
+import { longestAsked, requestedExpiry, throttleDecision, type ThrottleDecision } from './throttle.js';
 import type { NameAddr } from '../sip/drachtio.js';
 
 /** What midreg holds at the registrar for one AoR (aor_upstream in the replica). */
@@ -98,7 +98,9 @@ export function upstreamRegister(
 ): { contact: string | undefined; expires: string | undefined; removesAor: boolean } {
   if (attempt.contacts === 'none') return { contact: undefined, expires: undefined, removesAor: false };
   const remaining = devicesAfter(attempt, expiresHeader, devices, now);
-  const seconds = remaining > 0 ? outgoingSec : 0;
+  // Never shorter than the device asked: its retry after a 423 (RFC 3261 §10.2.8) carries the
+  // registrar's Min-Expires, which may be above MIDREG_OUTGOING_EXPIRES.
+  const seconds = remaining > 0 ? Math.max(outgoingSec, longestAsked(attempt.contacts, expiresHeader)) : 0;
   return { contact: `<${aorContact}>;expires=${seconds}`, expires: String(seconds), removesAor: seconds === 0 };
 }
 

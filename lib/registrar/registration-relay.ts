@@ -7,7 +7,7 @@ import type { Logger } from '../ops/logger.js';
 import { formatContact, mapReplyContacts, rewriteContacts, type MappedContact, type SelfAddress } from './contact-insertion.js';
 import { namesMidreg, ownHosts, retargetToUpstream } from '../sip/own-address.js';
 import { handleAorRegister, type AorThrottleDeps } from './aor-registration.js';
-import { isFinalRefusal, localAnswerContacts, raiseExpires, requestedExpiry, throttleDecision, type RelayReason } from './throttle.js';
+import { localAnswerContacts, raiseExpires, refusalOutcome, requestedExpiry, throttleDecision, type RelayReason } from './throttle.js';
 import { contactKey, grantedExpiry, limitPlan, planReplicaUpdate, RFC_DEFAULT_EXPIRES, type Binding, type RegisterAttempt, type ReplicaLimits, type ReplicaPlan } from './registration.js';
 import { parseUri, SipParseError, type NameAddr, type RequestHandler, type SipReply, type SipRequest, type SipResponder, type SipUri } from '../sip/drachtio.js';
 import { flowTimerToAdd, pathUriFor, viaHops } from './outbound.js';
@@ -356,13 +356,11 @@ export function createRegisterHandler(deps: RegistrationRelayDeps): RequestHandl
             result: { plan: bounded.plan, mapped: phoneContacts, before, written: bounded.plan.bindings.length, ...(trimmed ? { limited: trimmed } : {}) },
           };
         }
-        if (throttle && Array.isArray(attempt.contacts) && isFinalRefusal(reply.status) && (state.lastCseq === undefined || state.lastCseq <= attempt.cseq)) {
+        if (throttle) {
           // The registrar is obeyed: a refused refresh (account disabled: 403…) must not leave a
-          // binding midreg would go on refreshing by itself. Only that binding's own refresh (same
-          // Call-ID and Contact) counts: a stranger's refused REGISTER naming the phone's Contact
-          // under another Call-ID removes nothing.
-          const kept = stored.bindings.filter((b) => !(b.callId === attempt.callId && requested.has(contactKey(b.contact))));
-          if (kept.length < before) return { bindings: kept, result: { plan: planned, mapped: phoneContacts, before, written: kept.length, refusedRemoved: before - kept.length } };
+          // binding midreg would go on refreshing by itself (lib/registrar/throttle.ts refusalOutcome).
+          const refusal = refusalOutcome(attempt, reply.status, stored.bindings, stored.lastCseq);
+          if (refusal.kind === 'remove') return { bindings: refusal.kept, result: { plan: planned, mapped: phoneContacts, before, written: refusal.kept.length, refusedRemoved: refusal.removed.length } };
         }
         return { result: { plan: planned, mapped: phoneContacts, before } };
       });

@@ -74,19 +74,30 @@ export function throttleDecision(
 
 /**
  * Contact mode: the REGISTER's Contacts and Expires as the registrar gets them, each non-zero
- * expiry raised to MIDREG_OUTGOING_EXPIRES (a de-registration, expiry 0, stays one). A REGISTER
- * with no expiry at all gets an Expires header, so the registrar's default does not apply.
+ * expiry raised to MIDREG_OUTGOING_EXPIRES (a de-registration, expiry 0, stays one; a longer one
+ * stays as long). A REGISTER with no expiry at all gets an Expires header, so the registrar's
+ * default does not apply. Never lowering matters after a 423: RFC 3261 §10.2.8, "it MAY retry the
+ * registration after making the expiration interval of all contact addresses in the REGISTER
+ * request equal to or greater than the expiration interval within the Min-Expires header field"
+ * — the phone's retry must reach the registrar as long as it asked, or a registrar whose minimum
+ * is above MIDREG_OUTGOING_EXPIRES would answer 423 for ever.
  */
 export function raiseExpires(contacts: readonly NameAddr[], expiresHeader: string | undefined, outgoing: number): { contacts: NameAddr[]; expiresHeader: string | undefined } {
   const header = parseDeltaSeconds(expiresHeader);
   const raised = contacts.map((c) => {
     const own = parseDeltaSeconds(c.params['expires']);
-    return own === undefined || own === 0 ? c : { uri: c.uri, params: { ...c.params, expires: String(outgoing) } };
+    return own === undefined || own === 0 ? c : { uri: c.uri, params: { ...c.params, expires: String(Math.max(own, outgoing)) } };
   });
   const anyContactParam = contacts.some((c) => parseDeltaSeconds(c.params['expires']) !== undefined);
   if (header === 0) return { contacts: raised, expiresHeader };
-  if (header !== undefined || !anyContactParam) return { contacts: raised, expiresHeader: String(outgoing) };
+  if (header !== undefined || !anyContactParam) return { contacts: raised, expiresHeader: String(Math.max(header ?? 0, outgoing)) };
   return { contacts: raised, expiresHeader };
+}
+
+/** The longest non-zero expiry a REGISTER asks for any of its Contacts (0 when it asks none). */
+export function longestAsked(contacts: RegisterAttempt['contacts'], expiresHeader: string | undefined): number {
+  if (contacts === 'star' || contacts === 'none') return 0;
+  return contacts.reduce((m, c) => Math.max(m, requestedExpiry(c, expiresHeader) ?? 0), 0);
 }
 
 /**
@@ -114,4 +125,33 @@ export function localAnswerContacts(bindings: readonly Binding[], now: number): 
 export function isFinalRefusal(status: number): boolean {
   if (status >= 600 && status < 700) return true;
   return status >= 400 && status < 500 && status !== 401 && status !== 407 && status !== 423;
+}
+
+export type RefusalOutcome =
+  | { kind: 'none'; why: 'not-a-final-refusal' | 'no-contact' | 'stale-cseq' | 'not-its-binding' }
+  | { kind: 'remove'; removed: Binding[]; kept: Binding[] };
+
+/**
+ * What the registrar's answer to a relayed REGISTER removes from the replica without a 2xx (both
+ * throttling modes). The registrar is obeyed: after a final refusal (isFinalRefusal: an account
+ * disabled, 403…) midreg must not go on answering that phone's refreshes itself (contact mode) or
+ * forking requests to it (AoR mode), so the bindings this REGISTER was refreshing go: same Call-ID
+ * and one of its Contacts (RFC 3261 §10.3 step 7 identifies a binding's updates by Call-ID). A
+ * stranger's refused REGISTER naming the phone's Contact under another Call-ID removes nothing, nor
+ * does a refusal of an older CSeq than one already applied for the Call-ID (a late answer: §10.3
+ * step 7 aborts such an update). Another device of the AoR stays: the registrar accepted it on its
+ * own credentials and refused only this REGISTER; its own next relayed refresh learns its fate.
+ * `remembered` is the highest CSeq applied for this Call-ID that the store keeps apart from the
+ * bindings (lib/registrar/register-sequence.ts).
+ */
+export function refusalOutcome(attempt: RegisterAttempt, status: number, bindings: readonly Binding[], remembered: number | undefined): RefusalOutcome {
+  if (!isFinalRefusal(status)) return { kind: 'none', why: 'not-a-final-refusal' };
+  if (!Array.isArray(attempt.contacts) || attempt.contacts.length === 0) return { kind: 'none', why: 'no-contact' };
+  const applied = bindings.reduce<number | undefined>((m, b) => (b.callId === attempt.callId && b.cseq !== null && (m === undefined || b.cseq > m) ? b.cseq : m), remembered);
+  if (applied !== undefined && applied > attempt.cseq) return { kind: 'none', why: 'stale-cseq' };
+  const asked = new Set(attempt.contacts.map((c) => contactKey(c.uri)));
+  const mine = (b: Binding): boolean => b.callId === attempt.callId && asked.has(contactKey(b.contact));
+  const removed = bindings.filter(mine);
+  if (removed.length === 0) return { kind: 'none', why: 'not-its-binding' };
+  return { kind: 'remove', removed, kept: bindings.filter((b) => !mine(b)) };
 }

@@ -253,8 +253,11 @@ function wrapRequest(req: RawRequest): SipRequest {
       return registration;
     },
     proxyTo: (destination, opts) => new Promise((resolve, reject) => {
-      // Several destinations are forked in parallel (AoR mode: every device of the AoR); drachtio-server
-      // forwards the best final response (RFC 3261 §16.7 step 6) and CANCELs the others after a 2xx.
+      // Several destinations are forked in parallel (AoR mode: every device of the AoR; drachtio-srf's
+      // default would be sequential). drachtio-server forwards the best final response (RFC 3261
+      // §16.7 step 6) and, §16.7 step 10, "If the forwarded response was a final response, the proxy
+      // MUST generate a CANCEL request for all pending client transactions" — itself, after the
+      // first 2xx (proven on the wire, with two flaws in its CANCELs: docs/drachtio-findings.md D9).
       const destinations = typeof destination === 'string' ? [destination] : [...destination];
       req.proxy({ destination: destinations, remainInDialog: opts.recordRoute, followRedirects: false, ...(destinations.length > 1 ? { forking: 'simultaneous' as const } : {}) }, (err, result) => {
         if (err) reject(err);

@@ -8,7 +8,8 @@ import { liveBindingsOf } from '../support/replica.js';
 import type { Binding } from '../../lib/registrar/registration.js';
 import { e2eSkipReason, freePort, logLines } from '../support/processes.js';
 import { sipMessage } from '../hostile/corpus.js';
-import { headerOf, sendAndCollect, SipPeer, type Answerer } from '../support/raw-sip.js';
+import { headerOf, sendAndCollect, SipPeer, type Answerer, type RequestHandler } from '../support/raw-sip.js';
+import { branchOf, cseqOf, RawCallee, RawCaller, tagOf } from '../support/raw-call.js';
 import { RawDevice } from '../support/raw-device.js';
 import { DOMAIN_MODES, startStack, type Stack } from '../support/stack.js';
 import { loggedOnce, metric, until, upstreamCseqs } from '../support/throttling-checks.js';
@@ -40,7 +41,7 @@ for (const mode of DOMAIN_MODES) describe(`AoR throttling, end to end (domain: $
   let stack: Stack;
   let adminPort: number;
   const devices: RawDevice[] = [];
-  const device = async (user: string, answer?: Answerer): Promise<RawDevice> => {
+  const device = async (user: string, answer?: Answerer | { handle: RequestHandler }): Promise<RawDevice> => {
     const d = await RawDevice.open(stack, user, answer);
     devices.push(d);
     return d;
@@ -218,5 +219,154 @@ for (const mode of DOMAIN_MODES) describe(`AoR throttling, end to end (domain: $
     assert.equal((await erin.register(0)).finals.at(-1), 200);
     assert.deepEqual(await replica(stack, 'erin'), []);
     assert.deepEqual(await upstreamOf('erin'), [], 'the last device\'s de-registration removed midreg\'s Contact');
+  });
+
+  it('an INVITE forked to an AoR\'s devices: one answers 200, the one still ringing gets CANCEL and answers 487; the caller gets one 200, ACKs it and hangs up (RFC 3261 §16.7 step 10)', async () => {
+    const uriHost = stack.domain.uriHost;
+    const caller = await RawCaller.open(`sip:openx@${uriHost}`, `sip:hana@${uriHost}`);
+    devices.push({ close: () => caller.close() } as RawDevice);
+    // Device A answers once the caller has heard both devices ring: by then drachtio-server holds a
+    // provisional on both branches, so B's branch is "pending" in §16.7 step 10's sense.
+    const bothRang = async (): Promise<void> => {
+      const rang = () => new Set(caller.inviteResponses().filter((r) => r.status === 180).map((r) => tagOf(headerOf(r, 'to')))).size >= 2;
+      if (!await caller.peer.waitFor(rang, 10_000)) throw new Error('the caller did not hear both devices ring');
+    };
+    let hanaA: RawDevice | undefined;
+    let hanaB: RawDevice | undefined;
+    const calleeA = new RawCallee({ kind: 'answer', answerWhen: bothRang }, () => hanaA?.contact ?? '');
+    const calleeB = new RawCallee({ kind: 'ring' }, () => hanaB?.contact ?? '');
+    try {
+      hanaA = await device('hana', { handle: calleeA.handle });
+      hanaB = await device('hana', { handle: calleeB.handle });
+      assert.deepEqual((await hanaA.register(60)).finals, [401, 200]);
+      assert.deepEqual((await hanaB.register(60)).finals, [401, 200]);
+      assert.equal((await upstreamOf('hana')).length, 1, 'the registrar knows one Contact for hana: midreg forks');
+
+      // From the platform, as a call for hana reaches Kamailio: it routes to midreg's AoR Contact.
+      const ok = await caller.invite(stack.kamailio?.port ?? 0, 15_000);
+      assert.equal(ok?.status, 200, `the caller's final: ${caller.inviteResponses().map((r) => r.status).join(',')}`);
+      assert.equal(/<([^>]+)>/.exec(headerOf(ok, 'contact') ?? '')?.[1], hanaA.contact, 'the 200 is device A\'s');
+      await caller.ack(ok);
+      assert.ok(await hanaA.peer.waitFor(() => calleeA.acked(200), 5000), 'device A got the ACK of its 200');
+
+      // B, still ringing, gets a CANCEL for its own branch (RFC 3261 §9.1: same Request-URI, Call-ID,
+      // CSeq number and top Via branch as the INVITE it cancels) and answers 487, which is ACKed.
+      assert.ok(await hanaB.peer.waitFor(() => calleeB.acked(487), 10_000), `device B's branch CANCELled and its 487 ACKed (B got: ${hanaB.peer.received.map((m) => m.method ?? m.status).join(',')})`);
+      const [inviteB] = hanaB.received('INVITE');
+      const cancels = hanaB.received('CANCEL');
+      assert.ok(inviteB && cancels.length >= 1);
+      for (const cancel of cancels) {
+        assert.equal(cancel.startLine, inviteB.startLine.replace(/^INVITE/, 'CANCEL'), 'the CANCEL names the INVITE\'s Request-URI');
+        const same = ['call-id', 'from', 'to'];
+        assert.deepEqual(same.map((h): string | undefined => headerOf(cancel, h)), same.map((h): string | undefined => headerOf(inviteB, h)));
+        assert.deepEqual([cseqOf(cancel), branchOf(cancel)], [{ seq: cseqOf(inviteB).seq, method: 'CANCEL' }, branchOf(inviteB)]);
+        // docs/drachtio-findings.md D9: drachtio-server's CANCEL carries no Max-Forwards (RFC 3261 §8.1.1 makes it mandatory).
+        assert.equal(headerOf(cancel, 'max-forwards'), undefined);
+      }
+      assert.deepEqual(calleeB.finals, [487]);
+      assert.deepEqual(hanaA.received('CANCEL'), [], 'the answering device is not CANCELled');
+
+      assert.equal(await caller.bye(ok, 10_000), 200, 'the call hangs up along the route set');
+      assert.equal(hanaA.received('BYE').length >= 1, true, 'device A got the BYE');
+      assert.deepEqual(hanaB.received('BYE'), []);
+      // Exactly one final answer for the caller: 2xx from device A only (a retransmission of it
+      // carries the same To tag), never B's 487 (§16.7 step 5: only 2xx are forwarded after a final).
+      const finals = caller.inviteResponses().filter((r) => (r.status ?? 0) >= 200);
+      assert.deepEqual([...new Set(finals.map((r) => `${r.status} ${tagOf(headerOf(r, 'to')) ?? ''}`))], [`200 ${tagOf(headerOf(ok, 'to')) ?? ''}`]);
+      await loggedOnce(stack.midreg, { message: 'request proxied', method: 'INVITE', callId: headerOf(ok, 'call-id'), status: 200 });
+      const [proxied] = logLines(stack.midreg, { message: 'request proxied', method: 'INVITE', callId: headerOf(ok, 'call-id') });
+      assert.equal((proxied?.['destination'] as unknown[] | undefined)?.length, 2, 'forked to both devices');
+    } finally {
+      calleeA.stop();
+      calleeB.stop();
+    }
+  });
+
+  it('a device that responds only after another answered is CANCELled once it does (RFC 3261 §9.1: no CANCEL before a provisional); the caller still gets one 200', async () => {
+    const uriHost = stack.domain.uriHost;
+    const caller = await RawCaller.open(`sip:openx@${uriHost}`, `sip:jade@${uriHost}`);
+    devices.push({ close: () => caller.close() } as RawDevice);
+    let jadeA: RawDevice | undefined;
+    let jadeB: RawDevice | undefined;
+    const got = async (what: string, cond: () => boolean): Promise<void> => {
+      if (!await caller.peer.waitFor(cond, 10_000)) throw new Error(what);
+    };
+    // A rings and answers once B has the INVITE; B stays silent (not even 100) until the caller has A's 200.
+    const calleeA = new RawCallee({ kind: 'answer', answerWhen: () => got('B never got the INVITE', () => (jadeB?.received('INVITE').length ?? 0) > 0) }, () => jadeA?.contact ?? '');
+    const calleeB = new RawCallee({ kind: 'ring', ringWhen: () => got('the caller never got the 200', () => caller.inviteResponses().some((r) => r.status === 200)) }, () => jadeB?.contact ?? '');
+    try {
+      jadeA = await device('jade', { handle: calleeA.handle });
+      jadeB = await device('jade', { handle: calleeB.handle });
+      assert.deepEqual((await jadeA.register(60)).finals, [401, 200]);
+      assert.deepEqual((await jadeB.register(60)).finals, [401, 200]);
+      const ok = await caller.invite(stack.kamailio?.port ?? 0, 15_000);
+      assert.equal(ok?.status, 200);
+      await caller.ack(ok);
+      assert.ok(await jadeB.peer.waitFor(() => calleeB.acked(487), 10_000), `B CANCELled once it rang, its 487 ACKed (B got: ${jadeB.peer.received.map((m) => m.method ?? m.status).join(',')})`);
+      const [inviteB] = jadeB.received('INVITE');
+      const [cancel] = jadeB.received('CANCEL');
+      assert.ok(inviteB && cancel);
+      assert.deepEqual([branchOf(cancel), headerOf(cancel, 'call-id')], [branchOf(inviteB), headerOf(inviteB, 'call-id')], 'the CANCEL matches B\'s INVITE transaction');
+      // docs/drachtio-findings.md D9: this late CANCEL is built from B's response, so its To carries
+      // B's tag, which RFC 3261 §9.1 forbids ("identical to those in the request being cancelled,
+      // including tags"); a UAS matching by branch (§9.2, §17.2.3), as this one does, still stops.
+      assert.equal(headerOf(cancel, 'to'), `${headerOf(inviteB, 'to') ?? ''};tag=${calleeB.tags[0] ?? ''}`);
+      assert.equal(await caller.bye(ok, 10_000), 200);
+      const finals = caller.inviteResponses().filter((r) => (r.status ?? 0) >= 200);
+      assert.deepEqual([...new Set(finals.map((r) => `${r.status} ${tagOf(headerOf(r, 'to')) ?? ''}`))], [`200 ${tagOf(headerOf(ok, 'to')) ?? ''}`]);
+    } finally {
+      calleeA.stop();
+      calleeB.stop();
+    }
+  });
+
+  it('a registrar that refuses a relayed refresh is obeyed: the device gets the 403 and its own binding goes, the AoR\'s other device stays; once the last is refused midreg removes its Contact upstream', async () => {
+    const answer: Answerer = (req) => (req.method === 'MESSAGE' ? { status: 200, reason: 'OK' } : undefined);
+    const ivy1 = await device('ivy', answer);
+    const ivy2 = await device('ivy', answer);
+    assert.deepEqual((await ivy1.register(60)).finals, [401, 200]);
+    assert.deepEqual((await ivy2.register(60)).finals, [401, 200]);
+    assert.equal((await replica(stack, 'ivy')).length, 2);
+
+    // The operator disables the account at the registrar.
+    await stack.kamailio?.rpc('pv.shvSet', 'disabled', 'str', 'ivy');
+    // ivy1 refreshes asking 60 s: more than the 20 s upstream registration has left (plus the
+    // margin), so midreg relays it ('upstream-ending') with the phone's own credentials.
+    const refused = await ivy1.register(60);
+    assert.equal(refused.finals.at(-1), 403, `ivy1's finals: ${refused.finals.join(',')}`);
+    assert.equal(refused.last?.reason, 'Account Disabled', 'the phone gets the registrar\'s own answer');
+    await loggedOnce(stack.midreg, { message: 'REGISTER relayed', callId: ivy1.callId, relayReason: 'upstream-ending', status: 403, refusedRemoved: 1 });
+    assert.deepEqual((await replica(stack, 'ivy')).map((b) => b.contact), [ivy2.contact], 'ivy1\'s binding is gone, ivy2\'s stays');
+    const view = await (await fetch(`http://127.0.0.1:${adminPort}/registrations/${encodeURIComponent(stack.domain.aor('ivy'))}`)).json() as { bindings: Array<{ contact: string }> };
+    assert.deepEqual(view.bindings.map((b) => b.contact), [ivy2.contact], 'the admin API shows it gone');
+    assert.equal((await upstreamOf('ivy')).length, 1, 'midreg\'s Contact stays upstream while ivy2 is there');
+
+    const platform = stack.kamailio?.port ?? 0;
+    const sender = await SipPeer.open();
+    devices.push({ close: () => sender.close() } as RawDevice);
+    const message = (body: string) => {
+      const id = `msg-ivy-${mode}-${Date.now()}`;
+      return { id, sent: sendAndCollect(sender, platform, sipMessage(`MESSAGE sip:ivy@${stack.domain.uriHost} SIP/2.0`, [
+        `Via: SIP/2.0/UDP 127.0.0.1:${sender.port};branch=z9hG4bK-${id}`, 'Max-Forwards: 70', `From: <sip:openx@${stack.domain.uriHost}>;tag=${id}`,
+        `To: <sip:ivy@${stack.domain.uriHost}>`, `Call-ID: ${id}`, 'CSeq: 1 MESSAGE', 'Content-Type: text/plain',
+      ], body), { transport: 'udp', waitMs: 6000 }) };
+    };
+    const first = message('only ivy2');
+    assert.deepEqual((await first.sent).statuses.filter((s) => s >= 200).slice(0, 1), [200]);
+    await loggedOnce(stack.midreg, { message: 'MESSAGE delivered', callId: first.id, branches: 1 });
+    const to = logLines(stack.midreg, { message: 'MESSAGE delivered', callId: first.id })[0]?.['to'] as string[] | undefined;
+    assert.ok(to?.length === 1 && to[0]?.includes(`127.0.0.1:${ivy2.peer.port}`), `midreg sends it to ivy2's flow only: ${JSON.stringify(to)}`);
+    assert.equal(ivy2.received('MESSAGE').length, 1);
+    assert.equal(ivy1.received('MESSAGE').length, 0, 'the MESSAGE no longer reaches the refused device');
+
+    // ivy2's own refresh is refused too: the AoR has no device left, and the purge run removes
+    // midreg's Contact upstream (the registrar challenges midreg, which has no credentials, so
+    // the AoR stays lapsed: requests for it get 480, none reaches a device).
+    assert.equal((await ivy2.register(60)).finals.at(-1), 403);
+    assert.deepEqual(await replica(stack, 'ivy'), []);
+    await until('midreg tries to remove ivy\'s Contact upstream', (PURGE_SEC + 5) * 1000, () => logLines(stack.midreg, { event: 'deregister', mode: 'aor', aor: stack.domain.aor('ivy') })[0]);
+    const second = message('nobody');
+    assert.deepEqual((await second.sent).statuses.filter((s) => s >= 200).slice(0, 1), [480]);
+    assert.equal(ivy1.received('MESSAGE').length + ivy2.received('MESSAGE').length, 1);
   });
 });

@@ -11,6 +11,7 @@ import { e2eSkipReason, freePort, logLines } from '../support/processes.js';
 import { sipMessage } from '../hostile/corpus.js';
 import { sendAndCollect, SipPeer, type Answerer } from '../support/raw-sip.js';
 import { RawDevice } from '../support/raw-device.js';
+import { headerOf } from '../support/raw-sip.js';
 import { receivedResponses, runSipp, startSippUas, type SippResult } from '../support/sipp.js';
 import { DOMAIN_MODES, startStack, type Stack } from '../support/stack.js';
 import { loggedOnce, metric, until, upstreamCseqs } from '../support/throttling-checks.js';
@@ -222,5 +223,40 @@ for (const mode of DOMAIN_MODES) describe(`contact throttling with contact inser
     // fran stops too: its removal is challenged; the registrar still routes to midreg's Contact, answered 480.
     await until('fran\'s de-registration challenged', 20_000, () => logLines(stack.midreg, { aor: stack.domain.aor('fran'), event: 'deregister', status: 401 })[0]);
     assertPassed(await sipp(stack, 'uac-message', { to: 'fran', from: 'openx', expect: '480', body: 'gone' }, undefined, { target: platform }));
+  });
+});
+
+// A registrar whose minimum expiry is above MIDREG_OUTGOING_EXPIRES answers 423 to what midreg
+// asks. The phone retries with Min-Expires (RFC 3261 §10.2.8); midreg must pass that retry on as
+// long as the phone asked, in both throttling modes, or the phone gets 423 for ever.
+const MIN_EXPIRES = 120;
+for (const throttling of ['contact', 'aor'] as const) describe(`${throttling} throttling behind a registrar with Min-Expires above MIDREG_OUTGOING_EXPIRES`, { skip: skip ?? false, timeout: 120_000 }, () => {
+  let stack: Stack;
+  before(async () => {
+    stack = await startStack({
+      domain: 'name',
+      kamailioDefines: ['WITH_423', `MIN_EXPIRES=${MIN_EXPIRES}`, 'MAX_EXPIRES=600'],
+      env: { MIDREG_MODE: throttling, MIDREG_OUTGOING_EXPIRES: '60', MIDREG_REFRESH_MARGIN_SEC: '2' },
+    });
+  });
+  after(async () => { await stack?.stop(); });
+
+  it('the registrar\'s 423 reaches the phone, and the phone\'s retry with Min-Expires registers it on both sides', async () => {
+    const phone = await RawDevice.open(stack, `minnie${throttling}`);
+    try {
+      const first = await phone.register(30);
+      assert.deepEqual(first.finals, [401, 423], 'challenged, then the registrar\'s own 423 passed on');
+      const min = Number(first.last ? headerOf(first.last, 'Min-Expires') : NaN);
+      assert.equal(min, MIN_EXPIRES, 'Min-Expires passed on unchanged');
+      const retry = await phone.register(min);
+      assert.deepEqual(retry.finals, [200], 'the retry asking Min-Expires is accepted');
+      assert.match(retry.last ? headerOf(retry.last, 'Contact') ?? '' : '', new RegExp(`;expires=(${min}|${min - 1})\\b`), 'the phone is granted what it asked');
+      const upstream = await stack.kamailio?.lookup(stack.domain.aor(phone.user));
+      assert.equal(upstream?.length, 1, 'registered at the registrar');
+      const stored = await until('the binding in the replica', 3000, async () => (await replica(stack, phone.user))[0]);
+      assert.equal(stored.contact, phone.contact);
+    } finally {
+      await phone.close();
+    }
   });
 });

@@ -3,7 +3,7 @@
 // digest answer when challenged (Kamailio's test password for user U is "pw-U"). Used where a
 // test must control Call-ID, CSeq and source port exactly (throttling).
 import { sipMessage } from '../hostile/corpus.js';
-import { digestAuthorization, headerOf, sendAndCollect, SipPeer, type Answerer, type Received } from './raw-sip.js';
+import { digestAuthorization, headerOf, sendAndCollect, SipPeer, type Answerer, type Received, type RequestHandler } from './raw-sip.js';
 import type { Stack } from './stack.js';
 
 let counter = 0;
@@ -24,8 +24,10 @@ export class RawDevice {
     this.callId = `dev-${process.pid}-${Date.now()}-${counter++}@127.0.0.1`;
   }
 
-  static async open(stack: Stack, user: string, answer?: Answerer): Promise<RawDevice> {
-    return new RawDevice(stack, user, await SipPeer.open(answer ? { answer } : {}));
+  /** `answer` answers each request at once; `{ handle }` plays a UA's part over time (test/support/raw-call.ts). */
+  static async open(stack: Stack, user: string, answer?: Answerer | { handle: RequestHandler }): Promise<RawDevice> {
+    const opts = answer === undefined ? {} : typeof answer === 'function' ? { answer } : { handle: answer.handle };
+    return new RawDevice(stack, user, await SipPeer.open(opts));
   }
 
   get contact(): string { return `sip:${this.user}@127.0.0.1:${this.peer.port}`; }

@@ -98,6 +98,13 @@ export interface TcpSend {
 /** How a peer answers requests it receives (e.g. a sink standing in for a UA); undefined = silence. */
 export type Answerer = (req: SipMessage) => { status: number; reason: string } | undefined;
 
+/**
+ * A peer that plays a UA's part over time (ringing, answering later, CANCEL, ACK): gets every
+ * request received, ACK included, and `reply` sends bytes back the way the request came (the same
+ * UDP source port, or the same TCP connection), now or later.
+ */
+export type RequestHandler = (req: Received, reply: (bytes: Buffer) => void) => void;
+
 /** A response to `req` (RFC 3261 §8.2.6: Via, From, To + tag, Call-ID, CSeq copied). */
 export function responseTo(req: SipMessage, status: number, reason: string): Buffer {
   const lines = [`SIP/2.0 ${status} ${reason}`];
@@ -118,17 +125,19 @@ export class SipPeer {
   readonly received: Received[] = [];
   private readonly conns = new Set<TcpSocket>();
 
-  private constructor(readonly port: number, private readonly udp: UdpSocket, private readonly tcp: Server, private readonly answer: Answerer | undefined) {
+  private constructor(readonly port: number, private readonly udp: UdpSocket, private readonly tcp: Server, private readonly answer: Answerer | undefined, private readonly handle: RequestHandler | undefined) {
     udp.on('message', (raw, rinfo) => {
       const msg = this.keep(raw, 'udp', rinfo.port);
+      const send = (bytes: Buffer): void => { this.udp.send(bytes, rinfo.port, LOOPBACK); };
+      if (this.handle && msg.method !== undefined) { this.handle(msg, send); return; }
       const reply = this.replyFor(msg);
-      if (reply) this.udp.send(reply, rinfo.port, LOOPBACK);
+      if (reply) send(reply);
     });
     tcp.on('connection', (sock) => this.attach(sock));
   }
 
   /** Binds UDP and TCP on the same free port of 127.0.0.1 (bounded retries). */
-  static async open(opts: { answer?: Answerer } = {}): Promise<SipPeer> {
+  static async open(opts: { answer?: Answerer; handle?: RequestHandler } = {}): Promise<SipPeer> {
     for (let attempt = 0; attempt < 20; attempt++) {
       const udp = createSocket('udp4');
       const port = await new Promise<number>((resolve, reject) => {
@@ -140,7 +149,7 @@ export class SipPeer {
         tcp.once('error', () => resolve(false));
         tcp.listen(port, LOOPBACK, () => resolve(true));
       });
-      if (ok) return new SipPeer(port, udp, tcp, opts.answer);
+      if (ok) return new SipPeer(port, udp, tcp, opts.answer, opts.handle);
       await new Promise<void>((resolve) => udp.close(() => resolve()));
     }
     throw new Error('no port free for both UDP and TCP on 127.0.0.1 after 20 attempts');
@@ -165,8 +174,11 @@ export class SipPeer {
       const { messages, rest } = splitStream(Buffer.concat([pending, chunk]));
       pending = Buffer.from(rest);
       for (const m of messages) {
-        const reply = this.replyFor(this.keep(m, 'tcp', sock.remotePort ?? 0));
-        if (reply) sock.write(reply);
+        const msg = this.keep(m, 'tcp', sock.remotePort ?? 0);
+        const send = (bytes: Buffer): void => { if (!sock.destroyed) sock.write(bytes); };
+        if (this.handle && msg.method !== undefined) { this.handle(msg, send); continue; }
+        const reply = this.replyFor(msg);
+        if (reply) send(reply);
       }
     });
     sock.on('error', () => undefined);

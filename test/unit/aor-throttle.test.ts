@@ -64,6 +64,10 @@ describe('aorThrottleDecision: only a device\'s own refresh over its own flow is
 });
 
 describe('upstreamRegister: what the registrar is sent', () => {
+  it('asks the registrar for as long as the device asked when that is longer (its retry after a 423, RFC 3261 §10.2.8)', () => {
+    assert.equal(upstreamRegister(attempt(), '7200', [], AOR_CONTACT, 3600, NOW).expires, '7200');
+  });
+
   it('midreg\'s Contact with MIDREG_OUTGOING_EXPIRES while a device remains', () => {
     assert.deepEqual(upstreamRegister(attempt(), '60', [], AOR_CONTACT, 3600, NOW), { contact: `<${AOR_CONTACT}>;expires=3600`, expires: '3600', removesAor: false });
     // One device leaves, another stays: the AoR stays registered (refreshed with the leaver's credentials).

@@ -2,7 +2,7 @@
 // reason it must relay instead), how a relayed one is raised, what the phone is told.
 import { strict as assert } from 'node:assert';
 import { describe, it } from 'node:test';
-import { isFinalRefusal, localAnswerContacts, raiseExpires, requestedExpiry, throttleDecision } from '../../lib/registrar/throttle.js';
+import { isFinalRefusal, localAnswerContacts, raiseExpires, refusalOutcome, requestedExpiry, throttleDecision } from '../../lib/registrar/throttle.js';
 import { planReplicaUpdate, type Binding, type RegisterAttempt } from '../../lib/registrar/registration.js';
 import { classifyDeregistration, deregistrationRequest } from '../../lib/registrar/upstream-deregistration.js';
 
@@ -88,6 +88,11 @@ describe('raiseExpires: the REGISTER as the registrar gets it in contact mode', 
     assert.deepEqual(raiseExpires([{ uri: CONTACT, params: {} }], '0', 3600), { contacts: [{ uri: CONTACT, params: {} }], expiresHeader: '0' });
   });
 
+  it('never lowers a longer expiry, so a phone retrying after a 423 with Min-Expires above MIDREG_OUTGOING_EXPIRES gets through', () => {
+    assert.equal(raiseExpires([{ uri: CONTACT, params: {} }], '7200', 3600).expiresHeader, '7200');
+    assert.deepEqual(raiseExpires([{ uri: CONTACT, params: { expires: '7200' } }], undefined, 3600).contacts[0]?.params, { expires: '7200' });
+  });
+
   it('gives a REGISTER without any expiry an Expires header', () => {
     assert.equal(raiseExpires([{ uri: CONTACT, params: {} }], undefined, 1800).expiresHeader, '1800');
   });
@@ -136,6 +141,32 @@ describe('the registrar is obeyed', () => {
   it('final refusals remove the binding; challenges, 423, 3xx and 5xx do not', () => {
     for (const s of [403, 404, 400, 420, 480, 489, 603, 606]) assert.equal(isFinalRefusal(s), true, String(s));
     for (const s of [200, 302, 401, 407, 423, 500, 503]) assert.equal(isFinalRefusal(s), false, String(s));
+  });
+
+  // Two devices of one AoR (AoR mode) or two phones of one user (contact mode): the refused one is call-1.
+  const other = stored({ contact: 'sip:alice@192.0.2.8:5062', callId: 'call-2', cseq: 3, source: { address: '192.0.2.8', port: 5062, transport: 'udp' } });
+  const both = [stored(), other];
+
+  it('a final refusal of a phone\'s relayed refresh removes its own binding and keeps the other device', () => {
+    const out = refusalOutcome(refresh(), 403, both, undefined);
+    assert.ok(out.kind === 'remove');
+    assert.deepEqual(out.removed.map((b) => b.contact), [CONTACT]);
+    assert.deepEqual(out.kept, [other]);
+    // From another source (the phone behind a new NAT port) it is still that phone's Call-ID and Contact.
+    assert.equal(refusalOutcome(refresh({ source: { ...SOURCE, port: 6000 } }), 403, both, undefined).kind, 'remove');
+    const last = refusalOutcome(refresh(), 603, [stored()], undefined);
+    assert.ok(last.kind === 'remove' && last.kept.length === 0, 'the last device goes too');
+  });
+
+  it('nothing goes for a challenge, 423, 5xx, a stranger\'s Call-ID, a late answer to an older CSeq, or a REGISTER without Contact', () => {
+    for (const status of [401, 407, 423, 500, 503, 302]) assert.deepEqual(refusalOutcome(refresh(), status, both, undefined), { kind: 'none', why: 'not-a-final-refusal' }, String(status));
+    assert.deepEqual(refusalOutcome(refresh({ callId: 'stranger' }), 403, both, undefined), { kind: 'none', why: 'not-its-binding' });
+    assert.deepEqual(refusalOutcome(refresh({ contacts: [{ uri: 'sip:alice@192.0.2.99:5062', params: {} }] }), 403, both, undefined), { kind: 'none', why: 'not-its-binding' });
+    // CSeq 4 refused after CSeq 5 was applied (the stored binding), or after a remembered CSeq 7.
+    assert.deepEqual(refusalOutcome(refresh({ cseq: 4 }), 403, both, undefined), { kind: 'none', why: 'stale-cseq' });
+    assert.deepEqual(refusalOutcome(refresh({ cseq: 6 }), 403, both, 7), { kind: 'none', why: 'stale-cseq' });
+    assert.deepEqual(refusalOutcome(refresh({ contacts: 'star' }), 403, both, undefined), { kind: 'none', why: 'no-contact' });
+    assert.deepEqual(refusalOutcome(refresh({ contacts: 'none' }), 403, both, undefined), { kind: 'none', why: 'no-contact' });
   });
 });
 
