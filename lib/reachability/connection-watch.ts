@@ -211,7 +211,7 @@ export class ConnectionWatch {
 
   /**
    * Polls every intervalMs, or less often when one look costs more CPU than a tenth of that: reading
-   * the kernel's table grows with every TCP connection on the host (about 3 ms per 1,000 sockets
+   * the kernel's table grows with every TCP connection on the host (about 5 ms per 1,000 sockets
    * here, bench:watch), and the watch must not take more than about 10 % of a core from SIP.
    */
   start(): void {
