@@ -6,6 +6,7 @@ import type { Logger } from '../ops/logger.js';
 import type { SelfAddress } from './contact-insertion.js';
 import { aorContactUri, aorThrottleDecision, planAorUpdate, upstreamRegister } from './aor-throttle.js';
 import { isFinalRefusal, localAnswerContacts, refusalOutcome } from './throttle.js';
+import { answerRefreshLocally } from './local-answer.js';
 import { type Binding, type RegisterAttempt, type ReplicaLimits } from './registration.js';
 import type { SipRequest, SipResponder } from '../sip/drachtio.js';
 import { askUpstream, replyHeaders, upstreamHeaders, type RequestSender, type UpstreamTarget } from '../sip/upstream.js';
@@ -47,21 +48,7 @@ export async function handleAorRegister(
     const [devices, upstream] = await Promise.all([deps.store.bindingsOf(attempt.aor), deps.store.aorUpstream(attempt.aor)]);
     const decision = aorThrottleDecision(attempt, expiresHeader, devices, upstream, now, deps.refreshMarginSec);
     if (decision.kind === 'absorb') {
-      const expiresAt = now + decision.expires * 1000;
-      // As in contact mode: one row, and only if it still exists (a reply that removed it wins).
-      await deps.store.absorbRefresh(attempt.aor, decision.binding.contact, expiresAt, attempt.cseq, now);
-      const after = devices.map((b) => (b === decision.binding ? { ...b, expiresAt, cseq: attempt.cseq, updatedAt: now } : b));
-      // RFC 3261 §10.3 step 8: the 200 "MUST contain Contact header field values enumerating all
-      // current bindings" and "SHOULD include a Date header field". The AoR's bindings as the
-      // phone knows them are its devices, never midreg's upstream Contact.
-      const contact = localAnswerContacts(after, now);
-      res.send(200, { reason: 'OK', headers: { ...(contact ? { contact } : {}), date: new Date(now).toUTCString() } });
-      deps.onRegisterAbsorbed?.();
-      log.info('REGISTER answered locally', {
-        event: 'register', decision: 'absorbed', mode: 'aor', status: 200, aor: attempt.aor, callId: attempt.callId, cseq: attempt.cseq,
-        contact: decision.binding.contact, expires: decision.expires,
-        upstreamExpiresIn: Math.round(((upstream?.expiresAt ?? now) - now) / 1000), source: sourceOf(attempt),
-      });
+      await answerRefreshLocally(deps, res, { attempt, bindings: devices, binding: decision.binding, expires: decision.expires, upstreamExpiresAt: upstream?.expiresAt, mode: 'aor' }, now);
       return;
     }
     relayReason = decision.reason;

@@ -7,7 +7,8 @@ import type { Logger } from '../ops/logger.js';
 import { formatContact, mapReplyContacts, rewriteContacts, type MappedContact, type SelfAddress } from './contact-insertion.js';
 import { namesMidreg, ownHosts, retargetToUpstream } from '../sip/own-address.js';
 import { handleAorRegister, type AorThrottleDeps } from './aor-registration.js';
-import { localAnswerContacts, raiseExpires, refusalOutcome, requestedExpiry, throttleDecision, type RelayReason } from './throttle.js';
+import { answerRefreshLocally } from './local-answer.js';
+import { raiseExpires, refusalOutcome, requestedExpiry, throttleDecision, type RelayReason } from './throttle.js';
 import { contactKey, grantedExpiry, limitPlan, planReplicaUpdate, RFC_DEFAULT_EXPIRES, type Binding, type RegisterAttempt, type ReplicaLimits, type ReplicaPlan } from './registration.js';
 import { parseUri, SipParseError, type NameAddr, type RequestHandler, type SipReply, type SipRequest, type SipResponder, type SipUri } from '../sip/drachtio.js';
 import { flowTimerToAdd, pathUriFor, viaHops } from './outbound.js';
@@ -231,23 +232,7 @@ export function createRegisterHandler(deps: RegistrationRelayDeps): RequestHandl
         const bindings = await deps.store.bindingsOf(attempt.aor);
         const decision = throttleDecision(attempt, req.header('Expires'), bindings, now, throttle.refreshMarginSec);
         if (decision.kind === 'absorb') {
-          const expiresAt = now + decision.expires * 1000;
-          // The refresh's CSeq is recorded, so the next refresh must be higher (RFC 3261 §10.3 step 7).
-          // Not one updateAor: absorbRefresh only rewrites a binding that still exists, so a reply
-          // that removed it meanwhile wins, and a refresh costs one row, not the AoR's.
-          await deps.store.absorbRefresh(attempt.aor, decision.binding.contact, expiresAt, attempt.cseq, now);
-          const after = bindings.map((b) => (b === decision.binding ? { ...b, expiresAt, cseq: attempt.cseq, updatedAt: now } : b));
-          // RFC 3261 §10.3 step 8: the 200 "MUST contain Contact header field values enumerating
-          // all current bindings" and "SHOULD include a Date header field".
-          const contact = localAnswerContacts(after, now);
-          res.send(200, { reason: 'OK', headers: { ...(contact ? { contact } : {}), date: new Date(now).toUTCString() } });
-          deps.onRegisterAbsorbed?.();
-          log.info('REGISTER answered locally', {
-            event: 'register', decision: 'absorbed', status: 200, aor: attempt.aor, callId: attempt.callId, cseq: attempt.cseq,
-            contact: decision.binding.contact, expires: decision.expires,
-            upstreamExpiresIn: Math.round(((decision.binding.upstreamExpiresAt ?? now) - now) / 1000),
-            source: `${attempt.source.transport}:${attempt.source.address}:${attempt.source.port}`,
-          });
+          await answerRefreshLocally(deps, res, { attempt, bindings, binding: decision.binding, expires: decision.expires, upstreamExpiresAt: decision.binding.upstreamExpiresAt }, now);
           return;
         }
         throttled = { reason: decision.reason };
