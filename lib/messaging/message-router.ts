@@ -244,9 +244,9 @@ export function createMessageHandler(deps: MessageRouterDeps): RequestHandler {
   }
 }
 
-type SendBranch = Extract<Branch, { kind: 'send' }>;
+export type SendBranch = Extract<Branch, { kind: 'send' }>;
 
-function isSend(branch: Branch): branch is SendBranch {
+export function isSend(branch: Branch): branch is SendBranch {
   return branch.kind === 'send';
 }
 

@@ -8,9 +8,9 @@ import type { OfflineOutcome } from '../ops/metrics.js';
 import type { Binding } from '../registrar/registration.js';
 import type { OfflineMessage, OfflineMessageStore } from '../store/store.js';
 import { askUpstream, outboundBytes, type RequestSender } from '../sip/upstream.js';
-import { forkOverFlows } from './message-router.js';
+import { forkOverFlows, isSend } from './message-router.js';
 import { retryDelayMs } from './offline-policy.js';
-import { branchFor, flowChains, type Branch } from './routing.js';
+import { branchFor, flowChains } from './routing.js';
 
 export interface OfflineCourierDeps {
   sender: RequestSender;
@@ -155,7 +155,7 @@ export class OfflineCourier {
     };
     const size = outboundBytes({ method: 'MESSAGE', uri: bindings[0]?.contact ?? '', headers, body: message.body });
     const targets = flowChains(bindings)
-      .map((chain) => chain.flows.map((b) => branchFor(b, size)).filter((b): b is Extract<Branch, { kind: 'send' }> => b.kind === 'send'))
+      .map((chain) => chain.flows.map((b) => branchFor(b, size)).filter(isSend))
       .filter((flows) => flows.length > 0);
     if (targets.length === 0) return 513;
     const answer = await forkOverFlows(targets, (branch) => askUpstream(this.deps.sender, {
