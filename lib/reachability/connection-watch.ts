@@ -215,7 +215,7 @@ export class ConnectionWatch {
    * here, bench:watch), and the watch must not take more than about 10 % of a core from SIP.
    */
   start(): void {
-    if (this.timer || this.started) return;
+    if (this.started) return;
     this.started = true;
     const loop = (): void => {
       // CPU, not wall time: on a busy host a look waits for a core, which is no reason to look less often.

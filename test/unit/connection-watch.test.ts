@@ -1,5 +1,6 @@
 import { strict as assert } from 'node:assert';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
@@ -48,8 +49,6 @@ describe('reading the kernel\'s TCP table', () => {
   });
 
   it('reads the host\'s real table: a connection to a listener shows up, then goes once closed', async () => {
-    const { createServer, connect } = await import('node:net');
-    const { readFileSync } = await import('node:fs');
     const server = createServer(() => {});
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     const port = (server.address() as { port: number }).port;
