@@ -17,7 +17,7 @@ import { parseArgs } from 'node:util';
 import { cpuDelta, machineBusyCpu, PeakThreadWatcher, probeSipp, sampleCpu, waitForQuiet } from './cpu.js';
 import { describeFailure, runLoad, startUas, type LoadResult, type Quantiles } from './load.js';
 import {
-  BENCH_DIR, delay, DRACHTIO_BIN_DEFAULT, environmentLine, freePort, OPENSIPS_BIN, REPO_ROOT, runEnvironment, runLog, runStamp, version,
+  BENCH_DIR, delay, DRACHTIO_BIN_DEFAULT, environmentLine, freePort, OPENSIPS_BIN, REPO_ROOT, RESULTS_DIR, runEnvironment, runLog, runStamp, version,
 } from './procs.js';
 import { runProbe, type ProbeResult } from './probe.js';
 import { formatProfile, summarizeProfile, type ProfileSummary } from './profile.js';
@@ -33,7 +33,6 @@ const KIND_LABEL: Record<Kind, string> = { register: 'REGISTER', message: 'MESSA
 /** Order of the run: midreg last, so its targets (relative to the others) are known before profiling it. */
 const RUN_ORDER: readonly SystemId[] = ['kamailio', 'opensips', 'proxy', 'reference', 'midreg'];
 const SIPP_DIR = join(BENCH_DIR, 'sipp');
-const RESULTS_DIR = join(BENCH_DIR, 'results');
 const DOMAIN = 'example.test';
 const RECEIVERS = 1000;
 /** The registrar grants at most 300 s: re-register the MESSAGE receivers well before that. */

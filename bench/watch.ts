@@ -15,10 +15,9 @@ import type { Binding } from '../lib/registrar/registration.js';
 import { ConnectionWatch, pollDelay } from '../lib/reachability/connection-watch.js';
 import { ReachabilityTable } from '../lib/reachability/reachability.js';
 import { createLogger } from '../lib/ops/logger.js';
+import { RESULTS_DIR, runStamp } from './procs.js';
 import { fmt1, fmtInt, markdownTable, textTable, type Table } from './report.js';
 
-const HERE = fileURLToPath(new URL('.', import.meta.url));
-const RESULTS = join(HERE, '..', '..', 'bench', 'results');
 /** Connections per listener/client process pair: under the 20,000 descriptors a process may hold here. */
 const PER_PAIR = 9000;
 const LOOKS = 10;
@@ -116,7 +115,7 @@ async function main(): Promise<void> {
   const i = args.indexOf('--steps');
   const steps = (i >= 0 ? args[i + 1] ?? '' : '2000,9000,18000,36000').split(',').map(Number).filter((n) => n > 0);
   const started = new Date();
-  const stamp = started.toISOString().replace(/:/g, '-').replace(/\.\d+Z$/, 'Z');
+  const stamp = runStamp(started);
   const pairs: Pair[] = [];
   const results: Step[] = [];
   try {
@@ -146,7 +145,7 @@ async function main(): Promise<void> {
   const text = textTable(t).join('\n');
   process.stdout.write(`\n${text}\n`);
   const md = [`# midreg connection-watch benchmark ${stamp}-watch`, '', `\`node dist/bench/watch.js\` (bench/watch.ts), node ${process.version}.`, '', ...markdownTable(t)].join('\n');
-  writeFileSync(join(RESULTS, `${stamp}-watch.md`), `${md}\n`);
+  writeFileSync(join(RESULTS_DIR, `${stamp}-watch.md`), `${md}\n`);
   process.stdout.write(`\nwrote bench/results/${stamp}-watch.md\n`);
 }
 
